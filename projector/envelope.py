@@ -1,0 +1,163 @@
+"""The event envelope (CONTRACT §2): decoding and validation.
+
+A record value is one envelope (a JSON object) or a composite record: a JSON
+array of one aggregate's envelopes with consecutive versions. Decoding checks
+every field and returns plain :class:`Event` objects, or raises
+:class:`InvalidRecord` with the contract's dead-letter reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Optional
+
+import orjson
+
+INVALID_JSON = "invalid_json"
+INVALID_ENVELOPE = "invalid_envelope"
+KEY_MISMATCH = "key_mismatch"
+
+
+class InvalidRecord(Exception):
+    """A record that can never be applied; ``reason`` is a CONTRACT §2 reason."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    id: str
+    aggregate_id: str
+    aggregate_type: str
+    type: str
+    version: int
+    data: dict[str, Any]
+    timestamp: Optional[str] = None
+    schema_version: int = 1
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": self.id,
+            "aggregate_id": self.aggregate_id,
+            "aggregate_type": self.aggregate_type,
+            "type": self.type,
+            "version": self.version,
+            "schema_version": self.schema_version,
+            "data": self.data,
+        }
+        if self.timestamp is not None:
+            out["timestamp"] = self.timestamp
+        if self.metadata:
+            out["metadata"] = self.metadata
+        return out
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _require_str(obj: dict, name: str, where: str) -> str:
+    value = obj.get(name)
+    if value is None:
+        raise InvalidRecord(INVALID_ENVELOPE, f"{where}: missing field {name!r}")
+    if not isinstance(value, str) or value == "":
+        raise InvalidRecord(INVALID_ENVELOPE, f"{where}: {name!r} must be a non-empty string")
+    return value
+
+
+def _valid_rfc3339(value: str) -> bool:
+    # RFC 3339 needs a date, a time and an offset (or Z).
+    if len(value) < 20 or value[10] not in "Tt ":
+        return False
+    try:
+        parsed = datetime.fromisoformat(value.replace("z", "Z"))
+    except ValueError:
+        return False
+    return parsed.tzinfo is not None
+
+
+def envelope_from_obj(obj: Any, where: str = "event") -> Event:
+    """Validate one decoded JSON value as an envelope."""
+    if not isinstance(obj, dict):
+        raise InvalidRecord(INVALID_ENVELOPE, f"{where}: expected a JSON object, got {type(obj).__name__}")
+    event_id = _require_str(obj, "id", where)
+    aggregate_id = _require_str(obj, "aggregate_id", where)
+    aggregate_type = _require_str(obj, "aggregate_type", where)
+    event_type = _require_str(obj, "type", where)
+    version = obj.get("version")
+    if not _is_int(version) or version < 1:
+        raise InvalidRecord(INVALID_ENVELOPE, f"{where}: 'version' must be an integer >= 1, got {version!r}")
+    data = obj.get("data")
+    if not isinstance(data, dict):
+        raise InvalidRecord(INVALID_ENVELOPE, f"{where}: 'data' must be a JSON object")
+    timestamp = obj.get("timestamp")
+    if timestamp is not None and not (isinstance(timestamp, str) and _valid_rfc3339(timestamp)):
+        raise InvalidRecord(INVALID_ENVELOPE, f"{where}: 'timestamp' must be an RFC 3339 string, got {timestamp!r}")
+    schema_version = obj.get("schema_version", 1)
+    if not _is_int(schema_version) or schema_version < 1:
+        raise InvalidRecord(
+            INVALID_ENVELOPE, f"{where}: 'schema_version' must be an integer >= 1, got {schema_version!r}"
+        )
+    metadata = obj.get("metadata")
+    if metadata is None:
+        metadata = {}
+    elif not isinstance(metadata, dict):
+        raise InvalidRecord(INVALID_ENVELOPE, f"{where}: 'metadata' must be a JSON object")
+    return Event(
+        id=event_id,
+        aggregate_id=aggregate_id,
+        aggregate_type=aggregate_type,
+        type=event_type,
+        version=version,
+        data=data,
+        timestamp=timestamp,
+        schema_version=schema_version,
+        metadata=metadata,
+    )
+
+
+def decode_record(key: Optional[bytes], value: Optional[bytes]) -> list[Event]:
+    """Decode one record of the events topic into its events (one or more).
+
+    Raises :class:`InvalidRecord` with reason ``invalid_json``,
+    ``invalid_envelope`` or ``key_mismatch``; a composite record is checked
+    whole and fails whole.
+    """
+    if not value:
+        raise InvalidRecord(INVALID_JSON, "empty record value")
+    try:
+        decoded = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRecord(INVALID_JSON, f"value is not JSON: {exc}") from None
+    try:
+        key_text = key.decode("utf-8") if key is not None else None
+    except UnicodeDecodeError:
+        key_text = None
+    composite = isinstance(decoded, list)
+    items = decoded if composite else [decoded]
+    if not items:
+        raise InvalidRecord(INVALID_ENVELOPE, "composite record is an empty array")
+    events = []
+    # Elements are checked in order, so a bad record reports its first bad element.
+    for i, item in enumerate(items):
+        where = f"element {i}" if composite else "event"
+        event = envelope_from_obj(item, where)
+        if event.aggregate_id != key_text:
+            raise InvalidRecord(
+                KEY_MISMATCH,
+                f"{where}: aggregate_id {event.aggregate_id!r} differs from the record key "
+                f"{key_text if key_text is not None else key!r}",
+            )
+        events.append(event)
+    for prev, nxt in zip(events, events[1:]):
+        if nxt.version != prev.version + 1:
+            raise InvalidRecord(
+                INVALID_ENVELOPE,
+                f"composite record versions must be consecutive: {prev.version} then {nxt.version}",
+            )
+    return events

@@ -1,0 +1,117 @@
+"""Creating and inspecting projector's topics with the Kafka admin API."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, KafkaError
+
+from projector.config import Settings
+
+log = logging.getLogger(__name__)
+
+TOPIC_ALREADY_EXISTS = 36
+
+
+class TopicError(RuntimeError):
+    """A topic could not be created or has an unusable shape."""
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict[str, str] = field(default_factory=dict)
+
+
+def projector_topics(settings: Settings) -> list[TopicSpec]:
+    """The topics a worker needs before it starts (Faust creates its changelogs)."""
+    forever = {"retention.ms": "-1", "retention.bytes": "-1"}
+    return [
+        # The event store: never expire events.
+        TopicSpec(settings.events_topic, settings.partitions, forever),
+        TopicSpec(settings.control_topic, 1, {"cleanup.policy": "compact"}),
+        TopicSpec(settings.deadletter_topic, 1, forever),
+    ]
+
+
+async def connect_admin(settings: Settings, timeout: float = 60.0) -> AIOKafkaAdminClient:
+    """An admin client, retrying until the broker answers or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=",".join(settings.bootstrap_servers),
+            client_id=f"{settings.app_id}-admin",
+            request_timeout_ms=15000,
+        )
+        try:
+            await admin.start()
+            return admin
+        except KafkaConnectionError as exc:
+            await admin.close()
+            if time.monotonic() > deadline:
+                raise TopicError(
+                    f"cannot reach Kafka at {settings.broker} after {timeout:.0f}s: {exc}. "
+                    "Is the broker running? (deploy/kafka/kafka.sh start)"
+                ) from exc
+            await asyncio.sleep(1.0)
+
+
+async def describe_partitions(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, int]:
+    """Partition counts of the topics among ``names`` that exist."""
+    out = {}
+    for topic in await admin.describe_topics(names):
+        if topic["error_code"] == 0:
+            out[topic["topic"]] = len(topic["partitions"])
+    return out
+
+
+async def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> dict[str, int]:
+    """Create the missing topics of ``specs``; return each topic's partition count."""
+    specs = projector_topics(settings) if specs is None else specs
+    admin = await connect_admin(settings)
+    try:
+        names = [s.name for s in specs]
+        existing = await describe_partitions(admin, names)
+        missing = [s for s in specs if s.name not in existing]
+        if missing:
+            response = await admin.create_topics(
+                [
+                    NewTopic(s.name, s.partitions, settings.replication_factor, topic_configs=s.config)
+                    for s in missing
+                ]
+            )
+            for name, code, message in _topic_errors(response):
+                if code not in (0, TOPIC_ALREADY_EXISTS):
+                    raise TopicError(f"creating topic {name!r} failed: error {code} {message or ''}".strip())
+            for s in missing:
+                log.info("created topic %s (%d partitions)", s.name, s.partitions)
+        # Metadata can lag creation for a moment; wait until every topic is visible.
+        deadline = time.monotonic() + 30
+        while True:
+            existing = await describe_partitions(admin, names)
+            if len(existing) == len(names):
+                break
+            if time.monotonic() > deadline:
+                raise TopicError(f"topics {sorted(set(names) - set(existing))} not visible after creation")
+            await asyncio.sleep(0.2)
+        control = next((s for s in specs if s.name == settings.control_topic), None)
+        if control and existing[control.name] != 1:
+            raise TopicError(
+                f"control topic {control.name!r} has {existing[control.name]} partitions; it must have exactly 1"
+            )
+        return existing
+    except KafkaError as exc:
+        raise TopicError(f"Kafka admin request failed: {exc!r}") from exc
+    finally:
+        await admin.close()
+
+
+def _topic_errors(response) -> list[tuple[str, int, str]]:
+    obj = response.to_object()
+    rows = obj.get("topic_errors") or obj.get("topics") or []
+    return [(r.get("topic") or r.get("name"), r["error_code"], r.get("error_message")) for r in rows]

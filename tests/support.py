@@ -1,0 +1,180 @@
+"""Helpers shared by the tests: deadlines, HTTP, worker processes, a plain producer."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import orjson
+
+REPO = Path(__file__).resolve().parent.parent
+KAFKA_SH = REPO / "deploy" / "kafka" / "kafka.sh"
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
+    """Poll ``condition`` until it returns a truthy value, or fail after ``timeout`` seconds.
+
+    The failure names what was awaited and the last value (or error) seen.
+    """
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        try:
+            last = condition()
+            if last:
+                return last
+        except Exception as exc:  # keep polling; report the last error on timeout
+            last = exc
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last seen: {last!r}")
+        time.sleep(interval)
+
+
+def free_port(pair_offset: int = 0) -> int:
+    """A free TCP port on 127.0.0.1 (and port+pair_offset free too, when asked)."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if pair_offset == 0 or port + pair_offset > 65535:
+            if pair_offset == 0:
+                return port
+            continue
+        with socket.socket() as s2:
+            try:
+                s2.bind(("127.0.0.1", port + pair_offset))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair found")
+
+
+def http(method: str, url: str, body: Any = None, token: Optional[str] = None, timeout: float = 20) -> tuple[int, Any]:
+    """One HTTP request; returns (status, decoded JSON body)."""
+    data = orjson.dumps(body) if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            raw, status = r.read(), r.status
+    except urllib.error.HTTPError as e:
+        raw, status = e.read(), e.code
+    return status, (orjson.loads(raw) if raw else None)
+
+
+def get(url: str, **kw: Any) -> tuple[int, Any]:
+    return http("GET", url, **kw)
+
+
+@dataclass
+class Worker:
+    """A real ``projector worker`` subprocess."""
+
+    name: str
+    env: dict[str, str]
+    data_dir: Path
+    port: int
+    log_path: Path
+    proc: Optional[subprocess.Popen] = None
+    _log: Any = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "Worker":
+        assert self.proc is None or self.proc.poll() is not None, f"{self.name} already running"
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "projector", "worker"],
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=str(self.data_dir.parent),
+        )
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        def ready() -> bool:
+            if not self.alive():
+                raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                return get(f"{self.url}/readyz", timeout=5)[0] == 200
+            except OSError:
+                return False
+
+        try:
+            wait_for(ready, timeout, f"{self.name} to answer 200 on /readyz")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n--- {self.name} log ---\n{self.log_tail()}") from None
+
+    def stop(self, timeout: float = 60) -> None:
+        """SIGTERM and wait; SIGKILL if it does not exit in time."""
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self._log:
+            self._log.close()
+            self._log = None
+
+    def kill9(self) -> None:
+        if self.alive():
+            self.proc.kill()
+            self.proc.wait()
+        if self._log:
+            self._log.close()
+            self._log = None
+
+
+async def _produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=10)
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, key=k, value=v) for k, v in records]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
+    """Produce (key, value) records with a plain aiokafka producer, in order per key."""
+    asyncio.run(_produce(bootstrap, topic, records))
+
+
+def run_kafka_sh(*args: str, env: Optional[dict[str, str]] = None, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    proc = subprocess.run(
+        ["bash", str(KAFKA_SH), *args], env=full_env, capture_output=True, text=True, timeout=timeout
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"kafka.sh {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
