@@ -1,0 +1,42 @@
+# projector: the two commands are `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+KAFKA := deploy/kafka/kafka.sh
+
+.PHONY: demo test unit install kafka-jars kafka-start kafka-stop cluster-start cluster-stop clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+kafka-jars:
+	bash $(KAFKA) fetch
+
+## The main job: the broker (if none runs), a worker with its web views, demo data; Ctrl-C stops it.
+demo: install kafka-jars
+	$(BIN)/projector demo
+
+## The whole test suite against a real Kafka broker it starts (and stops) itself.
+test: install kafka-jars
+	$(BIN)/pytest
+
+unit: install
+	$(BIN)/pytest tests/unit
+
+kafka-start: kafka-jars
+	bash $(KAFKA) start
+kafka-stop:
+	bash $(KAFKA) stop
+cluster-start: kafka-jars
+	bash $(KAFKA) --mode cluster start
+cluster-stop:
+	bash $(KAFKA) --mode cluster stop
+
+clean:
+	rm -rf $(VENV) data *.egg-info
