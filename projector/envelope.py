@@ -8,6 +8,7 @@ every field and returns plain :class:`Event` objects, or raises
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Optional
@@ -70,15 +71,25 @@ def _require_str(obj: dict, name: str, where: str) -> str:
     return value
 
 
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(\.\d+)?([Zz]|[+-](\d{2}):(\d{2}))"
+)
+
+
 def _valid_rfc3339(value: str) -> bool:
-    # RFC 3339 needs a date, a time and an offset (or Z).
-    if len(value) < 20 or value[10] not in "Tt ":
+    """RFC 3339 section 5.6 date-time: full date, full time with seconds, Z or +hh:mm."""
+    m = _RFC3339.fullmatch(value)
+    if m is None:
+        return False
+    year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
+    if m.group(9) is not None and (int(m.group(9)) > 23 or int(m.group(10)) > 59):
         return False
     try:
-        parsed = datetime.fromisoformat(value.replace("z", "Z"))
+        # Second 60 is a leap second, valid in RFC 3339; datetime has no room for it.
+        datetime(year, month, day, hour, minute, min(second, 59))
     except ValueError:
         return False
-    return parsed.tzinfo is not None
+    return second <= 60
 
 
 def envelope_from_obj(obj: Any, where: str = "event") -> Event:

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
+import orjson
+
 from projector.envelope import Event
 from projector.readmodels import ReadModel
 
@@ -46,7 +48,9 @@ def apply_record(model: ReadModel, row: Optional[dict[str, Any]], events: Sequen
     that raises rejects it with ``fold_error``. On rejection ``row`` is unchanged.
     """
     version = row["version"] if row else 0
-    state = row["value"] if row else model.initial_state()
+    # A private copy, so a fold that changes its state in place cannot leak a
+    # rejected record's first events into the row (states are JSON anyway).
+    state = orjson.loads(orjson.dumps(row["value"])) if row else model.initial_state()
     result = Applied(row=row)
     for event in events:
         if event.version <= version:

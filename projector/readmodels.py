@@ -26,7 +26,7 @@ from types import ModuleType
 from typing import Any, Callable, Optional
 
 PACKAGE = "projector_tables"
-_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,62}")
 
 
 class ReadModelError(Exception):
@@ -87,13 +87,18 @@ def read_model_from_module(module: ModuleType, origin: str = "") -> ReadModel:
         return getattr(module, attr)
 
     name = need("NAME")
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise ReadModelError(f"{where}: NAME must match [a-z][a-z0-9_]*, got {name!r}")
     description = getattr(module, "DESCRIPTION", "") or ""
     if not isinstance(description, str):
         raise ReadModelError(f"{where}: DESCRIPTION must be a string")
     handles = need("HANDLES")
-    if isinstance(handles, str) or not all(isinstance(h, str) for h in handles) or not handles:
+    if (
+        isinstance(handles, str)
+        or not isinstance(handles, (tuple, list, set, frozenset))
+        or not handles
+        or not all(isinstance(h, str) for h in handles)
+    ):
         raise ReadModelError(f"{where}: HANDLES must be a non-empty tuple of event type names")
     fold = need("fold")
     if not callable(fold):

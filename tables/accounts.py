@@ -2,6 +2,10 @@
 
 Pure: it knows nothing of Faust or Kafka. One row per account id:
 ``{owner, currency, balance, status, deposits, withdrawals}``.
+
+The fold holds the domain's invariants: an event that would take a balance
+below zero, touch a closed account, or close one with money in it raises,
+and the engine rejects the record as ``fold_error``.
 """
 
 NAME = "accounts"
@@ -23,6 +27,8 @@ def _amount(event) -> int:
 def _open(state, event):
     if state is None:
         raise AccountFoldError(f"{event.type} for account {event.aggregate_id} that was never opened")
+    if state["status"] != "open":
+        raise AccountFoldError(f"{event.type} for account {event.aggregate_id}, which is closed")
     return state
 
 
@@ -47,8 +53,14 @@ def fold(state, event):
     if event.type == "MoneyWithdrawn":
         state = _open(state, event)
         amount = _amount(event)
+        if amount > state["balance"]:
+            raise AccountFoldError(
+                f"MoneyWithdrawn of {amount} exceeds the balance {state['balance']}: a balance never goes below zero"
+            )
         return {**state, "balance": state["balance"] - amount, "withdrawals": state["withdrawals"] + 1}
     if event.type == "AccountClosed":
         state = _open(state, event)
+        if state["balance"] != 0:
+            raise AccountFoldError(f"AccountClosed with a non-zero balance {state['balance']}")
         return {**state, "status": "closed"}
     return state
