@@ -1,30 +1,35 @@
-"""Wiring: the Faust app, its read-model tables, the folding agent and the web views."""
+"""Wiring: the Faust app, its tables and topics, batch handlers and web views."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from collections import defaultdict
 from typing import Any, Optional, Sequence
 
 import faust
 from faust.types import TP
 
+from projector.batching import BatchingTransport
 from projector.config import Settings
-from projector.engine import Engine
+from projector.engine import INDEX, Engine, Plan, members_table
 from projector.metrics import Metrics
-from projector.readmodels import ReadModel, load_read_models
-from projector.state import TableState, rocksdb_options
+from projector.readmodels import Catalog, load_catalog
+from projector.schemas import Schemas
+from projector.state import FaustStore, rocksdb_options
 
 log = logging.getLogger(__name__)
 
-#: Records per fold batch, and how long a partial batch may wait.
-BATCH_MAX = 2000
-BATCH_WITHIN = 0.05
-
 
 class ProjectorApp(faust.App):
-    """A Faust app that knows its projector and mounts projector's web views."""
+    """A Faust app that delivers projector's topics in batches and mounts its web views."""
 
     projector: "Projector"
+    batch_handlers: dict[str, Any]
+
+    def _new_transport(self) -> Any:
+        return BatchingTransport(self.conf.broker_consumer, self)
 
     def on_webserver_init(self, web: Any) -> None:
         from projector.web import install_routes
@@ -38,13 +43,14 @@ class Projector:
     def __init__(
         self,
         settings: Settings,
-        models: Optional[Sequence[ReadModel]] = None,
+        catalog: Optional[Catalog] = None,
         partitions: Optional[int] = None,
     ) -> None:
         from projector.web import web_application_options
 
         self.settings = settings
-        self.models = list(models) if models is not None else load_read_models()
+        self.catalog = catalog if catalog is not None else load_catalog()
+        self.schemas = Schemas.from_modules(self.catalog.modules)
         self.partitions = partitions or settings.partitions
         self.metrics = Metrics()
         self.app = ProjectorApp(
@@ -68,37 +74,99 @@ class Projector:
             topic_replication_factor=settings.replication_factor,
             producer_acks=-1,
             consumer_auto_offset_reset="earliest",
-            stream_wait_empty=False,
         )
         self.app.projector = self
-        self.events_topic = self.app.topic(
-            settings.events_topic,
-            key_type=bytes,
-            value_type=bytes,
-            key_serializer="raw",
-            value_serializer="raw",
-            partitions=self.partitions,
-        )
-        self.tables: dict[str, TableState] = {}
-        for model in self.models:
-            table = self.app.Table(
-                model.name,
+
+        def topic(name: str, internal: bool = False) -> Any:
+            t = self.app.topic(
+                name,
+                key_type=bytes,
+                value_type=bytes,
+                key_serializer="raw",
+                value_serializer="raw",
+                partitions=self.partitions,
+                internal=internal,
+            )
+            # Subscribed and acked like an agent's topic; delivered in batches.
+            self.app.topics.add(t)
+            return t
+
+        self.events_topic = topic(settings.events_topic)
+        self.commands_topic = topic(f"{settings.app_id}-engine-commands", internal=True)
+        self.repartition_topics = {
+            d.name: topic(f"{settings.app_id}-{d.name}-repartition", internal=True) for d in self.catalog.derived
+        }
+
+        tables: dict[str, Any] = {}
+
+        def table(name: str, help_: str) -> None:
+            tables[name] = self.app.Table(
+                name,
                 partitions=self.partitions,
                 key_type=bytes,
                 value_type=bytes,
                 options=rocksdb_options(),
-                help=model.description,
+                help=help_,
             )
-            self.tables[model.name] = TableState(table)
-        self.engine = Engine(self.models, dict(self.tables), self.metrics)
-        self.app.agent(self.events_topic, name="projector.fold")(self._fold_agent)
 
-    async def _fold_agent(self, stream: Any) -> None:
-        # One batch writes up to BATCH_MAX changelog records at once; let
-        # Faust's producer buffer hold them instead of warning at 100.
-        self.app.producer.buffer.max_messages = 2 * BATCH_MAX
-        async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN):
-            self.engine.apply_batch(event.message for event in events)
+        for model in self.catalog.models:
+            table(model.name, model.description)
+        table(INDEX, "projector's aggregate index: versions, events and parked records per aggregate")
+        for d in self.catalog.derived:
+            table(d.name, d.description)
+            table(members_table(d), f"members of {d.name} and their last contributions")
+        self.tables = tables
+        self.store = FaustStore(tables)
+        self.engine = Engine(
+            self.catalog,
+            self.store,
+            partitions=self.partitions,
+            deadletter_topic=settings.deadletter_topic,
+            repartition_topics={name: t.get_topic_name() for name, t in self.repartition_topics.items()},
+            metrics=self.metrics,
+            schemas=self.schemas,
+        )
+        self.app.batch_handlers = {
+            self.events_topic.get_topic_name(): self._on_events,
+            self.commands_topic.get_topic_name(): self._on_events,
+            **{t.get_topic_name(): self._on_derived for t in self.repartition_topics.values()},
+        }
+        self.views: Any = None
+
+    # --- batch handlers ----------------------------------------------------------
+
+    async def _on_events(self, messages: Sequence[Any]) -> None:
+        commands_topic = self.commands_topic.get_topic_name()
+        records = [m for m in messages if m.topic != commands_topic]
+        commands = [m for m in messages if m.topic == commands_topic]
+        await self._execute(self.engine.plan(records, commands))
+
+    async def _on_derived(self, messages: Sequence[Any]) -> None:
+        await self._execute(self.engine.plan_derived(messages))
+
+    async def _execute(self, plan: Plan) -> None:
+        """Send the plan's changelog records and messages, wait for Kafka, then write RocksDB."""
+        started = time.perf_counter()
+        producer = self.app.producer
+        pending: list[tuple[Optional[tuple[str, int]], Any]] = []
+        for (table, partition), items in plan.writes.items():
+            changelog = self.store.changelog_topic(table)
+            for key, value in items.items():
+                fut = await producer.send(changelog, key, value, partition, None, None)
+                pending.append(((table, partition), fut))
+        for send in plan.sends:
+            fut = await producer.send(send.topic, send.key, send.value, send.partition, None, send.headers or None)
+            pending.append((None, fut))
+        results = await asyncio.gather(*(fut for _, fut in pending))
+        offsets: dict[tuple[str, int], int] = defaultdict(lambda: -1)
+        for (slot, _), meta in zip(pending, results):
+            if slot is not None and meta.offset > offsets[slot]:
+                offsets[slot] = meta.offset
+        for (table, partition), items in plan.writes.items():
+            self.store.write(table, partition, items, offsets.get((table, partition)))
+        self.metrics.batch_seconds_total += time.perf_counter() - started
+
+    # --- state of the worker -----------------------------------------------------
 
     def readiness(self) -> tuple[bool, str]:
         """Ready once the tables are recovered and no rebalance is under way."""
@@ -108,10 +176,25 @@ class Projector:
             return False, "rebalancing"
         return True, "ready"
 
-    # --- queries -----------------------------------------------------------------
+    def consumer_lag(self) -> list[tuple[str, int, int]]:
+        """(topic, partition, lag) for each assigned partition of the events topic."""
+        out = []
+        consumer = self.app.consumer
+        for tp in sorted(consumer.assignment()):
+            if tp.topic != self.settings.events_topic:
+                continue
+            try:
+                highwater = consumer.highwater(tp)
+            except Exception:  # not fetched yet, or revoked meanwhile
+                highwater = None
+            if highwater is None:
+                continue
+            read = consumer._read_offset.get(tp)
+            out.append((tp.topic, tp.partition, max(0, highwater - (read + 1 if read is not None else 0))))
+        return out
 
-    def model(self, name: str) -> Optional[ReadModel]:
-        return next((m for m in self.models if m.name == name), None)
+    def model(self, name: str) -> Any:
+        return self.catalog.get(name)
 
     def owns(self, partition: int) -> bool:
         """True when this worker actively processes ``partition`` of the events topic."""

@@ -19,21 +19,23 @@ def _settings() -> Settings:
 
 def cmd_worker(args: argparse.Namespace) -> None:
     from projector.app import Projector
-    from projector.readmodels import ReadModelError, load_read_models
+    from projector.readmodels import ReadModelError, load_catalog
+    from projector.schemas import SchemaError, Schemas
     from projector.topics import TopicError, ensure_topics
 
     settings = _settings()
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
     try:
-        models = load_read_models()
-    except ReadModelError as exc:
+        catalog = load_catalog()
+        Schemas.from_modules(catalog.modules)
+    except (ReadModelError, SchemaError) as exc:
         sys.exit(f"projector: {exc}")
     try:
         partitions = asyncio.run(ensure_topics(settings))
     except TopicError as exc:
         sys.exit(f"projector: {exc}")
     # Tables are co-partitioned with the events topic as it really is.
-    projector = Projector(settings, models, partitions=partitions[settings.events_topic])
+    projector = Projector(settings, catalog, partitions=partitions[settings.events_topic])
     from faust.worker import Worker
 
     worker = Worker(projector.app, loglevel=args.loglevel, quiet=True, redirect_stdouts=False)
@@ -52,6 +54,53 @@ def cmd_produce_demo(args: argparse.Namespace) -> None:
     except (TopicError, ValueError) as exc:
         sys.exit(f"projector: {exc}")
     print(f"produced {n} events for {args.accounts} accounts to {settings.events_topic}")
+
+
+def _api(method: str, path: str, body: object = None, admin: bool = False) -> tuple[int, object]:
+    """One request to this machine's worker (PROJECTOR_WEB_HOST/PORT), with the configured token."""
+    import urllib.error
+    import urllib.request
+
+    import orjson
+
+    settings = _settings()
+    token = (settings.admin_token if admin else None) or settings.api_token or settings.admin_token
+    req = urllib.request.Request(
+        settings.url + path, data=orjson.dumps(body) if body is not None else None, method=method
+    )
+    req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, orjson.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        raw = e.read()
+        try:
+            return e.code, orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return e.code, raw.decode("utf-8", "replace")
+    except OSError as exc:
+        sys.exit(f"projector: no worker answers at {settings.url}: {exc}")
+
+
+def _print_answer(status: int, body: object) -> None:
+    import orjson
+
+    print(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode())
+    if status >= 400:
+        sys.exit(1)
+
+
+def cmd_release(args: argparse.Namespace) -> None:
+    from urllib.parse import quote
+
+    body = {} if args.skip_to is None else {"skip_to": args.skip_to}
+    _print_answer(*_api("POST", f"/aggregates/{quote(args.aggregate_id, safe='')}/release", body, admin=True))
+
+
+def cmd_deadletters(args: argparse.Namespace) -> None:
+    _print_answer(*_api("GET", f"/deadletters?limit={args.limit}"))
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -77,6 +126,22 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--events", type=int, default=5000)
         p.add_argument("--seed", type=int, default=42)
         p.set_defaults(func=func)
+
+    from projector import bench
+
+    p = sub.add_parser("bench", help="end-to-end throughput: projector against a naive Faust agent on one topic")
+    bench.add_arguments(p)
+    p.set_defaults(func=bench.cmd_bench)
+
+    p = sub.add_parser("release", help="release a parked aggregate (needs PROJECTOR_ADMIN_TOKEN if the worker has one)")
+    p.add_argument("aggregate_id")
+    p.add_argument("--skip-to", type=int, default=None, metavar="VERSION",
+                   help="give up on the missing versions below VERSION and go on from it")
+    p.set_defaults(func=cmd_release)
+
+    p = sub.add_parser("deadletters", help="list the newest dead letters")
+    p.add_argument("--limit", type=int, default=20)
+    p.set_defaults(func=cmd_deadletters)
 
     args = parser.parse_args(argv)
     args.func(args)

@@ -1,25 +1,56 @@
-"""The projection engine: batches of event records -> read-model rows.
+"""The projection engine: batches of records in, a plan of writes and sends out.
 
-Each batch is folded per key in memory; every touched key is written once per
-batch, so the changelog gets one record per key per batch, not one per event.
+The engine is pure apart from reading current rows through :class:`Store`:
+it never talks to Kafka. For a batch it returns a :class:`Plan`:
+
+- ``writes``: the new value (or ``None``: delete) of every touched key, per
+  table and partition. Each key is written once per batch, so the changelog
+  gets one record per key per batch, not one per event.
+- ``sends``: dead letters and repartition messages.
+
+The worker sends the changelog records and ``sends``, waits until Kafka has
+them all, and only then writes RocksDB (see :mod:`projector.app`). A crash at
+any point therefore leaves the changelog at or ahead of local state, and the
+source offsets uncommitted: the batch is replayed, and the version kept in
+every row turns the replay into duplicates.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable, Optional, Protocol, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Optional, Protocol, Sequence
 
-from projector.envelope import InvalidRecord, decode_record
+import orjson
+
+from projector import aggregates as agg
+from projector.derived import Contribution, apply_change, change_messages, contribution_of, member_key
+from projector.envelope import Event, InvalidRecord, decode_record
 from projector.metrics import Metrics
-from projector.projection import RecordRejected, apply_record
-from projector.readmodels import ReadModel
+from projector.partitioning import partition_for
+from projector.projection import FOLD_ERROR, RecordRejected, apply_record
+from projector.readmodels import Catalog, DerivedModel
+from projector.schemas import Schemas
 
 log = logging.getLogger(__name__)
 
+INDEX = "_index"
 
-class Rows(Protocol):
-    def get(self, partition: int, key: bytes) -> Optional[dict[str, Any]]: ...
-    def put(self, partition: int, key: bytes, row: dict[str, Any]) -> None: ...
+HEADER_REASON = "projector.reason"
+HEADER_ERROR = "projector.error"
+HEADER_SOURCE = "projector.source"
+
+
+def members_table(model: DerivedModel) -> str:
+    return f"_{model.name}_members"
+
+
+class Store(Protocol):
+    """Read access to the current (committed) rows."""
+
+    def get(self, table: str, partition: int, key: bytes) -> Optional[bytes]: ...
+
+    def scan(self, table: str, partition: int, prefix: bytes) -> Iterator[tuple[bytes, bytes]]: ...
 
 
 class Record(Protocol):
@@ -32,52 +63,313 @@ class Record(Protocol):
     value: Optional[bytes]
 
 
-class Engine:
-    def __init__(self, models: Sequence[ReadModel], rows: dict[str, Rows], metrics: Metrics) -> None:
-        unsupported = [m.name for m in models if not m.keyed_by_aggregate]
-        if unsupported:
-            raise NotImplementedError(
-                f"read models keyed by something other than the aggregate id are not supported yet: {unsupported}"
-            )
-        self.models = list(models)
-        self.rows = rows
-        self.metrics = metrics
+@dataclass
+class Send:
+    topic: str
+    partition: Optional[int]
+    key: Optional[bytes]
+    value: Optional[bytes]
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
 
-    def apply_batch(self, records: Iterable[Record]) -> None:
-        pending: dict[tuple[str, int, bytes], dict[str, Any]] = {}
+
+@dataclass
+class Plan:
+    writes: dict[tuple[str, int], dict[bytes, Optional[bytes]]] = field(default_factory=dict)
+    sends: list[Send] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.writes or self.sends)
+
+
+class _Batch:
+    """Reads through the pending writes of this batch, then the store."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.plan = Plan()
+
+    def get(self, table: str, partition: int, key: bytes) -> Optional[bytes]:
+        pending = self.plan.writes.get((table, partition))
+        if pending is not None and key in pending:
+            return pending[key]
+        return self.store.get(table, partition, key)
+
+    def get_json(self, table: str, partition: int, key: bytes) -> Any:
+        raw = self.get(table, partition, key)
+        return orjson.loads(raw) if raw is not None else None
+
+    def put(self, table: str, partition: int, key: bytes, value: Optional[bytes]) -> None:
+        self.plan.writes.setdefault((table, partition), {})[key] = value
+
+    def put_json(self, table: str, partition: int, key: bytes, value: Any) -> None:
+        self.put(table, partition, key, orjson.dumps(value))
+
+    def scan(self, table: str, partition: int, prefix: bytes) -> list[tuple[bytes, bytes]]:
+        found = dict(self.store.scan(table, partition, prefix))
+        for key, value in self.plan.writes.get((table, partition), {}).items():
+            if key.startswith(prefix):
+                if value is None:
+                    found.pop(key, None)
+                else:
+                    found[key] = value
+        return sorted(found.items())
+
+
+@dataclass
+class _Touched:
+    """A source row's derived contributions at the start of the batch, and now."""
+
+    old: dict[str, Contribution]
+    new: dict[str, Contribution]
+    version: int
+
+
+class Engine:
+    def __init__(
+        self,
+        catalog: Catalog,
+        store: Store,
+        *,
+        partitions: int,
+        deadletter_topic: str,
+        repartition_topics: dict[str, str],
+        metrics: Optional[Metrics] = None,
+        schemas: Optional[Schemas] = None,
+    ) -> None:
+        self.models = list(catalog.models)
+        self.derived = list(catalog.derived)
+        self.store = store
+        self.partitions = partitions
+        self.deadletter_topic = deadletter_topic
+        self.repartition_topics = repartition_topics
+        self.metrics = metrics or Metrics()
+        self.schemas = schemas or Schemas.from_modules(catalog.modules)
+        self.derived_by_source: dict[str, list[DerivedModel]] = {}
+        for d in self.derived:
+            self.derived_by_source.setdefault(d.source, []).append(d)
+        self.derived_by_topic = {repartition_topics[d.name]: d for d in self.derived}
+
+    # --- events ------------------------------------------------------------------
+
+    def plan(self, records: Iterable[Record], commands: Iterable[Record] = ()) -> Plan:
+        """Plan a batch of event records, then any engine commands (releases)."""
+        batch = _Batch(self.store)
+        touched: dict[tuple[int, str], _Touched] = {}
         for record in records:
             self.metrics.records_seen += 1
-            try:
-                events = decode_record(record.key, record.value)
-            except InvalidRecord as exc:
-                self._reject(record, exc.reason, exc.message)
-                continue
-            key = record.key
-            assert key is not None  # decode_record checked it against aggregate_id
-            # All read models take the record, or none does.
-            updates = {}
-            duplicates = 0
-            try:
-                for model in self.models:
-                    slot = (model.name, record.partition, key)
-                    row = pending[slot] if slot in pending else self.rows[model.name].get(record.partition, key)
-                    result = apply_record(model, row, events)
-                    duplicates = max(duplicates, result.duplicates)
-                    if result.changed:
-                        updates[slot] = (model.name, result)
-            except RecordRejected as exc:
-                self._reject(record, exc.reason, exc.message)
-                continue
-            for slot, (name, result) in updates.items():
-                pending[slot] = result.row
-                self.metrics.events_applied[name] += result.applied
-            self.metrics.duplicates += duplicates
-        for (name, partition, key), row in pending.items():
-            self.rows[name].put(partition, key, row)
+            self._event_record(batch, touched, record)
+        for record in commands:
+            self._command_record(batch, touched, record)
+        self._emit_derived(batch, touched)
         self.metrics.batches += 1
+        return batch.plan
 
-    def _reject(self, record: Record, reason: str, message: str) -> None:
-        self.metrics.rejected[reason] += 1
-        log.warning(
-            "skipping record %s/%d/%d (%s): %s", record.topic, record.partition, record.offset, reason, message
+    def _event_record(self, batch: _Batch, touched: dict, record: Record) -> None:
+        source = f"{record.topic}/{record.partition}/{record.offset}"
+        try:
+            originals = decode_record(record.key, record.value)
+            events = [self.schemas.upcast(e) for e in originals]
+        except InvalidRecord as exc:
+            self._deadletter(batch, record.key, record.value, exc.reason, exc.message, source)
+            return
+        self._admit(batch, touched, record.partition, originals, events, record.key, record.value, source, replay=False)
+
+    def _admit(
+        self,
+        batch: _Batch,
+        touched: dict,
+        partition: int,
+        originals: Sequence[Event],
+        events: Sequence[Event],
+        key: Optional[bytes],
+        value: Optional[bytes],
+        source: str,
+        replay: bool,
+    ) -> None:
+        aid = events[0].aggregate_id
+        meta = agg.Meta.from_json(batch.get_json(INDEX, partition, agg.meta_key(aid)))
+        admission = agg.admit(meta, events)
+        self.metrics.duplicates += admission.duplicates
+        if admission.outcome == agg.DUPLICATE:
+            return
+        fresh_versions = {e.version for e in admission.events}
+        fresh_originals = [e for e in originals if e.version in fresh_versions]
+        if admission.outcome in (agg.GAP, agg.PARKED_REASON):
+            parked_at = meta.version
+            if admission.outcome == agg.GAP:
+                meta.parked = True
+                batch.put_json(INDEX, partition, agg.meta_key(aid), meta.to_json())
+                self.metrics.parked_aggregates += 1
+                error = (
+                    f"aggregate {aid}: expected version {meta.version + 1}, got {admission.events[0].version}; "
+                    f"the aggregate is parked until an operator releases it"
+                )
+            else:
+                error = f"aggregate {aid} is parked at version {parked_at}; release it to apply its later events"
+            batch.put_json(
+                INDEX,
+                partition,
+                agg.parked_key(aid, admission.events[0].version),
+                {"source": source, "events": [e.to_dict() for e in fresh_originals]},
+            )
+            if not replay:
+                self._deadletter(batch, key, value, admission.outcome, error, source)
+            return
+        try:
+            self._apply(batch, touched, partition, aid, meta, admission.events)
+        except RecordRejected as exc:
+            self._deadletter(batch, key, value, exc.reason, exc.message, source)
+            return
+        for event in fresh_originals:
+            batch.put_json(INDEX, partition, agg.event_key(aid, event.version), event.to_dict())
+        meta.version = admission.events[-1].version
+        batch.put_json(INDEX, partition, agg.meta_key(aid), meta.to_json())
+
+    def _apply(
+        self, batch: _Batch, touched: dict, partition: int, aid: str, meta: agg.Meta, events: Sequence[Event]
+    ) -> None:
+        """Apply admitted events to every aggregate-keyed model, all or nothing."""
+        key = aid.encode("utf-8")
+        updates = []
+        derived_new: dict[str, Contribution] = {}
+        for model in self.models:
+            old_raw = batch.get(model.name, partition, key)
+            old_row = orjson.loads(old_raw) if old_raw is not None else None
+            result = apply_record(model, old_row, events)
+            if not result.changed:
+                continue
+            updates.append((model.name, result))
+            for d in self.derived_by_source.get(model.name, ()):
+                try:
+                    derived_new[d.name] = contribution_of(d, result.row["value"])
+                except Exception as exc:
+                    raise RecordRejected(
+                        FOLD_ERROR, f"{d.name}: key/contribution of {aid} raised {type(exc).__name__}: {exc}"
+                    ) from exc
+                slot = (partition, aid)
+                if slot not in touched or d.name not in touched[slot].old:
+                    before = old_row["value"] if old_row else None
+                    try:
+                        old_c = contribution_of(d, before)
+                    except Exception:  # a row that was stored once must not block its own updates
+                        log.exception("%s: contribution of the stored row of %s raised", d.name, aid)
+                        old_c = None
+                    touched.setdefault(slot, _Touched({}, {}, 0)).old[d.name] = old_c
+        for name, result in updates:
+            batch.put_json(name, partition, key, result.row)
+            self.metrics.events_applied[name] += result.applied
+        if derived_new:
+            t = touched[(partition, aid)]
+            t.new.update(derived_new)
+            t.version = events[-1].version
+
+    def _emit_derived(self, batch: _Batch, touched: dict[tuple[int, str], _Touched]) -> None:
+        for (_, aid), t in touched.items():
+            for name, new in t.new.items():
+                for group, message in change_messages(t.old.get(name), new, aid, t.version):
+                    gkey = group.encode("utf-8")
+                    batch.plan.sends.append(
+                        Send(
+                            self.repartition_topics[name],
+                            partition_for(gkey, self.partitions),
+                            gkey,
+                            orjson.dumps(message),
+                        )
+                    )
+
+    # --- releases ----------------------------------------------------------------
+
+    def _command_record(self, batch: _Batch, touched: dict, record: Record) -> None:
+        try:
+            command = orjson.loads(record.value or b"null")
+            aid = (record.key or b"").decode("utf-8")
+            if not isinstance(command, dict) or command.get("action") != "release" or not aid:
+                raise ValueError(f"not a release command: {command!r}")
+            skip_to = command.get("skip_to")
+            if skip_to is not None and (not isinstance(skip_to, int) or isinstance(skip_to, bool) or skip_to < 1):
+                raise ValueError(f"skip_to must be an integer >= 1, got {skip_to!r}")
+        except (ValueError, UnicodeDecodeError) as exc:
+            log.warning("ignoring engine command %s/%d/%d: %s", record.topic, record.partition, record.offset, exc)
+            return
+        self.release(batch, touched, record.partition, aid, skip_to)
+
+    def release(self, batch: _Batch, touched: dict, partition: int, aid: str, skip_to: Optional[int]) -> None:
+        """Unpark ``aid``: re-apply its parked records in order, after skipping to ``skip_to`` if given."""
+        meta = agg.Meta.from_json(batch.get_json(INDEX, partition, agg.meta_key(aid)))
+        if not meta.parked:
+            log.info("release of %s: not parked (at version %d); nothing to do", aid, meta.version)
+            return
+        if skip_to is not None and skip_to <= meta.version:
+            log.warning(
+                "release of %s: skip_to %d is not above the last applied version %d; still parked",
+                aid, skip_to, meta.version,
+            )
+            return
+        parked = batch.scan(INDEX, partition, agg.parked_prefix(aid))
+        for key, _ in parked:
+            batch.put(INDEX, partition, key, None)
+        if skip_to is not None:
+            meta.version = skip_to - 1
+        meta.parked = False
+        batch.put_json(INDEX, partition, agg.meta_key(aid), meta.to_json())
+        self.metrics.releases += 1
+        log.info("released %s at version %d; re-applying %d parked record(s)", aid, meta.version, len(parked))
+        for _, raw in parked:
+            entry = orjson.loads(raw)
+            originals = [Event(**e) for e in entry["events"]]
+            events = [self.schemas.upcast(e) for e in originals]
+            self._admit(batch, touched, partition, originals, events, None, None, entry["source"], replay=True)
+
+    # --- dead letters ------------------------------------------------------------
+
+    def _deadletter(
+        self, batch: _Batch, key: Optional[bytes], value: Optional[bytes], reason: str, error: str, source: str
+    ) -> None:
+        self.metrics.deadletters[reason] += 1
+        log.warning("dead letter %s (%s): %s", source, reason, error)
+        batch.plan.sends.append(
+            Send(
+                self.deadletter_topic,
+                None,
+                key,
+                value,
+                [
+                    (HEADER_REASON, reason.encode()),
+                    (HEADER_ERROR, error.encode("utf-8", "replace")),
+                    (HEADER_SOURCE, source.encode()),
+                ],
+            )
         )
+
+    # --- re-keyed models -----------------------------------------------------------
+
+    def plan_derived(self, records: Iterable[Record]) -> Plan:
+        """Plan a batch of repartition messages into the re-keyed models' rows."""
+        batch = _Batch(self.store)
+        for record in records:
+            model = self.derived_by_topic.get(record.topic)
+            try:
+                if model is None:
+                    raise ValueError(f"no re-keyed read model reads {record.topic}")
+                message = orjson.loads(record.value or b"null")
+                if not isinstance(message, dict) or not record.key:
+                    raise ValueError("expected a JSON object with a group key")
+                aid = message["aggregate_id"].encode("utf-8")
+            except (ValueError, KeyError, AttributeError) as exc:
+                log.error("skipping repartition record %s/%d/%d: %s", record.topic, record.partition, record.offset, exc)
+                continue
+            mkey = member_key(record.key, aid)
+            mtable = members_table(model)
+            row = batch.get_json(model.name, record.partition, record.key)
+            member = batch.get_json(mtable, record.partition, mkey)
+            change = apply_change(model, row, member, message)
+            if not change.applied:
+                self.metrics.duplicates_derived += 1
+                continue
+            batch.put_json(mtable, record.partition, mkey, change.member)
+            if change.row is None:
+                batch.put(model.name, record.partition, record.key, None)
+            else:
+                batch.put_json(model.name, record.partition, record.key, change.row)
+            self.metrics.events_applied[model.name] += 1
+        return batch.plan

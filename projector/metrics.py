@@ -9,7 +9,54 @@ from dataclasses import dataclass, field
 @dataclass
 class Metrics:
     events_applied: Counter = field(default_factory=Counter)  # by table
-    duplicates: int = 0
-    rejected: Counter = field(default_factory=Counter)  # by reason
+    duplicates: int = 0  # events at or below their aggregate's applied version
+    duplicates_derived: int = 0  # repartition messages already applied
+    deadletters: Counter = field(default_factory=Counter)  # by reason
+    parked_aggregates: int = 0
+    releases: int = 0
     records_seen: int = 0
     batches: int = 0
+    batch_seconds_total: float = 0.0
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def prometheus_text(projector) -> str:
+    """The worker's metrics in Prometheus text format."""
+    m: Metrics = projector.metrics
+    lines = [
+        "# HELP projector_events_applied_total Events applied to each read model.",
+        "# TYPE projector_events_applied_total counter",
+    ]
+    for model in projector.catalog.all:
+        lines.append(f'projector_events_applied_total{{table="{_escape(model.name)}"}} {m.events_applied[model.name]}')
+    lines += [
+        "# HELP projector_duplicates_total Events skipped as duplicates (at or below the applied version).",
+        "# TYPE projector_duplicates_total counter",
+        f"projector_duplicates_total {m.duplicates}",
+        "# HELP projector_deadletter_total Records sent to the dead-letter topic, by reason.",
+        "# TYPE projector_deadletter_total counter",
+    ]
+    for reason, count in sorted(m.deadletters.items()):
+        lines.append(f'projector_deadletter_total{{reason="{_escape(reason)}"}} {count}')
+    lines += [
+        "# HELP projector_records_total Records of the events topic handled by this worker.",
+        "# TYPE projector_records_total counter",
+        f"projector_records_total {m.records_seen}",
+        "# HELP projector_parked_total Aggregates parked by a version gap.",
+        "# TYPE projector_parked_total counter",
+        f"projector_parked_total {m.parked_aggregates}",
+        "# HELP projector_fold_batches_total Batches folded.",
+        "# TYPE projector_fold_batches_total counter",
+        f"projector_fold_batches_total {m.batches}",
+        "# HELP projector_fold_batch_seconds_total Time spent sending and writing fold batches.",
+        "# TYPE projector_fold_batch_seconds_total counter",
+        f"projector_fold_batch_seconds_total {m.batch_seconds_total:.6f}",
+        "# HELP projector_consumer_lag Records of each assigned partition not yet read.",
+        "# TYPE projector_consumer_lag gauge",
+    ]
+    for topic, partition, lag in projector.consumer_lag():
+        lines.append(f'projector_consumer_lag{{topic="{_escape(topic)}",partition="{partition}"}} {lag}')
+    return "\n".join(lines) + "\n"

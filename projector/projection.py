@@ -1,9 +1,11 @@
-"""Applying decoded records to read-model rows: pure, no Faust, no Kafka.
+"""Applying admitted events to one read model's row: pure, no Faust, no Kafka.
 
-A row is ``{"version": <last applied aggregate version>, "value": <state>}``.
-Keeping the version in the row is what makes folds idempotent: an event at or
-below it is a duplicate and is skipped, so a replay after a crash or a
-rebalance never applies an event twice.
+A row is ``{"version": <aggregate version of the last applied event>, "value": <state>}``.
+The aggregate index (:mod:`projector.aggregates`) decides which events are
+new and in order; the row's own version is the second guard that makes a
+replay idempotent: an event at or below it has already been applied to this
+row (say, before a crash that came before the index was written), and is
+skipped.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from projector.envelope import Event
 from projector.readmodels import ReadModel
 
 FOLD_ERROR = "fold_error"
-VERSION_GAP = "version_gap"
 
 
 class RecordRejected(Exception):
@@ -41,37 +42,31 @@ class Applied:
 
 
 def apply_record(model: ReadModel, row: Optional[dict[str, Any]], events: Sequence[Event]) -> Applied:
-    """Apply one record's events (all of one aggregate) to ``row``, all or nothing.
+    """Fold the events ``model`` handles into ``row``, all or nothing.
 
-    Events at or below the row's version are duplicates. The rest must follow
-    on consecutively, or the record is rejected with ``version_gap``; a fold
-    that raises rejects it with ``fold_error``. On rejection ``row`` is unchanged.
+    Events of types the model does not handle are ignored (the row is neither
+    created nor advanced by them). A fold that raises rejects the whole
+    record with ``fold_error`` and leaves ``row`` as it was.
     """
     version = row["version"] if row else 0
+    handled = [e for e in events if e.type in model.handles]
+    fresh = [e for e in handled if e.version > version]
+    result = Applied(row=row, duplicates=len(handled) - len(fresh))
+    if not fresh:
+        return result
     # A private copy, so a fold that changes its state in place cannot leak a
     # rejected record's first events into the row (states are JSON anyway).
     state = orjson.loads(orjson.dumps(row["value"])) if row else model.initial_state()
-    result = Applied(row=row)
-    for event in events:
-        if event.version <= version:
-            result.duplicates += 1
-            continue
-        if event.version != version + 1:
+    for event in fresh:
+        try:
+            state = model.fold(state, event)
+        except Exception as exc:  # a fold is user code: any error rejects the record
             raise RecordRejected(
-                VERSION_GAP,
-                f"aggregate {event.aggregate_id}: expected version {version + 1}, got {event.version}",
-            )
-        if event.type in model.handles:
-            try:
-                state = model.fold(state, event)
-            except Exception as exc:  # a fold is user code: any error rejects the record
-                raise RecordRejected(
-                    FOLD_ERROR,
-                    f"{model.name}: fold of {event.type} v{event.version} of {event.aggregate_id} "
-                    f"raised {type(exc).__name__}: {exc}",
-                ) from exc
+                FOLD_ERROR,
+                f"{model.name}: fold of {event.type} v{event.version} of {event.aggregate_id} "
+                f"raised {type(exc).__name__}: {exc}",
+            ) from exc
         version = event.version
         result.applied += 1
-    if result.applied:
-        result.row = {"version": version, "value": state}
+    result.row = {"version": version, "value": state}
     return result

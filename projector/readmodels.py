@@ -7,7 +7,24 @@ A read model module defines:
 - ``HANDLES``: the event types its fold handles (others are ignored);
 - ``fold(state, event) -> state``: a pure function, no Faust, no Kafka;
 - optionally ``INITIAL``: the state before the first event (default ``None``);
-- optionally ``key(event) -> str``: the row key (default: the aggregate id).
+Its rows are keyed by aggregate id.
+
+A *re-keyed* read model is declared over an aggregate-keyed one, the way a
+Kafka Streams ``groupBy(...).aggregate(adder, subtractor)`` is over a KTable:
+
+- ``NAME``, ``DESCRIPTION``;
+- ``SOURCE``: the NAME of the aggregate-keyed read model it groups;
+- ``key(row) -> str | None``: the group a source row belongs to (None: none);
+- ``contribution(row) -> dict``: what that row adds to its group;
+- optionally ``INITIAL`` (default ``{}``), ``add(state, c)`` and
+  ``subtract(state, c)`` (default: field-wise sums of numbers).
+
+Each source row's contribution is carried through a repartition topic keyed
+by group; the group keeps every member's last contribution, so a change is
+corrected exactly (old contribution out, new one in) and a replay is a no-op.
+
+A module may also declare ``SCHEMA_VERSIONS`` and ``UPCASTERS`` (see
+:mod:`projector.schemas`), with or without a read model.
 
 The folder is loaded by path, module by module, under the package name
 ``projector_tables`` - never as ``tables``, which belongs to PyTables.
@@ -33,6 +50,21 @@ class ReadModelError(Exception):
     """A module in tables/ does not declare a usable read model."""
 
 
+def _sum_fields(state: dict, contribution: dict, sign: int) -> dict:
+    out = dict(state)
+    for field, value in contribution.items():
+        out[field] = out.get(field, 0) + sign * value
+    return out
+
+
+def default_add(state: dict, contribution: dict) -> dict:
+    return _sum_fields(state, contribution, 1)
+
+
+def default_subtract(state: dict, contribution: dict) -> dict:
+    return _sum_fields(state, contribution, -1)
+
+
 @dataclass(frozen=True)
 class ReadModel:
     name: str
@@ -49,6 +81,42 @@ class ReadModel:
 
     def initial_state(self) -> Any:
         return copy.deepcopy(self.initial)
+
+
+@dataclass(frozen=True)
+class DerivedModel:
+    """A read model re-keyed from an aggregate-keyed one (``SOURCE``)."""
+
+    name: str
+    description: str
+    source: str
+    group_key: Callable[[Any], Optional[str]]
+    contribution: Callable[[Any], dict]
+    initial: Any = None
+    add: Callable[[Any, dict], Any] = default_add
+    subtract: Callable[[Any, dict], Any] = default_subtract
+    module: Optional[ModuleType] = None
+
+    keyed_by_aggregate = False
+
+    def initial_state(self) -> Any:
+        return copy.deepcopy(self.initial if self.initial is not None else {})
+
+
+@dataclass
+class Catalog:
+    """Everything tables/ declares."""
+
+    models: list[ReadModel]
+    derived: list[DerivedModel]
+    modules: list[ModuleType]
+
+    @property
+    def all(self) -> list[Any]:
+        return [*self.models, *self.derived]
+
+    def get(self, name: str) -> Any:
+        return next((m for m in self.all if m.name == name), None)
 
 
 def default_tables_dir() -> Path:
@@ -78,7 +146,7 @@ def _load_module(path: Path) -> ModuleType:
     return module
 
 
-def read_model_from_module(module: ModuleType, origin: str = "") -> ReadModel:
+def read_model_from_module(module: ModuleType, origin: str = "") -> Any:
     where = origin or module.__name__
 
     def need(attr: str) -> Any:
@@ -92,6 +160,8 @@ def read_model_from_module(module: ModuleType, origin: str = "") -> ReadModel:
     description = getattr(module, "DESCRIPTION", "") or ""
     if not isinstance(description, str):
         raise ReadModelError(f"{where}: DESCRIPTION must be a string")
+    if hasattr(module, "SOURCE"):
+        return _derived_from_module(module, where, name, description)
     handles = need("HANDLES")
     if (
         isinstance(handles, str)
@@ -117,8 +187,40 @@ def read_model_from_module(module: ModuleType, origin: str = "") -> ReadModel:
     )
 
 
-def load_read_models(directory: Optional[Path] = None) -> list[ReadModel]:
-    """Load every ``*.py`` module of ``directory`` (sorted) as a read model."""
+def _derived_from_module(module: ModuleType, where: str, name: str, description: str) -> DerivedModel:
+    source = module.SOURCE
+    if not isinstance(source, str) or not _NAME_RE.fullmatch(source):
+        raise ReadModelError(f"{where}: SOURCE must name an aggregate-keyed read model, got {source!r}")
+    funcs = {}
+    for attr in ("key", "contribution"):
+        fn = getattr(module, attr, None)
+        if not callable(fn):
+            raise ReadModelError(f"{where}: a re-keyed read model (SOURCE = {source!r}) must define {attr}(row)")
+        funcs[attr] = fn
+    for attr in ("add", "subtract"):
+        fn = getattr(module, attr, None)
+        if fn is not None and not callable(fn):
+            raise ReadModelError(f"{where}: {attr} must be a function (state, contribution) -> state")
+    return DerivedModel(
+        name=name,
+        description=description,
+        source=source,
+        group_key=funcs["key"],
+        contribution=funcs["contribution"],
+        initial=getattr(module, "INITIAL", None),
+        add=getattr(module, "add", None) or default_add,
+        subtract=getattr(module, "subtract", None) or default_subtract,
+        module=module,
+    )
+
+
+def load_read_models(directory: Optional[Path] = None) -> list[Any]:
+    """Every read model of ``directory``: aggregate-keyed ones first, then re-keyed ones."""
+    return load_catalog(directory).all
+
+
+def load_catalog(directory: Optional[Path] = None) -> Catalog:
+    """Load every ``*.py`` module of ``directory`` (sorted) and check how they fit together."""
     directory = Path(directory) if directory is not None else default_tables_dir()
     if not directory.is_dir():
         raise ReadModelError(f"read-model folder {directory} does not exist")
@@ -128,15 +230,34 @@ def load_read_models(directory: Optional[Path] = None) -> list[ReadModel]:
             "not a package named 'tables' (PyTables owns that name)"
         )
     models: list[ReadModel] = []
+    derived: list[DerivedModel] = []
+    modules: list[ModuleType] = []
     seen: dict[str, Path] = {}
     for path in sorted(directory.glob("*.py")):
         if path.name.startswith("_"):
             continue
-        model = read_model_from_module(_load_module(path), str(path))
+        module = _load_module(path)
+        modules.append(module)
+        if not hasattr(module, "NAME") and (hasattr(module, "UPCASTERS") or hasattr(module, "SCHEMA_VERSIONS")):
+            continue  # a module of upcasters only
+        model = read_model_from_module(module, str(path))
         if model.name in seen:
             raise ReadModelError(f"{path}: NAME {model.name!r} is already used by {seen[model.name]}")
         seen[model.name] = path
-        models.append(model)
-    if not models:
+        (derived if isinstance(model, DerivedModel) else models).append(model)
+    if not models and not derived:
         raise ReadModelError(f"no read models found in {directory}")
-    return models
+    by_name = {m.name: m for m in models}
+    for d in derived:
+        if d.source not in by_name:
+            raise ReadModelError(
+                f"{seen[d.name]}: SOURCE {d.source!r} is not an aggregate-keyed read model in {directory}"
+            )
+    for m in models:
+        if m.key is not None:
+            raise ReadModelError(
+                f"{seen[m.name]}: key(event) re-keys events one by one, which cannot follow an aggregate "
+                "whose events do not all carry the new key; declare SOURCE, key(row) and contribution(row) "
+                "to re-key a read model"
+            )
+    return Catalog(models, derived, modules)

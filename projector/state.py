@@ -1,17 +1,18 @@
-"""Read-model rows in a Faust changelog-backed RocksDB table.
+"""Rows in Faust's changelog-backed RocksDB tables.
 
-This is the one place that touches Faust's table and store internals. Rows
-are written straight into the partition's RocksDB database and sent to the
-changelog with the partition given explicitly, so a batch that spans
-partitions never writes a key into the wrong partition (Faust's
-``table[key] = value`` uses whichever event is current).
+This is the one place that touches Faust's table and store internals. The
+engine's writes go straight into each partition's RocksDB database, in one
+``WriteBatch`` per table and partition together with the changelog offset
+they reach, and to the changelog with the partition given explicitly, so a
+batch that spans partitions never writes a key into the wrong partition
+(Faust's ``table[key] = value`` uses whichever event is current).
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
-import orjson
+import rocksdict
 
 #: RocksDB sizes per partition database. rocksdict's defaults through Faust
 #: reserve a 2 GiB block cache and 3 x 64 MiB write buffers for *each* one.
@@ -30,25 +31,40 @@ def rocksdb_options() -> dict[str, Any]:
     return dict(ROCKSDB_OPTIONS, driver="rocksdict")
 
 
-class TableState:
-    """Rows ``{"version", "value"}`` of one read model, keyed by UTF-8 bytes."""
+class FaustStore:
+    """The engine's :class:`projector.engine.Store` over Faust tables, by table name."""
 
-    def __init__(self, table: Any) -> None:
-        self.table = table
+    def __init__(self, tables: dict[str, Any]) -> None:
+        self.tables = tables
 
-    @property
-    def name(self) -> str:
-        return self.table.name
+    def _store(self, table: str) -> Any:
+        return self.tables[table].data
 
-    def _db(self, partition: int) -> Any:
-        return self.table.data._db_for_partition(partition)
+    def _db(self, table: str, partition: int) -> Any:
+        return self._store(table)._db_for_partition(partition)
 
-    def get(self, partition: int, key: bytes) -> Optional[dict[str, Any]]:
-        raw = self._db(partition).get(key)
-        return orjson.loads(raw) if raw is not None else None
+    def changelog_topic(self, table: str) -> str:
+        return self.tables[table].changelog_topic.get_topic_name()
 
-    def put(self, partition: int, key: bytes, row: dict[str, Any]) -> None:
-        raw = orjson.dumps(row)
-        self._db(partition).put(key, raw)
-        self.table.data._key_index[key] = partition
-        self.table.send_changelog(partition, key, raw, key_serializer="raw", value_serializer="raw")
+    def get(self, table: str, partition: int, key: bytes) -> Optional[bytes]:
+        return self._db(table, partition).get(key)
+
+    def scan(self, table: str, partition: int, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        for key, value in self._db(table, partition).items(from_key=prefix):
+            if not key.startswith(prefix):
+                break
+            yield key, value
+
+    def write(self, table: str, partition: int, items: dict[bytes, Optional[bytes]], changelog_offset: Optional[int]) -> None:
+        """Write ``items`` (``None`` deletes) and the changelog offset they reach, atomically."""
+        store = self._store(table)
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        for key, value in items.items():
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+            store._key_index[key] = partition
+        if changelog_offset is not None:
+            batch.put(store.offset_key, str(changelog_offset).encode())
+        store._db_for_partition(partition).write(batch)

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_BODY = 1024 * 1024
+MAX_LIMIT = 1000
 #: How long a key lookup keeps retrying while its partition has no owner (rebalance).
 ROUTE_DEADLINE = 10.0
 FORWARD_TIMEOUT = 15.0
@@ -102,6 +103,31 @@ def web_application_options(projector: "Projector") -> dict[str, Any]:
     return {"middlewares": _middlewares(projector), "client_max_size": MAX_BODY}
 
 
+def _int_param(request: web.Request, name: str, default: int, minimum: int, maximum: Optional[int] = None,
+               cap: bool = False) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise web.HTTPBadRequest(reason=f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise web.HTTPBadRequest(reason=f"{name} must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        if cap:
+            return maximum
+        raise web.HTTPBadRequest(reason=f"{name} must be at most {maximum}, got {value}")
+    return value
+
+
+def _is_admin(request: web.Request, settings: Any) -> bool:
+    if settings.admin_token is None:
+        return True
+    given = request.headers.get("Authorization", "")
+    return hmac.compare_digest(given.encode(), f"Bearer {settings.admin_token}".encode())
+
+
 class Views:
     def __init__(self, projector: "Projector") -> None:
         self.projector = projector
@@ -127,10 +153,32 @@ class Views:
         return json_response(
             {
                 "tables": [
-                    {"name": m.name, "description": m.description, "partitions": p.partitions} for m in p.models
+                    {"name": m.name, "description": m.description, "partitions": p.partitions}
+                    for m in p.catalog.all
                 ]
             }
         )
+
+    async def _on_owner(
+        self, request: web.Request, table: str, key_bytes: bytes, local: Callable[[int], Awaitable[web.Response]]
+    ) -> web.Response:
+        """Answer with ``local(partition)`` when this worker owns the key, else forward to the owner."""
+        p = self.projector
+        partition = partition_for(key_bytes, p.partitions)
+        deadline = time.monotonic() + ROUTE_DEADLINE
+        while True:
+            if p.owns(partition):
+                return await local(partition)
+            owner = p.owner_url(table, partition)
+            if owner and owner.rstrip("/") != p.settings.url and FORWARDED_HEADER not in request.headers:
+                return await self._forward(request, owner)
+            if time.monotonic() >= deadline:
+                return json_error(
+                    503,
+                    "unavailable",
+                    detail=f"partition {partition} of {table} has no owner yet (rebalancing); retry",
+                )
+            await asyncio.sleep(0.2)
 
     async def get_row(self, request: web.Request) -> web.Response:
         p = self.projector
@@ -139,24 +187,82 @@ class Views:
         if p.model(table) is None:
             return json_error(404, "unknown_table", table=table)
         key_bytes = key.encode("utf-8")
-        partition = partition_for(key_bytes, p.partitions)
-        deadline = time.monotonic() + ROUTE_DEADLINE
-        while True:
-            if p.owns(partition):
-                row = p.tables[table].get(partition, key_bytes)
-                if row is None or row.get("value") is None:
-                    return json_error(404, "not_found", table=table, key=key)
-                return json_response({"table": table, "key": key, "version": row["version"], "value": row["value"]})
-            owner = p.owner_url(table, partition)
-            if owner and owner.rstrip("/") != p.settings.url and FORWARDED_HEADER not in request.headers:
-                return await self._forward(request, owner)
-            if time.monotonic() >= deadline:
-                return json_error(
-                    503,
-                    "unavailable",
-                    detail=f"partition {partition} of table {table} has no owner yet (rebalancing); retry",
-                )
-            await asyncio.sleep(0.2)
+
+        async def local(partition: int) -> web.Response:
+            raw = p.store.get(table, partition, key_bytes)
+            row = orjson.loads(raw) if raw is not None else None
+            if row is None or row.get("value") is None:
+                return json_error(404, "not_found", table=table, key=key)
+            return json_response({"table": table, "key": key, "version": row["version"], "value": row["value"]})
+
+        return await self._on_owner(request, table, key_bytes, local)
+
+    async def aggregate_events(self, request: web.Request) -> web.Response:
+        from projector import aggregates as agg
+        from projector.engine import INDEX
+
+        p = self.projector
+        aid = request.match_info["id"]
+        from_version = _int_param(request, "from_version", 1, 1)
+        limit = _int_param(request, "limit", 100, 1, MAX_LIMIT, cap=True)
+
+        async def local(partition: int) -> web.Response:
+            meta_raw = p.store.get(INDEX, partition, agg.meta_key(aid))
+            if meta_raw is None:
+                return json_error(404, "not_found", aggregate_id=aid)
+            prefix = agg.event_prefix(aid)
+            events = []
+            for k, v in p.store.scan(INDEX, partition, prefix):
+                if int(k[len(prefix):]) < from_version:
+                    continue
+                if len(events) == limit:
+                    break
+                events.append(orjson.loads(v))
+            meta = orjson.loads(meta_raw)
+            last = events[-1]["version"] if events else from_version - 1
+            next_version = last + 1 if last + 1 <= meta["version"] else None
+            return json_response({"aggregate_id": aid, "events": events, "next_version": next_version})
+
+        return await self._on_owner(request, INDEX, aid.encode("utf-8"), local)
+
+    async def release(self, request: web.Request) -> web.Response:
+        p = self.projector
+        if not _is_admin(request, p.settings):
+            return json_error(401, "unauthorized", detail="releasing an aggregate needs the admin token")
+        aid = request.match_info["id"]
+        raw = await request.read()
+        try:
+            body = orjson.loads(raw) if raw.strip() else {}
+        except orjson.JSONDecodeError as exc:
+            return json_error(400, "invalid", detail=f"body is not JSON: {exc}")
+        if not isinstance(body, dict) or set(body) - {"skip_to"}:
+            return json_error(400, "invalid", detail='body must be {} or {"skip_to": <version>}')
+        skip_to = body.get("skip_to")
+        if skip_to is not None and (not isinstance(skip_to, int) or isinstance(skip_to, bool) or skip_to < 1):
+            return json_error(400, "invalid", detail=f"skip_to must be an integer >= 1, got {skip_to!r}")
+        topic = p.commands_topic.get_topic_name()
+        command = {"action": "release", "skip_to": skip_to}
+        fut = await p.app.producer.send(
+            topic, aid.encode("utf-8"), orjson.dumps(command), partition_for(aid.encode("utf-8"), p.partitions), None, None
+        )
+        meta = await fut
+        return json_response({"aggregate_id": aid, "skip_to": skip_to, "offset": meta.offset}, status=202)
+
+    async def deadletters(self, request: web.Request) -> web.Response:
+        from projector.deadletters import read_recent
+
+        limit = _int_param(request, "limit", 100, 1, MAX_LIMIT, cap=True)
+        try:
+            rows = await read_recent(self.projector.settings, limit)
+        except Exception as exc:
+            log.warning("reading dead letters failed: %r", exc)
+            return json_error(503, "unavailable", detail=f"cannot read the dead-letter topic: {exc}")
+        return json_response({"deadletters": rows})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        from projector.metrics import prometheus_text
+
+        return web.Response(text=prometheus_text(self.projector), content_type="text/plain")
 
     async def _forward(self, request: web.Request, owner: str) -> web.Response:
         """Send the request on to the owning worker, keeping its status, JSON body and headers."""
@@ -184,3 +290,7 @@ def install_routes(app: web.Application, projector: "Projector") -> None:
     app.router.add_get("/readyz", views.readyz)
     app.router.add_get("/tables", views.list_tables)
     app.router.add_get("/tables/{table}/{key}", views.get_row)
+    app.router.add_get("/aggregates/{id}/events", views.aggregate_events)
+    app.router.add_post("/aggregates/{id}/release", views.release)
+    app.router.add_get("/deadletters", views.deadletters)
+    app.router.add_get("/metrics", views.metrics)

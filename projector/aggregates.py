@@ -1,0 +1,93 @@
+"""The aggregate index: per-aggregate version state, the stored events, parked records.
+
+One changelog-backed RocksDB table holds, per aggregate id ``A``:
+
+- ``m\\0A``            -> ``{"version": last applied, "parked": bool}``;
+- ``e\\0A\\0<version>`` -> the event envelope, version zero-padded to 10 digits,
+  so a range scan from ``e\\0A\\0<from>`` reads the stream in order;
+- ``p\\0A\\0<version>`` -> a parked record (its events, and where it came from),
+  keyed by its first version, kept until an operator releases the aggregate.
+
+:func:`admit` applies CONTRACT §2's version rules to one record.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+from projector.envelope import Event
+
+META = b"m\x00"
+EVENT = b"e\x00"
+PARKED = b"p\x00"
+SEP = b"\x00"
+
+APPLY = "apply"
+DUPLICATE = "duplicate"
+GAP = "version_gap"
+PARKED_REASON = "parked"
+
+
+def _aid(aggregate_id: str) -> bytes:
+    return aggregate_id.encode("utf-8")
+
+
+def meta_key(aggregate_id: str) -> bytes:
+    return META + _aid(aggregate_id)
+
+
+def event_prefix(aggregate_id: str) -> bytes:
+    return EVENT + _aid(aggregate_id) + SEP
+
+
+def event_key(aggregate_id: str, version: int) -> bytes:
+    return event_prefix(aggregate_id) + b"%010d" % version
+
+
+def parked_prefix(aggregate_id: str) -> bytes:
+    return PARKED + _aid(aggregate_id) + SEP
+
+
+def parked_key(aggregate_id: str, first_version: int) -> bytes:
+    return parked_prefix(aggregate_id) + b"%010d" % first_version
+
+
+@dataclass
+class Meta:
+    version: int = 0
+    parked: bool = False
+
+    @classmethod
+    def from_json(cls, obj: Optional[dict[str, Any]]) -> "Meta":
+        if not obj:
+            return cls()
+        return cls(version=obj["version"], parked=obj.get("parked", False))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": self.version, "parked": self.parked}
+
+
+@dataclass
+class Admission:
+    outcome: str  # APPLY, DUPLICATE, GAP or PARKED_REASON
+    events: list[Event] = field(default_factory=list)  # the events newer than the last applied
+    duplicates: int = 0
+
+
+def admit(meta: Meta, events: Sequence[Event]) -> Admission:
+    """Classify one record's events (consecutive, of one aggregate) against ``meta``.
+
+    Events at or below the last applied version are duplicates, skipped even
+    while the aggregate is parked. The rest must start at last + 1; otherwise
+    the record is a gap. Any newer event of a parked aggregate is parked.
+    """
+    fresh = [e for e in events if e.version > meta.version]
+    duplicates = len(events) - len(fresh)
+    if not fresh:
+        return Admission(DUPLICATE, [], duplicates)
+    if meta.parked:
+        return Admission(PARKED_REASON, fresh, duplicates)
+    if fresh[0].version != meta.version + 1:
+        return Admission(GAP, fresh, duplicates)
+    return Admission(APPLY, fresh, duplicates)
