@@ -5,8 +5,10 @@ One changelog-backed RocksDB table holds, per aggregate id ``A``:
 - ``m\\0A``            -> ``{"version": last applied, "parked": bool}``;
 - ``e\\0A\\0<version>`` -> the event envelope, version zero-padded to 10 digits,
   so a range scan from ``e\\0A\\0<from>`` reads the stream in order;
-- ``p\\0A\\0<version>`` -> a parked record (its events, and where it came from),
-  keyed by its first version, kept until an operator releases the aggregate.
+- ``p\\0A\\0<first>-<last>`` -> a parked record (its events, its original key
+  and value, and where it came from), kept until an operator releases the aggregate.
+
+NUL and \\1 in aggregate ids are escaped, so one id's prefix never covers another's keys.
 
 :func:`admit` applies CONTRACT §2's version rules to one record.
 """
@@ -30,7 +32,8 @@ PARKED_REASON = "parked"
 
 
 def _aid(aggregate_id: str) -> bytes:
-    return aggregate_id.encode("utf-8")
+    # Escape NUL (and the escape byte), so one id's prefix never covers another's keys.
+    return aggregate_id.encode("utf-8").replace(b"\x01", b"\x01\x02").replace(b"\x00", b"\x01\x01")
 
 
 def meta_key(aggregate_id: str) -> bytes:
@@ -49,8 +52,9 @@ def parked_prefix(aggregate_id: str) -> bytes:
     return PARKED + _aid(aggregate_id) + SEP
 
 
-def parked_key(aggregate_id: str, first_version: int) -> bytes:
-    return parked_prefix(aggregate_id) + b"%010d" % first_version
+def parked_key(aggregate_id: str, first_version: int, last_version: int) -> bytes:
+    # Keyed by first and last version, so overlapping re-sends are all kept.
+    return parked_prefix(aggregate_id) + b"%010d-%010d" % (first_version, last_version)
 
 
 @dataclass

@@ -18,6 +18,7 @@ from projector.metrics import Metrics
 from projector.readmodels import Catalog, load_catalog
 from projector.schemas import Schemas
 from projector.state import FaustStore, rocksdb_options
+from projector.topics import commands_topic_name, repartition_topic_name
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +93,9 @@ class Projector:
             return t
 
         self.events_topic = topic(settings.events_topic)
-        self.commands_topic = topic(f"{settings.app_id}-engine-commands", internal=True)
+        self.commands_topic = topic(commands_topic_name(settings), internal=True)
         self.repartition_topics = {
-            d.name: topic(f"{settings.app_id}-{d.name}-repartition", internal=True) for d in self.catalog.derived
+            d.name: topic(repartition_topic_name(settings, d.name), internal=True) for d in self.catalog.derived
         }
 
         tables: dict[str, Any] = {}

@@ -15,6 +15,7 @@ without a batch handler go through Faust's usual path.
 from __future__ import annotations
 
 import asyncio
+from time import monotonic
 from typing import Any, Awaitable, Callable, Sequence, cast
 
 from faust.transport.consumer import CONSUMER_FETCHING
@@ -37,6 +38,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         unset_flag = self.diag.unset_flag
         commit_every = self._commit_every
         acks_enabled_for = self.app.topics.acks_enabled_for
+        inbound_time = self.app.monitor.stream_inbound_time
         yield_every = 100
         num_since_yield = 0
         try:
@@ -74,6 +76,11 @@ class BatchingConsumer(faust_aiokafka.Consumer):
                     await handler(messages)
                     for message in messages:
                         self.ack(message)
+                    # Faust's liveness check ("stream has not started processing")
+                    # looks at when a stream last took an event of each partition.
+                    now = monotonic()
+                    for tp in {m.tp for m in messages}:
+                        inbound_time[tp] = now
                 if batches and commit_every is not None and self._n_acked >= commit_every:
                     self._n_acked = 0
                     await self.commit()

@@ -39,6 +39,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
+from urllib.parse import quote
 
 import orjson
 
@@ -220,7 +221,10 @@ class Result:
     ready_after: Optional[float] = None
     events_per_s: Optional[float] = None
     events_per_s_from_ready: Optional[float] = None
+    #: CPU (user + system) of the process when it was seen caught up, before
+    #: the state check's HTTP reads; ``cpu_seconds_at_stop`` includes them.
     cpu_seconds: Optional[float] = None
+    cpu_seconds_at_stop: Optional[float] = None
     cpu_s_per_million: Optional[float] = None
     peak_rss_mib: Optional[float] = None
     accounts_checked: int = 0
@@ -228,6 +232,9 @@ class Result:
     first_mismatches: list[str] = field(default_factory=list)
     state_settled_after_offsets: Optional[float] = None
     committed_events: int = 0
+    #: Records not yet consumed by the group on its own internal input topics
+    #: (``<group>-*``, not changelogs) when the events topic was caught up.
+    internal_lag_at_catch_up: dict[str, int] = field(default_factory=dict)
     group: str = ""
     pid: Optional[int] = None
     stopped: str = ""
@@ -346,6 +353,23 @@ class Kafka:
         offsets = await self.admin.list_consumer_group_offsets(group)
         return {tp.partition: om.offset for tp, om in offsets.items() if tp.topic == topic and om.offset >= 0}
 
+    async def internal_lag(self, group: str) -> dict[str, int]:
+        """Unconsumed records per internal input topic of ``group`` (``<group>-*`` but changelogs)."""
+        names = [t for t in await self.list_topics() if t.startswith(f"{group}-")
+                 and not t.endswith(("-changelog", "-__assignor-__leader"))]
+        if not names:
+            return {}
+        offsets = await self.admin.list_consumer_group_offsets(group)
+        lag = {}
+        for name in sorted(names):
+            n = await self.partitions(name)
+            if not n:
+                continue
+            begin, end = await self.offsets(name, n)
+            committed = {tp.partition: om.offset for tp, om in offsets.items() if tp.topic == name}
+            lag[name] = sum(end[p] - min(max(committed.get(p, begin[p]), begin[p]), end[p]) for p in end)
+        return lag
+
     async def delete_topics(self, names: list[str]) -> None:
         if names:
             await self.admin.delete_topics(names)
@@ -405,8 +429,8 @@ class Bench:
         self.topic = config.topic or f"bench-{self.tag}-events"
         self.started = _dt.datetime.now(_dt.timezone.utc)
         stamp = self.started.strftime("%Y%m%dT%H%M%SZ")
-        self.output = Path(config.output) if config.output else REPO / "bench-results" / f"bench-{stamp}.json"
-        self.workdir = Path(tempfile.mkdtemp(prefix=f"projector-bench-{self.tag}-"))
+        self.output = Path(config.output) if config.output else Path("bench-results") / f"bench-{stamp}.json"
+        self.workdir: Optional[Path] = None
         self.started_broker = False
         self.created_topic = False
         self.kafka = Kafka(self.bootstrap)
@@ -414,6 +438,8 @@ class Bench:
         self.app_ids: list[str] = []
         self.extra_topics: list[str] = []
         self.notes: list[str] = []
+        self.interrupted = False
+        self.machine = machine_info()
 
     # - broker -
 
@@ -485,6 +511,7 @@ class Bench:
         app_id = f"bench-{self.tag}-{'naive' if name == 'naive-faust' else 'projector'}"
         self.app_ids.append(app_id)
         port = free_port()
+        assert self.workdir is not None
         data_dir = self.workdir / name / "data"
         data_dir.mkdir(parents=True)
         self.output.parent.mkdir(parents=True, exist_ok=True)
@@ -512,12 +539,12 @@ class Bench:
             })
             argv = [sys.executable, "-m", "projector", "worker"]
             return Contestant(name, app_id, argv, env, url, data_dir, log_path,
-                              lambda key: f"{url}/tables/accounts/{key}", _projector_row)
+                              lambda key: f"{url}/tables/accounts/{quote(key, safe='')}", _projector_row)
         argv = [sys.executable, "-m", "projector.bench_naive", "--broker", broker, "--topic", self.topic,
                 "--partitions", str(partitions), "--app-id", app_id, "--data-dir", str(data_dir),
                 "--web-port", str(port)]
         return Contestant(name, app_id, argv, env, url, data_dir, log_path,
-                          lambda key: f"{url}/row/{key}", _naive_row)
+                          lambda key: f"{url}/row/{quote(key, safe='')}", _naive_row)
 
     async def run_contestant(self, c: Contestant, partitions: int, begin: dict[int, int], end: dict[int, int],
                              expected: Optional[dict[str, dict[str, Any]]], sample: list[str]) -> Result:
@@ -529,7 +556,8 @@ class Bench:
         log(f"[{c.name}] starting (group {c.group}, web {c.url}, log {c.log_path})")
         with open(c.log_path, "wb") as logf:
             t0 = time.monotonic()
-            proc = subprocess.Popen(c.argv, env=c.env, stdout=logf, stderr=subprocess.STDOUT, cwd=str(c.data_dir.parent))
+            proc = subprocess.Popen(c.argv, env=c.env, stdout=logf, stderr=subprocess.STDOUT,
+                                    cwd=str(c.data_dir.parent))
         self.procs.append(proc)
         result.pid = proc.pid
         deadline = t0 + cfg.timeout
@@ -545,7 +573,8 @@ class Bench:
                     now = time.monotonic()
                     if proc.poll() is not None:
                         result.state = "crashed"
-                        result.detail = f"exited with {proc.returncode} after {now - t0:.1f}s; log tail:\n{_tail(c.log_path)}"
+                        result.detail = (f"exited with {proc.returncode} after {now - t0:.1f}s; "
+                                         f"log tail:\n{_tail(c.log_path)}")
                         break
                     if now > deadline:
                         result.state = "timeout"
@@ -565,6 +594,7 @@ class Bench:
                         done = sum(min(max(committed.get(p, begin[p]), begin[p]), end[p]) - begin[p] for p in end)
                         if all(committed.get(p, begin[p]) >= end[p] for p in end):
                             caught_at = time.monotonic()
+                            result.cpu_seconds = proc_cpu_seconds(proc.pid)
                             result.committed_events = done
                             break
                     except Exception as exc:  # the group may not exist yet; keep polling
@@ -579,6 +609,16 @@ class Bench:
 
                 if caught_at is not None:
                     log(f"[{c.name}] caught up: {total} events committed after {caught_at - t0:.1f}s")
+                    try:
+                        result.internal_lag_at_catch_up = await self.kafka.internal_lag(c.group)
+                    except Exception as exc:  # informational only
+                        log(f"[{c.name}] could not read its internal topics' lag: {type(exc).__name__}: {exc}")
+                    behind = {t: n for t, n in result.internal_lag_at_catch_up.items() if n}
+                    if behind:
+                        note = (f"{c.name}: when the events topic was caught up, its internal topics still had "
+                                f"unconsumed records (not part of the timed work): {behind}")
+                        self.notes.append(note)
+                        log(note)
                     result.seconds = caught_at - t0
                     if ready_at is not None:
                         result.ready_after = ready_at - t0
@@ -589,7 +629,9 @@ class Bench:
                         await self.check_state(session, c, proc, expected, sample, caught_at, deadline, result)
         finally:
             # Sample CPU and peak RSS just before stopping.
-            result.cpu_seconds = proc_cpu_seconds(proc.pid)
+            result.cpu_seconds_at_stop = proc_cpu_seconds(proc.pid)
+            if result.cpu_seconds is None:
+                result.cpu_seconds = result.cpu_seconds_at_stop
             result.peak_rss_mib = proc_peak_rss_mib(proc.pid)
             result.stopped = stop_process(proc)
             self.procs.remove(proc)
@@ -610,6 +652,7 @@ class Bench:
         """Compare ``sample`` rows with ``expected``; give a wrong state STATE_GRACE s to settle."""
         grace_end = min(caught_at + STATE_GRACE, deadline)
         result.accounts_checked = len(sample)
+        first_pass = True
         while True:
             started = time.monotonic()
             bad = await self.mismatches(session, c, expected, sample)
@@ -617,7 +660,7 @@ class Bench:
                 result.state = "ok"
                 result.mismatches = 0
                 result.first_mismatches = []
-                if started > caught_at + 0.5:
+                if not first_pass:
                     # The offsets were committed before the rows were right:
                     # time the contestant by the check that passed.
                     result.state_settled_after_offsets = started - caught_at
@@ -631,6 +674,7 @@ class Bench:
             result.detail = f"{len(bad)} of {len(sample)} accounts differ from the expected state; first: {bad[:3]}"
             if time.monotonic() >= grace_end or proc.poll() is not None:
                 return
+            first_pass = False
             await asyncio.sleep(1.0)
 
     async def mismatches(self, session: Any, c: Contestant, expected: dict[str, dict[str, Any]],
@@ -659,8 +703,24 @@ class Bench:
 
     # - the run -
 
+    def _interrupt(self, task: "asyncio.Task[Any]") -> None:
+        # Cancel only the bench's own task: Kafka clients' tasks stay alive,
+        # so the cleanup in its ``finally`` blocks can still talk to the broker.
+        if not self.interrupted:
+            self.interrupted = True
+            log("interrupted: stopping what this run started")
+            task.cancel()
+
     async def run_async(self) -> dict[str, Any]:
         cfg = self.config
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, self._interrupt, task)
+            except (NotImplementedError, RuntimeError):  # not the main thread
+                pass
         await self.kafka.start()
         try:
             partitions, total, expected, produce_seconds = await self.prepare_topic()
@@ -680,12 +740,18 @@ class Bench:
             if end_after != end:
                 self.notes.append(f"topic {self.topic} grew during the run (another producer?): "
                                   f"{sum(end.values())} -> {sum(end_after.values())} end offset sum")
-            report = self.report(partitions, total, expected, sample, produce_seconds, results)
-            if not cfg.keep_topics:
-                await self.cleanup_topics()
-            return report
+            return self.report(partitions, total, expected, sample, produce_seconds, results)
         finally:
-            await self.kafka.close()
+            try:
+                if not cfg.keep_topics:
+                    await asyncio.wait_for(asyncio.shield(self.cleanup_topics()), 30)
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                log("could not delete this run's topics in time")
+            finally:
+                try:
+                    await asyncio.wait_for(asyncio.shield(self.kafka.close()), 30)
+                except (asyncio.TimeoutError, asyncio.CancelledError):
+                    pass
 
     async def cleanup_topics(self) -> None:
         try:
@@ -700,7 +766,7 @@ class Bench:
     def report(self, partitions: int, total: int, expected: Optional[dict], sample: list[str],
                produce_seconds: Optional[float], results: list[Result]) -> dict[str, Any]:
         cfg = self.config
-        base = next((r for r in results if r.contestant == "projector" and r.state == "ok"), None)
+        base = next((r for r in results if r.contestant == "projector" and r.ok), None)
         ratios: dict[str, Any] = {}
         for r in results:
             if base is None or not r.events_per_s or not base.events_per_s:
@@ -715,7 +781,7 @@ class Bench:
                 "peak_rss_mib": (r.peak_rss_mib / base.peak_rss_mib
                                  if r.peak_rss_mib and base.peak_rss_mib else None),
             }
-        machine = machine_info()
+        machine = dict(self.machine)
         machine["loadavg_at_end"] = list(os.getloadavg())
         return {
             "started_at": self.started.isoformat(),
@@ -744,7 +810,9 @@ class Bench:
         for proc in list(self.procs):
             stop_process(proc)
         self.procs.clear()
-        if not self.config.keep_data:
+        if self.workdir is None:
+            pass
+        elif not self.config.keep_data:
             shutil.rmtree(self.workdir, ignore_errors=True)
         else:
             log(f"kept the contestants' data in {self.workdir}")
@@ -752,8 +820,14 @@ class Bench:
 
     def run(self) -> dict[str, Any]:
         try:
+            self.workdir = Path(tempfile.mkdtemp(prefix=f"projector-bench-{self.tag}-"))
             self.ensure_broker()
-            report = asyncio.run(self.run_async())
+            try:
+                report = asyncio.run(self.run_async())
+            except asyncio.CancelledError:
+                if self.interrupted:
+                    raise KeyboardInterrupt from None
+                raise
         finally:
             self.cleanup()
         self.output.parent.mkdir(parents=True, exist_ok=True)
@@ -810,7 +884,8 @@ def format_table(report: dict[str, Any]) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     m = report["machine"]
     head = (f"topic {report['topic']}: {report['events']} events, {report['partitions']} partitions, "
-            f"broker {report['broker']}; machine: {m['nproc']} cpus, {m['memory_mib']} MiB, Python {m['python']}")
+            f"broker {report['broker']}; machine: {m['nproc']} cpus, {m['memory_mib']} MiB, Python {m['python']}, "
+            f"load average {m['loadavg_at_start'][0]:.1f} at start, {m['loadavg_at_end'][0]:.1f} at end")
     out = [head, "", *lines]
     for note in report["notes"]:
         out.append(f"note: {note}")
@@ -859,12 +934,6 @@ def cmd_bench(args: argparse.Namespace) -> None:
     )
     if config.partitions < 1:
         sys.exit("projector bench: --partitions must be at least 1")
-    def on_sigterm(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    # SIGTERM unwinds like Ctrl-C, so the contestants and a broker this run
-    # started are stopped before the bench exits.
-    signal.signal(signal.SIGTERM, on_sigterm)
     try:
         report = run_bench(config)
     except BenchError as exc:

@@ -21,7 +21,7 @@ def cmd_worker(args: argparse.Namespace) -> None:
     from projector.app import Projector
     from projector.readmodels import ReadModelError, load_catalog
     from projector.schemas import SchemaError, Schemas
-    from projector.topics import TopicError, ensure_topics
+    from projector.topics import TopicError, ensure_topics, projector_topics
 
     settings = _settings()
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
@@ -31,11 +31,14 @@ def cmd_worker(args: argparse.Namespace) -> None:
     except (ReadModelError, SchemaError) as exc:
         sys.exit(f"projector: {exc}")
     try:
-        partitions = asyncio.run(ensure_topics(settings))
+        partitions = asyncio.run(ensure_topics(settings))[settings.events_topic]
+        # Internal topics must exist before Faust joins the group, or its first
+        # assignment leaves them out; they share the events topic's partitions.
+        derived = [d.name for d in catalog.derived]
+        asyncio.run(ensure_topics(settings, projector_topics(settings, derived, partitions)))
     except TopicError as exc:
         sys.exit(f"projector: {exc}")
-    # Tables are co-partitioned with the events topic as it really is.
-    projector = Projector(settings, catalog, partitions=partitions[settings.events_topic])
+    projector = Projector(settings, catalog, partitions=partitions)
     from faust.worker import Worker
 
     worker = Worker(projector.app, loglevel=args.loglevel, quiet=True, redirect_stdouts=False)

@@ -11,6 +11,8 @@ aggregate version it came from (``group\\0aggregate`` in a members table).
 :func:`apply_change` takes the member's old contribution out of the group's
 state and puts the new one in, so the group is corrected exactly on every
 change, and a message at or below the member's version (a replay) is skipped.
+A group whose last member left keeps its row with value ``None`` (served as
+404), so its version never goes backwards.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ def change_messages(old: Contribution, new: Contribution, aggregate_id: str, ver
 
 @dataclass
 class GroupChange:
-    row: Optional[dict[str, Any]]  # None: the group has no members left (delete the row)
+    row: Optional[dict[str, Any]]
     member: dict[str, Any]
     applied: bool
 
@@ -68,7 +70,7 @@ def apply_change(
     version = message["version"]
     if member is not None and member["version"] >= version:
         return GroupChange(row=row, member=member, applied=False)
-    state = row["value"] if row else model.initial_state()
+    state = row["value"] if row and row["value"] is not None else model.initial_state()
     members = row["members"] if row else 0
     old = member["contribution"] if member else None
     new = message["contribution"]
@@ -78,11 +80,11 @@ def apply_change(
     if new is not None:
         state = model.add(state, new)
         members += 1
-    new_member = {"version": version, "contribution": new}
-    if members <= 0:
-        return GroupChange(row=None, member=new_member, applied=True)
+    # The row version is the sum of its members' versions (those that left
+    # included): it only grows, and does not depend on how events were batched.
+    row_version = (row["version"] if row else 0) + version - (member["version"] if member else 0)
     return GroupChange(
-        row={"version": (row["version"] if row else 0) + 1, "value": state, "members": members},
-        member=new_member,
+        row={"version": row_version, "value": state if members > 0 else None, "members": members},
+        member={"version": version, "contribution": new},
         applied=True,
     )

@@ -209,8 +209,13 @@ class Engine:
             batch.put_json(
                 INDEX,
                 partition,
-                agg.parked_key(aid, admission.events[0].version),
-                {"source": source, "events": [e.to_dict() for e in fresh_originals]},
+                agg.parked_key(aid, admission.events[0].version, admission.events[-1].version),
+                {
+                    "source": source,
+                    "events": [e.to_dict() for e in fresh_originals],
+                    "key": key.decode("utf-8", "surrogateescape") if key is not None else None,
+                    "value": value.decode("utf-8", "surrogateescape") if value is not None else None,
+                },
             )
             if not replay:
                 self._deadletter(batch, key, value, admission.outcome, error, source)
@@ -318,7 +323,9 @@ class Engine:
             entry = orjson.loads(raw)
             originals = [Event(**e) for e in entry["events"]]
             events = [self.schemas.upcast(e) for e in originals]
-            self._admit(batch, touched, partition, originals, events, None, None, entry["source"], replay=True)
+            key = entry["key"].encode("utf-8", "surrogateescape") if entry.get("key") is not None else None
+            value = entry["value"].encode("utf-8", "surrogateescape") if entry.get("value") is not None else None
+            self._admit(batch, touched, partition, originals, events, key, value, entry["source"], replay=True)
 
     # --- dead letters ------------------------------------------------------------
 
@@ -367,9 +374,6 @@ class Engine:
                 self.metrics.duplicates_derived += 1
                 continue
             batch.put_json(mtable, record.partition, mkey, change.member)
-            if change.row is None:
-                batch.put(model.name, record.partition, record.key, None)
-            else:
-                batch.put_json(model.name, record.partition, record.key, change.row)
+            batch.put_json(model.name, record.partition, record.key, change.row)
             self.metrics.events_applied[model.name] += 1
         return batch.plan

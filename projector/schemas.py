@@ -57,7 +57,11 @@ class Schemas:
                     f"{etype} is at schema version {version} but has no upcaster from version(s) {missing}: "
                     f"events of those versions could never reach the current shape"
                 )
-        for (etype, version), fn in self.upcasters.items():
+        for key, fn in self.upcasters.items():
+            if not (isinstance(key, tuple) and len(key) == 2 and isinstance(key[0], str)
+                    and isinstance(key[1], int) and not isinstance(key[1], bool) and key[1] >= 1):
+                raise SchemaError(f"UPCASTERS keys must be (event type, schema version >= 1), got {key!r}")
+            etype, version = key
             if not callable(fn):
                 raise SchemaError(f"UPCASTERS[{(etype, version)!r}] is not a function")
             current = self.current.get(etype, 1)

@@ -28,15 +28,33 @@ class TopicSpec:
     config: dict[str, str] = field(default_factory=dict)
 
 
-def projector_topics(settings: Settings) -> list[TopicSpec]:
-    """The topics a worker needs before it starts (Faust creates its changelogs)."""
+def commands_topic_name(settings: Settings) -> str:
+    """Engine commands (releases), co-partitioned with the events topic."""
+    return f"{settings.app_id}-engine-commands"
+
+
+def repartition_topic_name(settings: Settings, model: str) -> str:
+    return f"{settings.app_id}-{model}-repartition"
+
+
+def projector_topics(settings: Settings, derived: list[str] = (), partitions: int | None = None) -> list[TopicSpec]:
+    """The topics a worker needs before Faust starts (Faust creates the changelogs).
+
+    ``partitions`` is the events topic's real partition count, which the
+    internal topics must share to be co-partitioned with it.
+    """
     forever = {"retention.ms": "-1", "retention.bytes": "-1"}
-    return [
+    n = partitions or settings.partitions
+    specs = [
         # The event store: never expire events.
         TopicSpec(settings.events_topic, settings.partitions, forever),
         TopicSpec(settings.control_topic, 1, {"cleanup.policy": "compact"}),
         TopicSpec(settings.deadletter_topic, 1, forever),
     ]
+    if partitions is not None:
+        specs.append(TopicSpec(commands_topic_name(settings), n))
+        specs.extend(TopicSpec(repartition_topic_name(settings, name), n) for name in derived)
+    return specs
 
 
 async def connect_admin(settings: Settings, timeout: float = 60.0) -> AIOKafkaAdminClient:

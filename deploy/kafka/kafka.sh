@@ -171,7 +171,14 @@ cluster_id() {
   local f="$RUN_DIR/cluster.id"
   if [ ! -f "$f" ]; then
     mkdir -p "$RUN_DIR"
-    python3 -c 'import base64,uuid;print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))' > "$f"
+    # A KRaft cluster id: 16 random bytes, URL-safe base64 - never starting with "-",
+    # which the storage tool would read as an option.
+    python3 -c 'import base64,uuid
+while True:
+    s = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    if not s.startswith("-"):
+        print(s)
+        break' > "$f"
   fi
   cat "$f"
 }

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -19,8 +19,8 @@ TABLES_DIR = Path(__file__).resolve().parents[2] / "tables"
 
 
 @pytest.fixture(scope="session")
-def read_models() -> dict[str, ReadModel]:
-    """The repository's read models, loaded by path (never ``import tables``)."""
+def read_models() -> dict[str, Any]:
+    """The repository's read models, aggregate-keyed and re-keyed, loaded by path (never ``import tables``)."""
     return {m.name: m for m in load_read_models(TABLES_DIR)}
 
 

@@ -1,4 +1,10 @@
-"""projector.projection.apply_record: duplicates, gaps, all-or-nothing (CONTRACT §2)."""
+"""projector.projection.apply_record: handled events only, row-version duplicates, all-or-nothing.
+
+Gaps are no longer apply_record's business: the aggregate index
+(:func:`projector.aggregates.admit`, see test_aggregates.py) decides which
+events are new and in order. apply_record folds the events its model HANDLES
+and skips those at or below the row's version.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,8 @@ from typing import Any
 import pytest
 
 from factories import closed, deposit, event, opened, withdrawal
-from projector.projection import FOLD_ERROR, VERSION_GAP, Applied, RecordRejected, apply_record
+import projector.projection as projection
+from projector.projection import FOLD_ERROR, Applied, RecordRejected, apply_record
 from projector.readmodels import ReadModel
 
 
@@ -95,49 +102,34 @@ def test_without_a_row_version_one_is_new():
     assert (result.applied, result.duplicates) == (1, 0)
 
 
-# --- gaps --------------------------------------------------------------------------
+# --- versions past the row's: no gap check here -------------------------------------------
+
+
+def test_projection_no_longer_defines_a_version_gap_reason():
+    assert not hasattr(projection, "VERSION_GAP")
 
 
 @pytest.mark.parametrize("version", [5, 6, 100])
-def test_version_above_next_is_a_gap_and_the_row_is_unchanged(version):
+def test_handled_event_past_the_next_version_is_applied(version):
+    # The row lags the aggregate whenever unhandled events came in between; the
+    # index has already checked the aggregate's order, so apply_record folds it.
     before = row(3, 6, [1, 2, 3])
     snapshot = copy.deepcopy(before)
-    with pytest.raises(RecordRejected) as info:
-        apply_record(SUMS, before, [added(version)])
-    assert info.value.reason == VERSION_GAP
-    assert "expected version 4" in info.value.message
-    assert f"got {version}" in info.value.message
+    result = apply_record(SUMS, before, [added(version, 4)])
+    assert result.row == row(version, 10, [1, 2, 3, version])
+    assert (result.applied, result.duplicates) == (1, 0)
     assert before == snapshot
 
 
-def test_first_event_of_a_new_aggregate_must_be_version_one():
-    with pytest.raises(RecordRejected) as info:
-        apply_record(SUMS, None, [added(2)])
-    assert info.value.reason == VERSION_GAP
+def test_first_handled_event_of_a_new_row_may_have_any_version():
+    result = apply_record(SUMS, None, [added(2, 7)])
+    assert result.row == row(2, 7, [2])
 
 
-def test_composite_that_starts_past_the_next_version_is_a_gap():
-    before = row(2, 3, [1, 2])
-    snapshot = copy.deepcopy(before)
-    with pytest.raises(RecordRejected) as info:
-        apply_record(SUMS, before, [added(4), added(5)])
-    assert info.value.reason == VERSION_GAP
-    assert before == snapshot
-
-
-def test_composite_duplicate_then_gap_is_rejected_whole():
-    before = row(2, 3, [1, 2])
-    snapshot = copy.deepcopy(before)
-    with pytest.raises(RecordRejected) as info:
-        apply_record(SUMS, before, [added(2), added(4)])
-    assert info.value.reason == VERSION_GAP
-    assert before == snapshot
-
-
-def test_gap_in_an_unhandled_event_is_still_a_gap():
-    with pytest.raises(RecordRejected) as info:
-        apply_record(SUMS, row(1, 1, [1]), [event("agg", 3, "Ignored", {})])
-    assert info.value.reason == VERSION_GAP
+def test_composite_with_a_duplicate_then_a_later_event_applies_the_later_one():
+    result = apply_record(SUMS, row(2, 3, [1, 2]), [added(2, 100), added(4, 4)])
+    assert result.row == row(4, 7, [1, 2, 4])
+    assert (result.applied, result.duplicates) == (1, 1)
 
 
 # --- fold errors --------------------------------------------------------------------
@@ -208,28 +200,61 @@ def test_initial_state_is_copied_for_each_new_row():
 # --- unhandled event types -------------------------------------------------------------
 
 
-def test_unhandled_event_type_advances_the_version_but_not_the_state():
+def test_unhandled_event_type_neither_advances_nor_changes_the_row():
     before = row(2, 3, [1, 2])
+    snapshot = copy.deepcopy(before)
     result = apply_record(SUMS, before, [event("agg", 3, "Renamed", {"n": 1000})])
-    assert result.row == row(3, 3, [1, 2])
-    assert (result.applied, result.duplicates, result.changed) == (1, 0, True)
+    assert result.row is before
+    assert before == snapshot
+    assert (result.applied, result.duplicates, result.changed) == (0, 0, False)
 
 
-def test_unhandled_first_event_stores_the_initial_state():
+def test_unhandled_first_event_creates_no_row():
     result = apply_record(SUMS, None, [event("agg", 1, "Created", {})])
-    assert result.row == {"version": 1, "value": {"total": 0, "seen": []}}
+    assert result.row is None
+    assert (result.applied, result.duplicates, result.changed) == (0, 0, False)
+
+
+def test_unhandled_event_at_or_below_the_row_version_is_not_counted_as_a_duplicate():
+    result = apply_record(SUMS, row(3, 6, [1, 2, 3]), [event("agg", 2, "Noise", {})])
+    assert (result.applied, result.duplicates, result.changed) == (0, 0, False)
 
 
 def test_composite_mixing_handled_and_unhandled_types():
     result = apply_record(SUMS, None, [added(1, 1), event("agg", 2, "Noise", {}), added(3, 2)])
     assert result.row == row(3, 3, [1, 3])
-    assert result.applied == 3
+    assert result.applied == 2
+
+
+def test_composite_ending_with_an_unhandled_event_leaves_the_row_at_the_last_handled_version():
+    result = apply_record(SUMS, row(1, 1, [1]), [added(2, 2), event("agg", 3, "Noise", {})])
+    assert result.row == row(2, 3, [1, 2])
+    assert result.applied == 1
+
+
+def _strict_fold(state, ev):
+    if ev.type != "Added":
+        raise AssertionError(f"fold called with unhandled {ev.type}")
+    return _sum_fold(state, ev)
+
+
+STRICT = ReadModel(
+    name="strict", description="raises on any type it does not handle", handles=frozenset({"Added"}),
+    fold=_strict_fold, initial={"total": 0, "seen": []},
+)
+
+
+def test_fold_is_never_called_with_an_unhandled_type():
+    result = apply_record(STRICT, None, [added(1, 1), event("agg", 2, "Noise", {}), added(3, 2)])
+    assert result.row == row(3, 3, [1, 3])
 
 
 def test_accounts_ignores_types_it_does_not_handle(accounts):
     start = apply_record(accounts, None, [opened("acc-1"), deposit("acc-1", 2, 70)]).row
     result = apply_record(accounts, start, [event("acc-1", 3, "OwnerRenamed", {"owner": "zed"})])
-    assert result.row == {"version": 3, "value": start["value"]}
+    assert result.row is start
+    assert result.row == {"version": 2, "value": start["value"]}
+    assert not result.changed
 
 
 # --- the accounts model through apply_record ------------------------------------------
@@ -250,8 +275,8 @@ def test_accounts_full_history_through_apply_record(accounts):
 
 
 def test_record_rejected_carries_reason_and_message():
-    err = RecordRejected(VERSION_GAP, "gap")
-    assert (err.reason, err.message, str(err)) == (VERSION_GAP, "gap", "gap")
+    err = RecordRejected(FOLD_ERROR, "boom")
+    assert (err.reason, err.message, str(err)) == ("fold_error", "boom", "boom")
 
 
 def test_applied_changed_follows_applied_count():

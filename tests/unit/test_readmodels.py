@@ -8,7 +8,19 @@ from pathlib import Path
 
 import pytest
 
-from projector.readmodels import PACKAGE, ReadModelError, default_tables_dir, load_read_models
+from projector.readmodels import (
+    PACKAGE,
+    DerivedModel,
+    ReadModel,
+    ReadModelError,
+    default_add,
+    default_subtract,
+    default_tables_dir,
+    load_catalog,
+    load_read_models,
+)
+
+TABLES_DIR = Path(__file__).resolve().parents[2] / "tables"
 
 pytestmark = pytest.mark.usefixtures("clean_table_modules")
 
@@ -58,7 +70,7 @@ def test_loads_every_module_sorted_by_file_name(folder):
     assert first.module.__name__ == f"{PACKAGE}.aa_first"
 
 
-def test_optional_initial_key_and_description(folder):
+def test_optional_initial_and_description(folder):
     write(
         folder,
         "rm_opts.py",
@@ -69,20 +81,27 @@ def test_optional_initial_key_and_description(folder):
 
         def fold(state, event):
             return state
-
-        def key(event):
-            return "k"
         """,
     )
     [model] = load_read_models(folder)
     assert model.description == ""
     assert model.handles == frozenset({"A", "B"})
-    assert not model.keyed_by_aggregate
-    assert model.key(None) == "k"
+    assert model.keyed_by_aggregate
+    assert model.key is None
     state = model.initial_state()
     assert state == {"items": []}
     state["items"].append(1)
     assert model.initial_state() == {"items": []}, "initial_state() must be a fresh copy"
+
+
+def test_key_of_event_without_source_is_refused(folder):
+    # Re-keying event by event cannot follow an aggregate whose events do not
+    # all carry the new key: a re-keyed model declares SOURCE, key(row), contribution(row).
+    path = write(folder, "rm_keyed.py", GOOD.format(name="keyed") + "\ndef key(event):\n    return 'k'\n")
+    msg = load_error(folder)
+    assert str(path) in msg
+    assert "SOURCE" in msg
+    assert "contribution(row)" in msg
 
 
 def test_private_and_non_python_files_are_skipped(folder):
@@ -256,3 +275,152 @@ def test_folder_without_read_models(folder):
 def test_a_file_instead_of_a_folder(tmp_path):
     path = write(tmp_path, "rm_file.py", GOOD.format(name="file"))
     assert str(path) in load_error(path)
+
+
+# --- re-keyed read models (SOURCE, key(row), contribution(row)) and the catalog --------------
+
+GROUPED = """
+NAME = "{name}"
+DESCRIPTION = "grouped by colour"
+SOURCE = "{source}"
+
+def key(row):
+    return row["colour"]
+
+def contribution(row):
+    return {{"n": 1, "total": row["total"]}}
+"""
+
+
+def test_repository_catalog_has_accounts_and_two_models_re_keyed_from_it():
+    catalog = load_catalog(TABLES_DIR)
+    assert [m.name for m in catalog.models] == ["accounts"]
+    assert sorted(d.name for d in catalog.derived) == ["currencies", "owners"]
+    for d in catalog.derived:
+        assert isinstance(d, DerivedModel)
+        assert d.source == "accounts"
+        assert not d.keyed_by_aggregate
+        assert d.initial_state() == {"accounts": 0, "open_accounts": 0, "balance": 0}
+        assert d.add is default_add and d.subtract is default_subtract
+    assert isinstance(catalog.get("accounts"), ReadModel)
+    assert catalog.get("owners").group_key({"owner": "ann", "currency": "EUR"}) == "ann"
+    assert catalog.get("currencies").group_key({"owner": "ann", "currency": "EUR"}) == "EUR"
+    assert catalog.get("nope") is None
+    assert [m.name for m in catalog.all] == ["accounts", *[d.name for d in catalog.derived]]
+    assert len(catalog.modules) == 3
+
+
+def test_load_read_models_lists_aggregate_keyed_models_before_re_keyed_ones(folder):
+    # file order would put the re-keyed model first
+    write(folder, "aa_grouped.py", GROUPED.format(name="by_colour", source="things"))
+    write(folder, "zz_things.py", GOOD.format(name="things"))
+    models = load_read_models(folder)
+    assert [m.name for m in models] == ["things", "by_colour"]
+    assert isinstance(models[0], ReadModel) and isinstance(models[1], DerivedModel)
+
+
+def test_re_keyed_model_fields_and_defaults(folder):
+    write(folder, "rm_things.py", GOOD.format(name="things"))
+    write(folder, "rm_grouped.py", GROUPED.format(name="by_colour", source="things"))
+    d = load_catalog(folder).get("by_colour")
+    assert (d.name, d.description, d.source) == ("by_colour", "grouped by colour", "things")
+    assert d.group_key({"colour": "red", "total": 3}) == "red"
+    assert d.contribution({"colour": "red", "total": 3}) == {"n": 1, "total": 3}
+    assert d.initial is None
+    state = d.initial_state()
+    assert state == {}
+    state["x"] = 1
+    assert d.initial_state() == {}, "initial_state() must be a fresh copy"
+    assert d.add({"n": 1, "total": 5}, {"n": 1, "total": 2, "new": 4}) == {"n": 2, "total": 7, "new": 4}
+    assert d.subtract({"n": 2, "total": 7}, {"n": 1, "total": 2}) == {"n": 1, "total": 5}
+    assert d.module.__name__ == f"{PACKAGE}.rm_grouped"
+
+
+def test_default_add_and_subtract_do_not_change_their_arguments():
+    state, c = {"a": 1}, {"a": 2, "b": 3}
+    assert default_add(state, c) == {"a": 3, "b": 3}
+    assert default_subtract(state, c) == {"a": -1, "b": -3}
+    assert state == {"a": 1} and c == {"a": 2, "b": 3}
+
+
+def test_re_keyed_model_with_its_own_add_subtract_and_initial(folder):
+    write(folder, "rm_things.py", GOOD.format(name="things"))
+    write(
+        folder,
+        "rm_custom.py",
+        GROUPED.format(name="custom", source="things")
+        + "\nINITIAL = {'names': []}\n"
+        + "def add(state, c):\n    return {'names': sorted(state['names'] + [c['total']])}\n"
+        + "def subtract(state, c):\n    names = list(state['names'])\n    names.remove(c['total'])\n"
+        + "    return {'names': names}\n",
+    )
+    d = load_catalog(folder).get("custom")
+    assert d.initial_state() == {"names": []}
+    assert d.add({"names": [3]}, {"total": 1}) == {"names": [1, 3]}
+    assert d.subtract({"names": [1, 3]}, {"total": 3}) == {"names": [1]}
+
+
+@pytest.mark.parametrize("missing", ["key", "contribution"])
+def test_re_keyed_model_needs_key_and_contribution(folder, missing):
+    write(folder, "rm_things.py", GOOD.format(name="things"))
+    source = GROUPED.format(name="grouped", source="things").replace(f"def {missing}(row)", "def _unused(row)")
+    path = write(folder, "rm_grouped.py", source)
+    msg = load_error(folder)
+    assert str(path) in msg
+    assert f"{missing}(row)" in msg
+
+
+@pytest.mark.parametrize("attr", ["add", "subtract"])
+def test_re_keyed_model_add_and_subtract_must_be_functions(folder, attr):
+    write(folder, "rm_things.py", GOOD.format(name="things"))
+    path = write(folder, "rm_grouped.py", GROUPED.format(name="grouped", source="things") + f"\n{attr} = 5\n")
+    msg = load_error(folder)
+    assert str(path) in msg
+    assert f"{attr} must be a function" in msg
+
+
+@pytest.mark.parametrize("source", ["'Things'", "None", "3", "''"])
+def test_re_keyed_model_source_must_be_a_name(folder, source):
+    write(folder, "rm_things.py", GOOD.format(name="things"))
+    path = write(folder, "rm_grouped.py", GROUPED.format(name="grouped", source="x").replace("'x'", source)
+                 .replace('"x"', source))
+    msg = load_error(folder)
+    assert str(path) in msg
+    assert "SOURCE" in msg
+
+
+def test_re_keyed_model_over_an_unknown_source(folder):
+    write(folder, "rm_things.py", GOOD.format(name="things"))
+    path = write(folder, "rm_grouped.py", GROUPED.format(name="grouped", source="nothing"))
+    msg = load_error(folder)
+    assert str(path) in msg
+    assert "'nothing'" in msg
+
+
+def test_re_keyed_model_over_another_re_keyed_model_is_refused(folder):
+    write(folder, "rm_a_things.py", GOOD.format(name="things"))
+    write(folder, "rm_b_grouped.py", GROUPED.format(name="grouped", source="things"))
+    path = write(folder, "rm_c_regrouped.py", GROUPED.format(name="regrouped", source="grouped"))
+    msg = load_error(folder)
+    assert str(path) in msg
+    assert "aggregate-keyed" in msg
+
+
+def test_module_of_upcasters_only_is_loaded_but_is_no_read_model(folder):
+    write(folder, "rm_things.py", GOOD.format(name="things"))
+    write(
+        folder,
+        "rm_upcasters.py",
+        "SCHEMA_VERSIONS = {'Happened': 2}\nUPCASTERS = {('Happened', 1): lambda d: {**d, 'v': 2}}\n",
+    )
+    catalog = load_catalog(folder)
+    assert [m.name for m in catalog.all] == ["things"]
+    assert sorted(m.__name__ for m in catalog.modules) == [f"{PACKAGE}.rm_things", f"{PACKAGE}.rm_upcasters"]
+
+
+def test_module_without_name_and_without_upcasters_is_still_an_error(folder):
+    write(folder, "rm_things.py", GOOD.format(name="things"))
+    path = write(folder, "rm_other.py", "X = 1\n")
+    msg = load_error(folder)
+    assert str(path) in msg
+    assert "NAME" in msg
