@@ -2,9 +2,14 @@
 
 One changelog-backed RocksDB table holds, per aggregate id ``A``:
 
-- ``m\\0A``            -> ``{"version": last applied, "parked": bool}``;
-- ``e\\0A\\0<version>`` -> the event envelope, version zero-padded to 10 digits,
-  so a range scan from ``e\\0A\\0<from>`` reads the stream in order;
+- ``m\\0A``            -> ``{"version": last applied, "parked": bool, "tail": [...]}``,
+  where ``tail`` holds the newest events (fewer than ``CHUNK``);
+- ``e\\0A\\0<last>``    -> a full chunk of ``CHUNK`` consecutive events, keyed by its
+  last version zero-padded to 10 digits, so a range scan from ``e\\0A\\0<from>``
+  starts at the chunk that holds ``from`` and reads the stream in order.
+
+Keeping the newest events in the aggregate's meta row means a batch writes
+one index record per aggregate it touches, not one per event.
 - ``p\\0A\\0<first>-<last>`` -> a parked record (its events, its original key
   and value, and where it came from), kept until an operator releases the aggregate.
 
@@ -16,7 +21,9 @@ NUL and \\1 in aggregate ids are escaped, so one id's prefix never covers anothe
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
+
+import orjson
 
 from projector.envelope import Event
 
@@ -57,19 +64,65 @@ def parked_key(aggregate_id: str, first_version: int, last_version: int) -> byte
     return parked_prefix(aggregate_id) + b"%010d-%010d" % (first_version, last_version)
 
 
+CHUNK = 32
+
+
 @dataclass
 class Meta:
     version: int = 0
     parked: bool = False
+    tail: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def from_json(cls, obj: Optional[dict[str, Any]]) -> "Meta":
         if not obj:
             return cls()
-        return cls(version=obj["version"], parked=obj.get("parked", False))
+        return cls(version=obj["version"], parked=obj.get("parked", False), tail=obj.get("tail", []))
 
     def to_json(self) -> dict[str, Any]:
-        return {"version": self.version, "parked": self.parked}
+        return {"version": self.version, "parked": self.parked, "tail": self.tail}
+
+    def append(self, envelopes: Sequence[dict[str, Any]]) -> list[tuple[int, list[dict[str, Any]]]]:
+        """Record applied events; return the chunks that filled up, as ``(last version, events)``."""
+        sealed = []
+        for envelope in envelopes:
+            self.tail.append(envelope)
+            if len(self.tail) == CHUNK:
+                sealed.append((envelope["version"], self.tail))
+                self.tail = []
+        if envelopes:
+            self.version = envelopes[-1]["version"]
+        return sealed
+
+
+def stored_events(
+    meta: Meta, chunks: Iterable[tuple[bytes, bytes]], from_version: int, limit: int
+) -> tuple[list[dict[str, Any]], Optional[int]]:
+    """Up to ``limit`` stored events from ``from_version`` on, and the version to ask for next.
+
+    ``chunks`` are the sealed chunks from a scan starting at ``event_key(id, from_version)``.
+    The next version is ``None`` when no later event is stored yet.
+    """
+    out: list[dict[str, Any]] = []
+
+    def take(events: Iterable[dict[str, Any]]) -> bool:
+        for e in events:
+            if e["version"] >= from_version:
+                if len(out) == limit:
+                    return False
+                out.append(e)
+        return True
+
+    more = True
+    for _, raw in chunks:
+        more = take(orjson.loads(raw))
+        if not more:
+            break
+    if more:
+        more = take(meta.tail)
+    last = out[-1]["version"] if out else from_version - 1
+    next_version = last + 1 if last < meta.version else None
+    return out, next_version
 
 
 @dataclass

@@ -148,15 +148,17 @@ class Projector:
     async def _execute(self, plan: Plan) -> None:
         """Send the plan's changelog records and messages, wait for Kafka, then write RocksDB."""
         started = time.perf_counter()
-        producer = self.app.producer
+        # Faust's own producer underneath (acks=all): its send() wrapper adds
+        # nothing we need per record, and this loop runs once per record.
+        send = self.app.producer._ensure_producer().send
         pending: list[tuple[Optional[tuple[str, int]], Any]] = []
         for (table, partition), items in plan.writes.items():
             changelog = self.store.changelog_topic(table)
             for key, value in items.items():
-                fut = await producer.send(changelog, key, value, partition, None, None)
+                fut = await send(changelog, value=value, key=key, partition=partition)
                 pending.append(((table, partition), fut))
-        for send in plan.sends:
-            fut = await producer.send(send.topic, send.key, send.value, send.partition, None, send.headers or None)
+        for out in plan.sends:
+            fut = await send(out.topic, value=out.value, key=out.key, partition=out.partition, headers=out.headers or None)
             pending.append((None, fut))
         results = await asyncio.gather(*(fut for _, fut in pending))
         offsets: dict[tuple[str, int], int] = defaultdict(lambda: -1)

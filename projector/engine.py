@@ -50,7 +50,9 @@ class Store(Protocol):
 
     def get(self, table: str, partition: int, key: bytes) -> Optional[bytes]: ...
 
-    def scan(self, table: str, partition: int, prefix: bytes) -> Iterator[tuple[bytes, bytes]]: ...
+    def scan(
+        self, table: str, partition: int, prefix: bytes, start: Optional[bytes] = None
+    ) -> Iterator[tuple[bytes, bytes]]: ...
 
 
 class Record(Protocol):
@@ -82,37 +84,69 @@ class Plan:
 
 
 class _Batch:
-    """Reads through the pending writes of this batch, then the store."""
+    """Reads through the pending writes of this batch, then the store.
+
+    Rows written as JSON stay Python objects until :meth:`finish` encodes
+    each of them once, however often the batch reads and rewrites them.
+    """
 
     def __init__(self, store: Store) -> None:
         self.store = store
         self.plan = Plan()
+        self.objects: dict[tuple[str, int], dict[bytes, Any]] = {}
+
+    def _pending(self, table: str, partition: int, key: bytes) -> tuple[bool, Any, bool]:
+        """(found, value, is_object) among this batch's writes."""
+        objects = self.objects.get((table, partition))
+        if objects is not None and key in objects:
+            return True, objects[key], True
+        raw = self.plan.writes.get((table, partition))
+        if raw is not None and key in raw:
+            return True, raw[key], False
+        return False, None, False
 
     def get(self, table: str, partition: int, key: bytes) -> Optional[bytes]:
-        pending = self.plan.writes.get((table, partition))
-        if pending is not None and key in pending:
-            return pending[key]
+        found, value, is_object = self._pending(table, partition, key)
+        if found:
+            return orjson.dumps(value) if is_object and value is not None else value
         return self.store.get(table, partition, key)
 
     def get_json(self, table: str, partition: int, key: bytes) -> Any:
-        raw = self.get(table, partition, key)
+        found, value, is_object = self._pending(table, partition, key)
+        if found and is_object:
+            return value
+        raw = value if found else self.store.get(table, partition, key)
         return orjson.loads(raw) if raw is not None else None
 
     def put(self, table: str, partition: int, key: bytes, value: Optional[bytes]) -> None:
+        self.objects.get((table, partition), {}).pop(key, None)
         self.plan.writes.setdefault((table, partition), {})[key] = value
 
     def put_json(self, table: str, partition: int, key: bytes, value: Any) -> None:
-        self.put(table, partition, key, orjson.dumps(value))
+        self.plan.writes.get((table, partition), {}).pop(key, None)
+        self.objects.setdefault((table, partition), {})[key] = value
 
     def scan(self, table: str, partition: int, prefix: bytes) -> list[tuple[bytes, bytes]]:
         found = dict(self.store.scan(table, partition, prefix))
-        for key, value in self.plan.writes.get((table, partition), {}).items():
+        slot = (table, partition)
+        pending = dict(self.plan.writes.get(slot, {}))
+        pending.update({k: orjson.dumps(v) for k, v in self.objects.get(slot, {}).items()})
+        for key, value in pending.items():
             if key.startswith(prefix):
                 if value is None:
                     found.pop(key, None)
                 else:
                     found[key] = value
         return sorted(found.items())
+
+    def finish(self) -> Plan:
+        dumps = orjson.dumps
+        for slot, objects in self.objects.items():
+            writes = self.plan.writes.setdefault(slot, {})
+            for key, value in objects.items():
+                writes[key] = dumps(value)
+        self.objects = {}
+        return self.plan
 
 
 @dataclass
@@ -162,7 +196,7 @@ class Engine:
             self._command_record(batch, touched, record)
         self._emit_derived(batch, touched)
         self.metrics.batches += 1
-        return batch.plan
+        return batch.finish()
 
     def _event_record(self, batch: _Batch, touched: dict, record: Record) -> None:
         source = f"{record.topic}/{record.partition}/{record.offset}"
@@ -225,9 +259,8 @@ class Engine:
         except RecordRejected as exc:
             self._deadletter(batch, key, value, exc.reason, exc.message, source)
             return
-        for event in fresh_originals:
-            batch.put_json(INDEX, partition, agg.event_key(aid, event.version), event.to_dict())
-        meta.version = admission.events[-1].version
+        for last, chunk in meta.append([e.to_dict() for e in fresh_originals]):
+            batch.put_json(INDEX, partition, agg.event_key(aid, last), chunk)
         batch.put_json(INDEX, partition, agg.meta_key(aid), meta.to_json())
 
     def _apply(
@@ -238,8 +271,7 @@ class Engine:
         updates = []
         derived_new: dict[str, Contribution] = {}
         for model in self.models:
-            old_raw = batch.get(model.name, partition, key)
-            old_row = orjson.loads(old_raw) if old_raw is not None else None
+            old_row = batch.get_json(model.name, partition, key)
             result = apply_record(model, old_row, events)
             if not result.changed:
                 continue
@@ -269,18 +301,22 @@ class Engine:
             t.version = events[-1].version
 
     def _emit_derived(self, batch: _Batch, touched: dict[tuple[int, str], _Touched]) -> None:
+        """One repartition message per re-keyed model and group per batch, listing its members' changes."""
+        by_group: dict[tuple[str, str], list[dict]] = {}
         for (_, aid), t in touched.items():
             for name, new in t.new.items():
-                for group, message in change_messages(t.old.get(name), new, aid, t.version):
-                    gkey = group.encode("utf-8")
-                    batch.plan.sends.append(
-                        Send(
-                            self.repartition_topics[name],
-                            partition_for(gkey, self.partitions),
-                            gkey,
-                            orjson.dumps(message),
-                        )
-                    )
+                for group, change in change_messages(t.old.get(name), new, aid, t.version):
+                    by_group.setdefault((name, group), []).append(change)
+        for (name, group), changes in by_group.items():
+            gkey = group.encode("utf-8")
+            batch.plan.sends.append(
+                Send(
+                    self.repartition_topics[name],
+                    partition_for(gkey, self.partitions),
+                    gkey,
+                    orjson.dumps({"changes": changes}),
+                )
+            )
 
     # --- releases ----------------------------------------------------------------
 
@@ -359,21 +395,21 @@ class Engine:
                 if model is None:
                     raise ValueError(f"no re-keyed read model reads {record.topic}")
                 message = orjson.loads(record.value or b"null")
-                if not isinstance(message, dict) or not record.key:
-                    raise ValueError("expected a JSON object with a group key")
-                aid = message["aggregate_id"].encode("utf-8")
-            except (ValueError, KeyError, AttributeError) as exc:
+                if not isinstance(message, dict) or not record.key or not isinstance(message.get("changes"), list):
+                    raise ValueError('expected {"changes": [...]} with a group key')
+            except ValueError as exc:
                 log.error("skipping repartition record %s/%d/%d: %s", record.topic, record.partition, record.offset, exc)
                 continue
-            mkey = member_key(record.key, aid)
             mtable = members_table(model)
-            row = batch.get_json(model.name, record.partition, record.key)
-            member = batch.get_json(mtable, record.partition, mkey)
-            change = apply_change(model, row, member, message)
-            if not change.applied:
-                self.metrics.duplicates_derived += 1
-                continue
-            batch.put_json(mtable, record.partition, mkey, change.member)
-            batch.put_json(model.name, record.partition, record.key, change.row)
-            self.metrics.events_applied[model.name] += 1
-        return batch.plan
+            for change in message["changes"]:
+                mkey = member_key(record.key, change["aggregate_id"].encode("utf-8"))
+                row = batch.get_json(model.name, record.partition, record.key)
+                member = batch.get_json(mtable, record.partition, mkey)
+                result = apply_change(model, row, member, change)
+                if not result.applied:
+                    self.metrics.duplicates_derived += 1
+                    continue
+                batch.put_json(mtable, record.partition, mkey, result.member)
+                batch.put_json(model.name, record.partition, record.key, result.row)
+                self.metrics.events_applied[model.name] += 1
+        return batch.finish()

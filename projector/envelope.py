@@ -29,7 +29,7 @@ class InvalidRecord(Exception):
         self.message = message
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Event:
     id: str
     aggregate_id: str
@@ -94,6 +94,26 @@ def _valid_rfc3339(value: str) -> bool:
 
 def envelope_from_obj(obj: Any, where: str = "event") -> Event:
     """Validate one decoded JSON value as an envelope."""
+    if type(obj) is dict:
+        # The common case, checked in one go; anything off takes the slow
+        # path below, which says exactly what is wrong.
+        get = obj.get
+        event_id, aggregate_id, aggregate_type, event_type = get("id"), get("aggregate_id"), get("aggregate_type"), get("type")
+        version, data, timestamp = get("version"), get("data"), get("timestamp")
+        schema_version, metadata = get("schema_version", 1), get("metadata")
+        if (
+            type(event_id) is str and event_id
+            and type(aggregate_id) is str and aggregate_id
+            and type(aggregate_type) is str and aggregate_type
+            and type(event_type) is str and event_type
+            and type(version) is int and version >= 1
+            and type(data) is dict
+            and type(schema_version) is int and schema_version >= 1
+            and (metadata is None or type(metadata) is dict)
+            and (timestamp is None or (type(timestamp) is str and _valid_rfc3339(timestamp)))
+        ):
+            return Event(event_id, aggregate_id, aggregate_type, event_type, version, data, timestamp,
+                         schema_version, metadata if metadata is not None else {})
     if not isinstance(obj, dict):
         raise InvalidRecord(INVALID_ENVELOPE, f"{where}: expected a JSON object, got {type(obj).__name__}")
     event_id = _require_str(obj, "id", where)

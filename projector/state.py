@@ -49,8 +49,11 @@ class FaustStore:
     def get(self, table: str, partition: int, key: bytes) -> Optional[bytes]:
         return self._db(table, partition).get(key)
 
-    def scan(self, table: str, partition: int, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
-        for key, value in self._db(table, partition).items(from_key=prefix):
+    def scan(
+        self, table: str, partition: int, prefix: bytes, start: Optional[bytes] = None
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """Keys with ``prefix`` in order, from ``start`` (a key with that prefix) if given."""
+        for key, value in self._db(table, partition).items(from_key=start or prefix):
             if not key.startswith(prefix):
                 break
             yield key, value

@@ -210,17 +210,9 @@ class Views:
             meta_raw = p.store.get(INDEX, partition, agg.meta_key(aid))
             if meta_raw is None:
                 return json_error(404, "not_found", aggregate_id=aid)
-            prefix = agg.event_prefix(aid)
-            events = []
-            for k, v in p.store.scan(INDEX, partition, prefix):
-                if int(k[len(prefix):]) < from_version:
-                    continue
-                if len(events) == limit:
-                    break
-                events.append(orjson.loads(v))
-            meta = orjson.loads(meta_raw)
-            last = events[-1]["version"] if events else from_version - 1
-            next_version = last + 1 if last + 1 <= meta["version"] else None
+            meta = agg.Meta.from_json(orjson.loads(meta_raw))
+            chunks = p.store.scan(INDEX, partition, agg.event_prefix(aid), start=agg.event_key(aid, from_version))
+            events, next_version = agg.stored_events(meta, chunks, from_version, limit)
             return json_response({"aggregate_id": aid, "events": events, "next_version": next_version})
 
         return await self._on_owner(request, INDEX, aid.encode("utf-8"), local)

@@ -47,9 +47,9 @@ class MemStore:
     def get(self, table: str, partition: int, key: bytes) -> Optional[bytes]:
         return self.data.get((table, partition), {}).get(key)
 
-    def scan(self, table: str, partition: int, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+    def scan(self, table: str, partition: int, prefix: bytes, start: Optional[bytes] = None) -> Iterator[tuple[bytes, bytes]]:
         keys = self.sorted_keys.get((table, partition), [])
-        i = bisect.bisect_left(keys, prefix)
+        i = bisect.bisect_left(keys, start or prefix)
         rows = self.data[(table, partition)]
         out = []
         while i < len(keys) and keys[i].startswith(prefix):
@@ -176,9 +176,17 @@ class Driver:
         raw = self.store.get(INDEX, partition_for(aggregate_id.encode(), PARTITIONS), agg.meta_key(aggregate_id))
         return agg.Meta.from_json(orjson.loads(raw) if raw is not None else None)
 
-    def indexed_events(self, aggregate_id: str) -> list[dict]:
+    def meta_state(self, aggregate_id: str) -> tuple[int, bool]:
+        """(last applied version, parked) of an aggregate."""
+        m = self.meta(aggregate_id)
+        return m.version, m.parked
+
+    def indexed_events(self, aggregate_id: str, from_version: int = 1) -> list[dict]:
+        """The stored events, as GET /aggregates/{id}/events reads them."""
         p = partition_for(aggregate_id.encode(), PARTITIONS)
-        return [orjson.loads(v) for _, v in self.store.scan(INDEX, p, agg.event_prefix(aggregate_id))]
+        chunks = self.store.scan(INDEX, p, agg.event_prefix(aggregate_id), start=agg.event_key(aggregate_id, from_version))
+        events, _ = agg.stored_events(self.meta(aggregate_id), chunks, from_version, 10**9)
+        return events
 
     def parked(self, aggregate_id: str) -> list[dict]:
         p = partition_for(aggregate_id.encode(), PARTITIONS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -68,9 +69,25 @@ def test_meta_defaults_and_json_round_trip():
     assert Meta.from_json(None) == Meta()
     assert Meta.from_json({}) == Meta()
     assert Meta.from_json({"version": 4}) == Meta(4, False)
-    m = Meta(7, True)
-    assert m.to_json() == {"version": 7, "parked": True}
+    m = Meta(7, True, [{"version": 7}])
+    assert m.to_json() == {"version": 7, "parked": True, "tail": [{"version": 7}]}
     assert Meta.from_json(m.to_json()) == m
+
+
+def test_append_keeps_the_newest_events_in_the_tail_and_seals_full_chunks():
+    from projector.aggregates import CHUNK, stored_events
+
+    m = Meta()
+    sealed = m.append([{"version": v} for v in range(1, CHUNK + 6)])
+    assert [last for last, _ in sealed] == [CHUNK]
+    assert [e["version"] for e in sealed[0][1]] == list(range(1, CHUNK + 1))
+    assert [e["version"] for e in m.tail] == list(range(CHUNK + 1, CHUNK + 6))
+    assert m.version == CHUNK + 5
+    chunks = [(agg.event_key("a", last), orjson.dumps(events)) for last, events in sealed]
+    events, next_version = stored_events(m, chunks, 3, 10)
+    assert [e["version"] for e in events] == list(range(3, 13)) and next_version == 13
+    events, next_version = stored_events(m, chunks, CHUNK + 2, 100)
+    assert [e["version"] for e in events] == list(range(CHUNK + 2, CHUNK + 6)) and next_version is None
 
 
 # --- admit --------------------------------------------------------------------------------

@@ -65,7 +65,7 @@ def test_records_fold_into_accounts_owners_currencies_and_the_index(d):
     assert d.row("owners", "ann")["value"] == {"accounts": 2, "open_accounts": 2, "balance": 110}
     assert d.row("currencies", "EUR")["value"] == {"accounts": 1, "open_accounts": 1, "balance": 70}
     assert d.row("currencies", "USD")["value"] == {"accounts": 1, "open_accounts": 1, "balance": 40}
-    assert d.meta("acc-1") == agg.Meta(3, False)
+    assert d.meta_state("acc-1") == (3, False)
     assert [e["version"] for e in d.indexed_events("acc-1")] == [1, 2, 3]
     assert d.deadletters == []
     assert d.engine.metrics.events_applied["accounts"] == 5
@@ -86,9 +86,9 @@ def test_repartition_sends_are_keyed_by_group_in_the_group_partition(d):
     sends = {(s.topic, s.key): s for s in plan.sends}
     assert set(sends) == {(REPARTITION["owners"], b"ann"), (REPARTITION["currencies"], b"CHF")}
     assert sends[(REPARTITION["owners"], b"ann")].partition == partition_for(b"ann", PARTITIONS)
-    assert orjson.loads(sends[(REPARTITION["owners"], b"ann")].value) == {
-        "aggregate_id": "acc-1", "version": 1, "contribution": {"accounts": 1, "open_accounts": 1, "balance": 0},
-    }
+    assert orjson.loads(sends[(REPARTITION["owners"], b"ann")].value) == {"changes": [
+        {"aggregate_id": "acc-1", "version": 1, "contribution": {"accounts": 1, "open_accounts": 1, "balance": 0}},
+    ]}
 
 
 def test_one_write_per_key_and_one_repartition_message_per_group_per_batch(d):
@@ -98,8 +98,19 @@ def test_one_write_per_key_and_one_repartition_message_per_group_per_batch(d):
     assert list(plan.writes[("accounts", p)]) == [b"acc-1"]
     owner_msgs = [s for s in plan.sends if s.topic == REPARTITION["owners"]]
     assert len(owner_msgs) == 1
-    assert orjson.loads(owner_msgs[0].value)["version"] == 6
-    assert orjson.loads(owner_msgs[0].value)["contribution"]["balance"] == 25
+    [change] = orjson.loads(owner_msgs[0].value)["changes"]
+    assert change["version"] == 6
+    assert change["contribution"]["balance"] == 25
+
+
+def test_one_repartition_message_per_group_carries_every_member_change(d):
+    recs = [d.record(opened("acc-1", "ann")), d.record(opened("acc-2", "ann")), d.record(opened("acc-3", "bob"))]
+    plan = d.run(recs, derived=False)
+    owner_msgs = {s.key: orjson.loads(s.value)["changes"] for s in plan.sends if s.topic == REPARTITION["owners"]}
+    assert sorted(owner_msgs) == [b"ann", b"bob"]
+    assert sorted(c["aggregate_id"] for c in owner_msgs[b"ann"]) == ["acc-1", "acc-2"]
+    assert [c["aggregate_id"] for c in owner_msgs[b"bob"]] == ["acc-3"]
+
 
 
 def test_duplicate_record_changes_nothing_and_is_counted(d):
@@ -160,7 +171,7 @@ def test_ill_formed_envelope_is_invalid_envelope(d, value):
     d.run([rec])
     assert_one_deadletter(d, rec, "invalid_envelope")
     assert d.row("accounts", "acc-1") is None
-    assert d.meta("acc-1") == agg.Meta()
+    assert d.meta_state("acc-1") == (0, False)
 
 
 def test_schema_version_newer_than_the_catalog_knows_is_invalid_envelope(d):
@@ -189,7 +200,7 @@ def test_version_gap_parks_the_aggregate(d):
     rec = d.record(deposited("acc-1", 4, 5))
     d.run([rec])
     assert_one_deadletter(d, rec, "version_gap", "expected version 3", "got 4")
-    assert d.meta("acc-1") == agg.Meta(2, True)
+    assert d.meta_state("acc-1") == (2, True)
     assert balance(d, "acc-1") == 10
     assert [p["events"][0]["version"] for p in d.parked("acc-1")] == [4]
     assert d.engine.metrics.parked_aggregates == 1
@@ -248,7 +259,7 @@ def test_bad_records_do_not_stop_other_aggregates_in_the_same_batch(d):
 def test_fold_error_does_not_advance_the_aggregate_and_a_corrected_resend_applies(d):
     open_with(d, "acc-1", 100)
     d.run([d.record(withdrawn("acc-1", 3, 500))])
-    assert d.meta("acc-1") == agg.Meta(2, False)
+    assert d.meta_state("acc-1") == (2, False)
     assert [e["version"] for e in d.indexed_events("acc-1")] == [1, 2]
     assert d.row("accounts", "acc-1")["version"] == 2
     assert d.row("owners", "alice")["value"]["balance"] == 100
@@ -281,11 +292,11 @@ def test_release_reapplies_parked_records_once_the_missing_event_arrived(d):
     park_at_two(d)
     d.run([d.record(deposited("acc-1", 3, 1))])  # the missing one arrives while parked: parked too
     assert reasons(d) == ["version_gap", "parked", "parked"]
-    assert d.meta("acc-1") == agg.Meta(2, True)
+    assert d.meta_state("acc-1") == (2, True)
     assert balance(d, "acc-1") == 10
 
     d.run([], [d.release("acc-1")])
-    assert d.meta("acc-1") == agg.Meta(5, False)
+    assert d.meta_state("acc-1") == (5, False)
     assert d.parked("acc-1") == []
     row = d.row("accounts", "acc-1")
     assert row["version"] == 5
@@ -307,27 +318,27 @@ def test_release_reapplies_parked_records_once_the_missing_event_arrived(d):
 def test_release_in_the_batch_that_brings_the_missing_event(d):
     park_at_two(d)
     d.run([d.record(deposited("acc-1", 3, 1))], [d.release("acc-1")])
-    assert d.meta("acc-1") == agg.Meta(5, False)
+    assert d.meta_state("acc-1") == (5, False)
     assert balance(d, "acc-1") == 1111
 
 
 def test_release_before_the_missing_event_arrived_parks_again(d):
     park_at_two(d)
     d.run([], [d.release("acc-1")])
-    assert d.meta("acc-1") == agg.Meta(2, True)
+    assert d.meta_state("acc-1") == (2, True)
     assert [p["events"][0]["version"] for p in d.parked("acc-1")] == [4, 5]
     assert balance(d, "acc-1") == 10
     assert reasons(d) == ["version_gap", "parked"]
     # the missing event then arrives, and a second release applies everything
     d.run([d.record(deposited("acc-1", 3, 1))], [d.release("acc-1")])
-    assert d.meta("acc-1") == agg.Meta(5, False)
+    assert d.meta_state("acc-1") == (5, False)
     assert balance(d, "acc-1") == 1111
 
 
 def test_release_with_skip_to_skips_the_missing_versions(d):
     park_at_two(d)
     d.run([], [d.release("acc-1", skip_to=4)])
-    assert d.meta("acc-1") == agg.Meta(5, False)
+    assert d.meta_state("acc-1") == (5, False)
     assert balance(d, "acc-1") == 1110
     assert d.row("accounts", "acc-1")["version"] == 5
     assert [e["version"] for e in d.indexed_events("acc-1")] == [1, 2, 4, 5]
@@ -339,7 +350,7 @@ def test_release_with_skip_to_skips_the_missing_versions(d):
 def test_release_with_skip_to_past_the_parked_records_drops_them(d):
     park_at_two(d)
     d.run([], [d.release("acc-1", skip_to=7)])
-    assert d.meta("acc-1") == agg.Meta(6, False)
+    assert d.meta_state("acc-1") == (6, False)
     assert d.parked("acc-1") == []
     assert balance(d, "acc-1") == 10
     d.run([d.record(deposited("acc-1", 7, 3))])
@@ -352,7 +363,7 @@ def test_release_with_skip_to_at_or_below_the_applied_version_keeps_it_parked(d,
     before = d.store.state()
     d.run([], [d.release("acc-1", skip_to=skip_to)])
     assert d.store.state() == before
-    assert d.meta("acc-1") == agg.Meta(2, True)
+    assert d.meta_state("acc-1") == (2, True)
 
 
 @pytest.mark.parametrize(
@@ -483,7 +494,7 @@ def test_index_events_are_read_in_version_order_by_prefix_scan(d):
 def test_index_records_event_types_no_read_model_handles(d):
     open_with(d, "acc-1", 10)
     d.run([d.record(env("acc-1", 3, "AccountNoted", {"note": "hi"}))])
-    assert d.meta("acc-1") == agg.Meta(3, False)
+    assert d.meta_state("acc-1") == (3, False)
     assert [e["type"] for e in d.indexed_events("acc-1")] == ["AccountOpened", "MoneyDeposited", "AccountNoted"]
     assert d.row("accounts", "acc-1")["version"] == 2, "an unhandled event does not advance the row"
     d.run([d.record(deposited("acc-1", 4, 1))])
@@ -493,7 +504,7 @@ def test_index_records_event_types_no_read_model_handles(d):
 
 def test_index_of_an_aggregate_with_only_unhandled_events_has_no_rows(d):
     d.run([d.record(env("x-1", 1, "SomethingHappened", {}))])
-    assert d.meta("x-1") == agg.Meta(1, False)
+    assert d.meta_state("x-1") == (1, False)
     assert d.row("accounts", "x-1") is None
     assert d.store.tables() == {INDEX}
 
@@ -544,7 +555,7 @@ def test_resend_of_an_earlier_record_while_parked_loses_nothing(d):
     d.run([d.record([deposited("acc-1", 3, 100), deposited("acc-1", 4, 1000)])])  # overlapping re-send [3, 4]
     d.run([d.record(deposited("acc-1", 3, 100))])  # a re-send of the earlier record [3]
     d.run([], [d.release("acc-1")])
-    assert d.meta("acc-1") == agg.Meta(5, False)
+    assert d.meta_state("acc-1") == (5, False)
     assert balance(d, "acc-1") == 1111
 
 
@@ -555,7 +566,7 @@ def test_overlapping_resends_while_parked_in_arrival_order_lose_nothing(d):
     d.run([d.record(deposited("acc-1", 3, 100))])
     d.run([d.record([deposited("acc-1", 3, 100), deposited("acc-1", 4, 1000)])])
     d.run([], [d.release("acc-1")])
-    assert d.meta("acc-1") == agg.Meta(5, False)
+    assert d.meta_state("acc-1") == (5, False)
     assert balance(d, "acc-1") == 1111
 
 

@@ -203,8 +203,17 @@ def to_v2(e: dict) -> dict:
 
 
 def read_models_state(d: Driver) -> dict:
-    """Every table but the index's stored events (which keep the envelopes as written)."""
-    return {k: v for k, v in d.store.state().items() if k[0] != INDEX or not k[2].startswith(b"e\x00")}
+    """Every table; of the index only versions and parking (its events keep the envelopes as written)."""
+    out = {}
+    for k, v in d.store.state().items():
+        if k[0] == INDEX:
+            if k[2].startswith(b"e\x00"):
+                continue
+            if k[2].startswith(b"m\x00"):
+                meta = orjson.loads(v)
+                v = (meta["version"], meta["parked"])
+        out[k] = v
+    return out
 
 
 @PROPS
