@@ -74,6 +74,11 @@ class Projector:
             topic_partitions=self.partitions,
             topic_replication_factor=settings.replication_factor,
             producer_acks=-1,
+            producer_max_batch_size=512 * 1024,
+            # A worker killed with kill -9 holds its partitions until its session
+            # times out; Faust's 60 s default is a long outage.
+            broker_session_timeout=20.0,
+            broker_heartbeat_interval=3.0,
             consumer_auto_offset_reset="earliest",
         )
         self.app.projector = self
@@ -140,34 +145,64 @@ class Projector:
         commands_topic = self.commands_topic.get_topic_name()
         records = [m for m in messages if m.topic != commands_topic]
         commands = [m for m in messages if m.topic == commands_topic]
-        await self._execute(self.engine.plan(records, commands))
+        started = time.perf_counter()
+        plan = self.engine.plan(records, commands)
+        self.metrics.phase_seconds["plan"] += time.perf_counter() - started
+        await self._execute(plan)
 
     async def _on_derived(self, messages: Sequence[Any]) -> None:
-        await self._execute(self.engine.plan_derived(messages))
+        started = time.perf_counter()
+        plan = self.engine.plan_derived(messages)
+        self.metrics.phase_seconds["plan_derived"] += time.perf_counter() - started
+        await self._execute(plan)
 
     async def _execute(self, plan: Plan) -> None:
         """Send the plan's changelog records and messages, wait for Kafka, then write RocksDB."""
         started = time.perf_counter()
-        # Faust's own producer underneath (acks=all): its send() wrapper adds
-        # nothing we need per record, and this loop runs once per record.
-        send = self.app.producer._ensure_producer().send
-        pending: list[tuple[Optional[tuple[str, int]], Any]] = []
+        # Records go out in aiokafka batches per topic and partition: one append
+        # per record instead of one send() with its futures and metadata checks.
+        producer = self.app.producer._ensure_producer()
+        outgoing: dict[tuple[str, int], list[tuple[Optional[bytes], Optional[bytes], list]]] = defaultdict(list)
+        changelog_of: dict[tuple[str, int], tuple[str, int]] = {}
         for (table, partition), items in plan.writes.items():
-            changelog = self.store.changelog_topic(table)
-            for key, value in items.items():
-                fut = await send(changelog, value=value, key=key, partition=partition)
-                pending.append(((table, partition), fut))
+            slot = (self.store.changelog_topic(table), partition)
+            changelog_of[slot] = (table, partition)
+            outgoing[slot].extend((key, value, []) for key, value in items.items())
+        unpartitioned = []
         for out in plan.sends:
-            fut = await send(out.topic, value=out.value, key=out.key, partition=out.partition, headers=out.headers or None)
-            pending.append((None, fut))
-        results = await asyncio.gather(*(fut for _, fut in pending))
-        offsets: dict[tuple[str, int], int] = defaultdict(lambda: -1)
-        for (slot, _), meta in zip(pending, results):
-            if slot is not None and meta.offset > offsets[slot]:
-                offsets[slot] = meta.offset
+            if out.partition is None:
+                unpartitioned.append(out)
+            else:
+                outgoing[(out.topic, out.partition)].append((out.key, out.value, out.headers))
+        pending: list[tuple[tuple[str, int], int, Any]] = []
+        for (topic, partition), records in outgoing.items():
+            batch = producer.create_batch()
+            for key, value, headers in records:
+                if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                    pending.append(((topic, partition), batch.record_count(), await producer.send_batch(batch, topic, partition=partition)))
+                    batch = producer.create_batch()
+                    if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                        raise ValueError(f"a record for {topic} does not fit in an empty producer batch")
+            pending.append(((topic, partition), batch.record_count(), await producer.send_batch(batch, topic, partition=partition)))
+        for out in unpartitioned:
+            fut = await producer.send(out.topic, value=out.value, key=out.key, headers=out.headers or None)
+            pending.append(((out.topic, -1), 1, fut))
+        queued = time.perf_counter()
+        self.metrics.phase_seconds["send"] += queued - started
+        results = await asyncio.gather(*(fut for _, _, fut in pending))
+        acked = time.perf_counter()
+        self.metrics.phase_seconds["await_acks"] += acked - queued
+        # The changelog offset each table partition reaches: last record of its last batch.
+        offsets: dict[tuple[str, int], int] = {}
+        for (slot, count, _), meta in zip(pending, results):
+            table_slot = changelog_of.get(slot)
+            if table_slot is not None:
+                offsets[table_slot] = max(offsets.get(table_slot, -1), meta.offset + count - 1)
         for (table, partition), items in plan.writes.items():
             self.store.write(table, partition, items, offsets.get((table, partition)))
-        self.metrics.batch_seconds_total += time.perf_counter() - started
+        done = time.perf_counter()
+        self.metrics.phase_seconds["rocksdb"] += done - acked
+        self.metrics.batch_seconds_total += done - started
 
     # --- state of the worker -----------------------------------------------------
 

@@ -106,6 +106,29 @@ def cmd_deadletters(args: argparse.Namespace) -> None:
     _print_answer(*_api("GET", f"/deadletters?limit={args.limit}"))
 
 
+def cmd_send(args: argparse.Namespace) -> None:
+    """Produce one record to the events topic, as any Kafka producer would."""
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.errors import KafkaError
+
+    settings = _settings()
+    value = sys.stdin.buffer.read() if args.value == "-" else args.value.encode("utf-8")
+
+    async def send() -> object:
+        producer = AIOKafkaProducer(bootstrap_servers=",".join(settings.bootstrap_servers), acks="all")
+        await producer.start()
+        try:
+            return await producer.send_and_wait(settings.events_topic, value, key=args.key.encode("utf-8"))
+        finally:
+            await producer.stop()
+
+    try:
+        meta = asyncio.run(send())
+    except KafkaError as exc:
+        sys.exit(f"projector: sending to {settings.events_topic} at {settings.broker} failed: {exc}")
+    print(f"{settings.events_topic}/{meta.partition}/{meta.offset}")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from projector.rundemo import run_demo
 
@@ -135,6 +158,11 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("bench", help="end-to-end throughput: projector against a naive Faust agent on one topic")
     bench.add_arguments(p)
     p.set_defaults(func=bench.cmd_bench)
+
+    p = sub.add_parser("send", help="produce one record (key, JSON value) to the events topic")
+    p.add_argument("key", help="the record key: the aggregate id")
+    p.add_argument("value", help="the record value, e.g. one JSON envelope; - reads it from stdin")
+    p.set_defaults(func=cmd_send)
 
     p = sub.add_parser("release", help="release a parked aggregate (needs PROJECTOR_ADMIN_TOKEN if the worker has one)")
     p.add_argument("aggregate_id")

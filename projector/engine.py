@@ -150,6 +150,17 @@ class _Batch:
 
 
 @dataclass
+class _Pending:
+    """A decoded record waiting to be folded with the rest of its aggregate's."""
+
+    originals: list[Event]
+    events: list[Event]
+    key: Optional[bytes]
+    value: Optional[bytes]
+    source: str
+
+
+@dataclass
 class _Touched:
     """A source row's derived contributions at the start of the batch, and now."""
 
@@ -186,119 +197,150 @@ class Engine:
     # --- events ------------------------------------------------------------------
 
     def plan(self, records: Iterable[Record], commands: Iterable[Record] = ()) -> Plan:
-        """Plan a batch of event records, then any engine commands (releases)."""
+        """Plan a batch of event records, then any engine commands (releases).
+
+        Records are decoded, then grouped by aggregate (keeping their order):
+        each aggregate's index entry and rows are read once, folded in memory
+        through all its records, and written once.
+        """
         batch = _Batch(self.store)
         touched: dict[tuple[int, str], _Touched] = {}
+        groups: dict[tuple[int, str], list[_Pending]] = {}
         for record in records:
             self.metrics.records_seen += 1
-            self._event_record(batch, touched, record)
+            source = f"{record.topic}/{record.partition}/{record.offset}"
+            try:
+                originals = decode_record(record.key, record.value)
+                events = [self.schemas.upcast(e) for e in originals]
+            except InvalidRecord as exc:
+                self._deadletter(batch, record.key, record.value, exc.reason, exc.message, source)
+                continue
+            pending = _Pending(originals, events, record.key, record.value, source)
+            slot = (record.partition, events[0].aggregate_id)
+            group = groups.get(slot)
+            if group is None:
+                groups[slot] = [pending]
+            else:
+                group.append(pending)
+        for (partition, aid), pendings in groups.items():
+            meta = agg.Meta.from_json(batch.get_json(INDEX, partition, agg.meta_key(aid)))
+            self._fold(batch, touched, partition, aid, meta, pendings, replay=False)
         for record in commands:
             self._command_record(batch, touched, record)
         self._emit_derived(batch, touched)
         self.metrics.batches += 1
         return batch.finish()
 
-    def _event_record(self, batch: _Batch, touched: dict, record: Record) -> None:
-        source = f"{record.topic}/{record.partition}/{record.offset}"
-        try:
-            originals = decode_record(record.key, record.value)
-            events = [self.schemas.upcast(e) for e in originals]
-        except InvalidRecord as exc:
-            self._deadletter(batch, record.key, record.value, exc.reason, exc.message, source)
-            return
-        self._admit(batch, touched, record.partition, originals, events, record.key, record.value, source, replay=False)
-
-    def _admit(
+    def _fold(
         self,
         batch: _Batch,
-        touched: dict,
+        touched: dict[tuple[int, str], _Touched],
         partition: int,
-        originals: Sequence[Event],
-        events: Sequence[Event],
-        key: Optional[bytes],
-        value: Optional[bytes],
-        source: str,
+        aid: str,
+        meta: agg.Meta,
+        pendings: Sequence[_Pending],
         replay: bool,
     ) -> None:
-        aid = events[0].aggregate_id
-        meta = agg.Meta.from_json(batch.get_json(INDEX, partition, agg.meta_key(aid)))
-        admission = agg.admit(meta, events)
-        self.metrics.duplicates += admission.duplicates
-        if admission.outcome == agg.DUPLICATE:
-            return
-        fresh_versions = {e.version for e in admission.events}
-        fresh_originals = [e for e in originals if e.version in fresh_versions]
-        if admission.outcome in (agg.GAP, agg.PARKED_REASON):
-            parked_at = meta.version
-            if admission.outcome == agg.GAP:
-                meta.parked = True
-                batch.put_json(INDEX, partition, agg.meta_key(aid), meta.to_json())
-                self.metrics.parked_aggregates += 1
-                error = (
-                    f"aggregate {aid}: expected version {meta.version + 1}, got {admission.events[0].version}; "
-                    f"the aggregate is parked until an operator releases it"
-                )
-            else:
-                error = f"aggregate {aid} is parked at version {parked_at}; release it to apply its later events"
-            batch.put_json(
-                INDEX,
-                partition,
-                agg.parked_key(aid, admission.events[0].version, admission.events[-1].version),
-                {
-                    "source": source,
-                    "events": [e.to_dict() for e in fresh_originals],
-                    "key": key.decode("utf-8", "surrogateescape") if key is not None else None,
-                    "value": value.decode("utf-8", "surrogateescape") if value is not None else None,
-                },
-            )
-            if not replay:
-                self._deadletter(batch, key, value, admission.outcome, error, source)
-            return
-        try:
-            self._apply(batch, touched, partition, aid, meta, admission.events)
-        except RecordRejected as exc:
-            self._deadletter(batch, key, value, exc.reason, exc.message, source)
-            return
-        for last, chunk in meta.append([e.to_dict() for e in fresh_originals]):
-            batch.put_json(INDEX, partition, agg.event_key(aid, last), chunk)
-        batch.put_json(INDEX, partition, agg.meta_key(aid), meta.to_json())
+        """Apply one aggregate's records in order to its index entry and rows, then write them once.
 
-    def _apply(
-        self, batch: _Batch, touched: dict, partition: int, aid: str, meta: agg.Meta, events: Sequence[Event]
-    ) -> None:
-        """Apply admitted events to every aggregate-keyed model, all or nothing."""
+        Each record is applied all or nothing: a rejected one leaves the
+        aggregate as the records before it left it.
+        """
         key = aid.encode("utf-8")
-        updates = []
-        derived_new: dict[str, Contribution] = {}
-        for model in self.models:
-            old_row = batch.get_json(model.name, partition, key)
-            result = apply_record(model, old_row, events)
-            if not result.changed:
+        meta_key = agg.meta_key(aid)
+        rows = {m.name: batch.get_json(m.name, partition, key) for m in self.models}
+        first_rows = dict(rows)
+        changed: set[str] = set()
+        meta_changed = replay  # a release has changed the entry already
+        derived_check = self.derived_by_source
+        for p in pendings:
+            admission = agg.admit(meta, p.events)
+            self.metrics.duplicates += admission.duplicates
+            outcome = admission.outcome
+            if outcome == agg.DUPLICATE:
                 continue
-            updates.append((model.name, result))
-            for d in self.derived_by_source.get(model.name, ()):
-                try:
-                    derived_new[d.name] = contribution_of(d, result.row["value"])
-                except Exception as exc:
-                    raise RecordRejected(
-                        FOLD_ERROR, f"{d.name}: key/contribution of {aid} raised {type(exc).__name__}: {exc}"
-                    ) from exc
-                slot = (partition, aid)
-                if slot not in touched or d.name not in touched[slot].old:
-                    before = old_row["value"] if old_row else None
+            fresh = admission.events
+            fresh_originals = p.originals if len(fresh) == len(p.originals) else p.originals[-len(fresh):]
+            if outcome != agg.APPLY:
+                self._park(batch, partition, aid, meta, admission, fresh_originals, p, replay)
+                meta_changed = True
+                continue
+            updates = []
+            try:
+                for model in self.models:
+                    result = apply_record(model, rows[model.name], fresh)
+                    if not result.changed:
+                        continue
+                    updates.append((model.name, result))
+                    for d in derived_check.get(model.name, ()):
+                        try:
+                            contribution_of(d, result.row["value"])
+                        except Exception as exc:
+                            raise RecordRejected(
+                                FOLD_ERROR, f"{d.name}: key/contribution of {aid} raised {type(exc).__name__}: {exc}"
+                            ) from exc
+            except RecordRejected as exc:
+                self._deadletter(batch, p.key, p.value, exc.reason, exc.message, p.source)
+                continue
+            for name, result in updates:
+                rows[name] = result.row
+                changed.add(name)
+                self.metrics.events_applied[name] += result.applied
+            for last, chunk in meta.append([e.to_dict() for e in fresh_originals]):
+                batch.put_json(INDEX, partition, agg.event_key(aid, last), chunk)
+            meta_changed = True
+        if meta_changed:
+            batch.put_json(INDEX, partition, meta_key, meta.to_json())
+        for name in changed:
+            batch.put_json(name, partition, key, rows[name])
+            for d in derived_check.get(name, ()):
+                t = touched.get((partition, aid))
+                if t is None:
+                    t = touched[(partition, aid)] = _Touched({}, {}, 0)
+                if d.name not in t.old:
+                    before = first_rows[name]
                     try:
-                        old_c = contribution_of(d, before)
+                        t.old[d.name] = contribution_of(d, before["value"] if before else None)
                     except Exception:  # a row that was stored once must not block its own updates
                         log.exception("%s: contribution of the stored row of %s raised", d.name, aid)
-                        old_c = None
-                    touched.setdefault(slot, _Touched({}, {}, 0)).old[d.name] = old_c
-        for name, result in updates:
-            batch.put_json(name, partition, key, result.row)
-            self.metrics.events_applied[name] += result.applied
-        if derived_new:
-            t = touched[(partition, aid)]
-            t.new.update(derived_new)
-            t.version = events[-1].version
+                        t.old[d.name] = None
+                t.new[d.name] = contribution_of(d, rows[name]["value"])
+                t.version = rows[name]["version"]
+
+    def _park(
+        self,
+        batch: _Batch,
+        partition: int,
+        aid: str,
+        meta: agg.Meta,
+        admission: agg.Admission,
+        fresh_originals: Sequence[Event],
+        p: "_Pending",
+        replay: bool,
+    ) -> None:
+        """Keep a record of a parked aggregate (parking it first on a gap), and dead-letter it."""
+        if admission.outcome == agg.GAP:
+            meta.parked = True
+            self.metrics.parked_aggregates += 1
+            error = (
+                f"aggregate {aid}: expected version {meta.version + 1}, got {admission.events[0].version}; "
+                f"the aggregate is parked until an operator releases it"
+            )
+        else:
+            error = f"aggregate {aid} is parked at version {meta.version}; release it to apply its later events"
+        batch.put_json(
+            INDEX,
+            partition,
+            agg.parked_key(aid, admission.events[0].version, admission.events[-1].version),
+            {
+                "source": p.source,
+                "events": [e.to_dict() for e in fresh_originals],
+                "key": p.key.decode("utf-8", "surrogateescape") if p.key is not None else None,
+                "value": p.value.decode("utf-8", "surrogateescape") if p.value is not None else None,
+            },
+        )
+        if not replay:
+            self._deadletter(batch, p.key, p.value, admission.outcome, error, p.source)
 
     def _emit_derived(self, batch: _Batch, touched: dict[tuple[int, str], _Touched]) -> None:
         """One repartition message per re-keyed model and group per batch, listing its members' changes."""
@@ -352,16 +394,22 @@ class Engine:
         if skip_to is not None:
             meta.version = skip_to - 1
         meta.parked = False
-        batch.put_json(INDEX, partition, agg.meta_key(aid), meta.to_json())
         self.metrics.releases += 1
         log.info("released %s at version %d; re-applying %d parked record(s)", aid, meta.version, len(parked))
+        pendings = []
         for _, raw in parked:
             entry = orjson.loads(raw)
             originals = [Event(**e) for e in entry["events"]]
-            events = [self.schemas.upcast(e) for e in originals]
-            key = entry["key"].encode("utf-8", "surrogateescape") if entry.get("key") is not None else None
-            value = entry["value"].encode("utf-8", "surrogateescape") if entry.get("value") is not None else None
-            self._admit(batch, touched, partition, originals, events, key, value, entry["source"], replay=True)
+            pendings.append(
+                _Pending(
+                    originals,
+                    [self.schemas.upcast(e) for e in originals],
+                    entry["key"].encode("utf-8", "surrogateescape") if entry.get("key") is not None else None,
+                    entry["value"].encode("utf-8", "surrogateescape") if entry.get("value") is not None else None,
+                    entry["source"],
+                )
+            )
+        self._fold(batch, touched, partition, aid, meta, pendings, replay=True)
 
     # --- dead letters ------------------------------------------------------------
 

@@ -81,15 +81,16 @@ def _valid_rfc3339(value: str) -> bool:
     m = _RFC3339.fullmatch(value)
     if m is None:
         return False
-    year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
     if m.group(9) is not None and (int(m.group(9)) > 23 or int(m.group(10)) > 59):
         return False
+    if m.group(6) == "60":
+        # A leap second is valid RFC 3339; datetime has no room for it.
+        value = value[:17] + "59" + value[19:]
     try:
-        # Second 60 is a leap second, valid in RFC 3339; datetime has no room for it.
-        datetime(year, month, day, hour, minute, min(second, 59))
+        datetime.fromisoformat(value.replace("t", "T", 1).replace("z", "Z"))
     except ValueError:
         return False
-    return second <= 60
+    return True
 
 
 def envelope_from_obj(obj: Any, where: str = "event") -> Event:

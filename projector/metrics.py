@@ -17,6 +17,8 @@ class Metrics:
     records_seen: int = 0
     batches: int = 0
     batch_seconds_total: float = 0.0
+    # Where a batch's time goes: planning (decode, fold), Kafka sends until acked, RocksDB writes.
+    phase_seconds: Counter = field(default_factory=Counter)
 
 
 def _escape(value: str) -> str:
@@ -54,6 +56,9 @@ def prometheus_text(projector) -> str:
         "# HELP projector_fold_batch_seconds_total Time spent sending and writing fold batches.",
         "# TYPE projector_fold_batch_seconds_total counter",
         f"projector_fold_batch_seconds_total {m.batch_seconds_total:.6f}",
+        "# HELP projector_batch_phase_seconds_total Time spent per phase of a batch.",
+        "# TYPE projector_batch_phase_seconds_total counter",
+        *(f'projector_batch_phase_seconds_total{{phase="{p}"}} {v:.6f}' for p, v in sorted(m.phase_seconds.items())),
         "# HELP projector_consumer_lag Records of each assigned partition not yet read.",
         "# TYPE projector_consumer_lag gauge",
     ]
