@@ -139,6 +139,8 @@ def admit(meta: Meta, events: Sequence[Event]) -> Admission:
     while the aggregate is parked. The rest must start at last + 1; otherwise
     the record is a gap. Any newer event of a parked aggregate is parked.
     """
+    if not meta.parked and events[0].version == meta.version + 1:
+        return Admission(APPLY, list(events), 0)  # the common case: next in line, no duplicates
     fresh = [e for e in events if e.version > meta.version]
     duplicates = len(events) - len(fresh)
     if not fresh:
