@@ -78,6 +78,9 @@ class Projector:
             # A worker killed with kill -9 holds its partitions until its session
             # times out; Faust's 60 s default is a long outage.
             broker_session_timeout=20.0,
+            # Commit at least every second (Faust: 2.8 s): a restart replays less,
+            # and progress (consumer-group lag) shows sooner.
+            broker_commit_interval=1.0,
             broker_heartbeat_interval=3.0,
             consumer_auto_offset_reset="earliest",
         )

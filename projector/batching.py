@@ -88,7 +88,9 @@ class BatchingConsumer(faust_aiokafka.Consumer):
                 await self._add_gap(tp, r_offset + 1, offset)
             handler = handlers.get(message.topic)
             if handler is not None:
-                self.track_message(message)
+                # track_message() without its per-message sensor calls: projector
+                # keeps its own counters per batch.
+                self._unacked_messages.add(message)
                 batches.setdefault(handler, []).append(message)
                 set_read_offset(tp, offset)
                 continue

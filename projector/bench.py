@@ -593,10 +593,14 @@ class Bench:
                         committed = await self.kafka.committed(c.group, self.topic)
                         done = sum(min(max(committed.get(p, begin[p]), begin[p]), end[p]) - begin[p] for p in end)
                         if all(committed.get(p, begin[p]) >= end[p] for p in end):
-                            caught_at = time.monotonic()
-                            result.cpu_seconds = proc_cpu_seconds(proc.pid)
-                            result.committed_events = done
-                            break
+                            # Caught up means every table: the re-keyed ones too, which
+                            # follow through the contestant's internal repartition topics.
+                            internal = await self.kafka.internal_lag(c.group)
+                            if not any(internal.values()):
+                                caught_at = time.monotonic()
+                                result.cpu_seconds = proc_cpu_seconds(proc.pid)
+                                result.committed_events = done
+                                break
                     except Exception as exc:  # the group may not exist yet; keep polling
                         last_error = f"{type(exc).__name__}: {exc}"
                     if time.monotonic() - last_progress >= cfg.progress_every:

@@ -149,15 +149,23 @@ class _Batch:
         return self.plan
 
 
-@dataclass
 class _Pending:
     """A decoded record waiting to be folded with the rest of its aggregate's."""
 
-    originals: list[Event]
-    events: list[Event]
-    key: Optional[bytes]
-    value: Optional[bytes]
-    source: str
+    __slots__ = ("originals", "events", "key", "value", "_source")
+
+    def __init__(self, originals: list[Event], events: list[Event], key: Optional[bytes],
+                 value: Optional[bytes], source: Any) -> None:
+        self.originals = originals
+        self.events = events
+        self.key = key
+        self.value = value
+        self._source = source  # "topic/partition/offset", or the record to make it from when needed
+
+    @property
+    def source(self) -> str:
+        s = self._source
+        return s if isinstance(s, str) else f"{s.topic}/{s.partition}/{s.offset}"
 
 
 @dataclass
@@ -206,16 +214,17 @@ class Engine:
         batch = _Batch(self.store)
         touched: dict[tuple[int, str], _Touched] = {}
         groups: dict[tuple[int, str], list[_Pending]] = {}
+        upcast_all = self.schemas.upcast_all
         for record in records:
             self.metrics.records_seen += 1
-            source = f"{record.topic}/{record.partition}/{record.offset}"
             try:
                 originals = decode_record(record.key, record.value)
-                events = [self.schemas.upcast(e) for e in originals]
+                events = upcast_all(originals)
             except InvalidRecord as exc:
+                source = f"{record.topic}/{record.partition}/{record.offset}"
                 self._deadletter(batch, record.key, record.value, exc.reason, exc.message, source)
                 continue
-            pending = _Pending(originals, events, record.key, record.value, source)
+            pending = _Pending(originals, events, record.key, record.value, record)
             slot = (record.partition, events[0].aggregate_id)
             group = groups.get(slot)
             if group is None:
@@ -403,7 +412,7 @@ class Engine:
             pendings.append(
                 _Pending(
                     originals,
-                    [self.schemas.upcast(e) for e in originals],
+                    self.schemas.upcast_all(originals),
                     entry["key"].encode("utf-8", "surrogateescape") if entry.get("key") is not None else None,
                     entry["value"].encode("utf-8", "surrogateescape") if entry.get("value") is not None else None,
                     entry["source"],

@@ -171,6 +171,10 @@ def decode_record(key: Optional[bytes], value: Optional[bytes]) -> list[Event]:
         key_text = key.decode("utf-8") if key is not None else None
     except UnicodeDecodeError:
         key_text = None
+    if type(decoded) is dict:  # the common case: one envelope
+        event = envelope_from_obj(decoded)
+        if event.aggregate_id == key_text:
+            return [event]
     composite = isinstance(decoded, list)
     items = decoded if composite else [decoded]
     if not items:

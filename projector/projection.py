@@ -49,9 +49,14 @@ def apply_record(model: ReadModel, row: Optional[dict[str, Any]], events: Sequen
     record with ``fold_error`` and leaves ``row`` as it was.
     """
     version = row["version"] if row else 0
-    handled = [e for e in events if e.type in model.handles]
-    fresh = [e for e in handled if e.version > version]
-    result = Applied(row=row, duplicates=len(handled) - len(fresh))
+    handles = model.handles
+    if len(events) == 1:  # the common case, without the list building
+        fresh = list(events) if events[0].type in handles and events[0].version > version else []
+        result = Applied(row=row, duplicates=int(events[0].type in handles and not fresh))
+    else:
+        handled = [e for e in events if e.type in handles]
+        fresh = [e for e in handled if e.version > version]
+        result = Applied(row=row, duplicates=len(handled) - len(fresh))
     if not fresh:
         return result
     # A private copy, so a fold that changes its state in place cannot leak a

@@ -71,6 +71,16 @@ class Schemas:
                     f"declare SCHEMA_VERSIONS[{etype!r}] = {version + 1}"
                 )
 
+    def upcast_all(self, events: list[Event]) -> list[Event]:
+        """:meth:`upcast` of each event (the same list when nothing needs upcasting)."""
+        if not self.current:
+            for event in events:
+                if event.schema_version != 1:
+                    break
+            else:
+                return events
+        return [self.upcast(e) for e in events]
+
     def upcast(self, event: Event) -> Event:
         """The event with its data at the current schema version of its type."""
         current = self.current.get(event.type, 1)
