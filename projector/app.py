@@ -160,19 +160,47 @@ class Projector:
         await self._execute(plan)
 
     async def _execute(self, plan: Plan) -> None:
-        """Send the plan's changelog records and messages, wait for Kafka, then write RocksDB."""
+        """Send the plan to Kafka and wait for it, then write RocksDB.
+
+        Two rounds: rows, dead letters and repartition messages first, then,
+        once Kafka has all of those, the guard tables (the aggregate index and
+        the members tables) that say what was applied. See ``Engine.guard_tables``.
+        """
         started = time.perf_counter()
-        # Records go out in aiokafka batches per topic and partition: one append
-        # per record instead of one send() with its futures and metadata checks.
+        guards = self.engine.guard_tables
+        first = {slot: items for slot, items in plan.writes.items() if slot[0] not in guards}
+        second = {slot: items for slot, items in plan.writes.items() if slot[0] in guards}
+        offsets: dict[tuple[str, int], int] = {}
+        await self._send_and_wait(first, plan.sends, offsets)
+        await self._send_and_wait(second, [], offsets)
+        acked = time.perf_counter()
+        for writes in (first, second):
+            for (table, partition), items in writes.items():
+                self.store.write(table, partition, items, offsets.get((table, partition)))
+        done = time.perf_counter()
+        self.metrics.phase_seconds["rocksdb"] += done - acked
+        self.metrics.batch_seconds_total += done - started
+
+    async def _send_and_wait(
+        self, writes: dict[tuple[str, int], dict[bytes, Optional[bytes]]], sends: Sequence[Any],
+        offsets: dict[tuple[str, int], int],
+    ) -> None:
+        """Send changelog records for ``writes`` and the ``sends``; wait until Kafka has them all.
+
+        Records go out in aiokafka batches per topic and partition: one append
+        per record instead of one send() with its futures and metadata checks.
+        ``offsets`` gets the changelog offset each table partition reaches.
+        """
+        started = time.perf_counter()
         producer = self.app.producer._ensure_producer()
         outgoing: dict[tuple[str, int], list[tuple[Optional[bytes], Optional[bytes], list]]] = defaultdict(list)
         changelog_of: dict[tuple[str, int], tuple[str, int]] = {}
-        for (table, partition), items in plan.writes.items():
+        for (table, partition), items in writes.items():
             slot = (self.store.changelog_topic(table), partition)
             changelog_of[slot] = (table, partition)
             outgoing[slot].extend((key, value, []) for key, value in items.items())
         unpartitioned = []
-        for out in plan.sends:
+        for out in sends:
             if out.partition is None:
                 unpartitioned.append(out)
             else:
@@ -193,19 +221,11 @@ class Projector:
         queued = time.perf_counter()
         self.metrics.phase_seconds["send"] += queued - started
         results = await asyncio.gather(*(fut for _, _, fut in pending))
-        acked = time.perf_counter()
-        self.metrics.phase_seconds["await_acks"] += acked - queued
-        # The changelog offset each table partition reaches: last record of its last batch.
-        offsets: dict[tuple[str, int], int] = {}
+        self.metrics.phase_seconds["await_acks"] += time.perf_counter() - queued
         for (slot, count, _), meta in zip(pending, results):
             table_slot = changelog_of.get(slot)
             if table_slot is not None:
                 offsets[table_slot] = max(offsets.get(table_slot, -1), meta.offset + count - 1)
-        for (table, partition), items in plan.writes.items():
-            self.store.write(table, partition, items, offsets.get((table, partition)))
-        done = time.perf_counter()
-        self.metrics.phase_seconds["rocksdb"] += done - acked
-        self.metrics.batch_seconds_total += done - started
 
     # --- state of the worker -----------------------------------------------------
 

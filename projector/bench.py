@@ -43,7 +43,7 @@ from urllib.parse import quote
 
 import orjson
 
-from projector.config import ConfigError, parse_brokers
+from projector.config import ConfigError, parse_brokers, broker_reachable
 
 REPO = Path(__file__).resolve().parent.parent
 KAFKA_SH = REPO / "deploy" / "kafka" / "kafka.sh"
@@ -131,13 +131,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _reachable(hostport: str) -> bool:
-    host, _, port = hostport.rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=2):
-            return True
-    except OSError:
-        return False
 
 
 def proc_cpu_seconds(pid: int) -> Optional[float]:
@@ -444,7 +437,7 @@ class Bench:
     # - broker -
 
     def ensure_broker(self) -> None:
-        if any(_reachable(hp) for hp in self.bootstrap):
+        if any(broker_reachable(hp) for hp in self.bootstrap):
             return
         if self.bootstrap != ["127.0.0.1:9092"] or not self.config.start_broker:
             raise BenchError(f"no Kafka broker answers at {self.config.broker}; start it first")

@@ -25,6 +25,18 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> i
     return value
 
 
+def broker_reachable(hostport: str, timeout: float = 1.0) -> bool:
+    """True when something accepts TCP connections at ``host:port``."""
+    import socket
+
+    host, _, port = hostport.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def parse_brokers(raw: str) -> list[str]:
     """``kafka://h1:9092,h2:9092`` (or without the scheme) -> ``["h1:9092", "h2:9092"]``."""
     hosts = []

@@ -201,6 +201,13 @@ class Engine:
         for d in self.derived:
             self.derived_by_source.setdefault(d.source, []).append(d)
         self.derived_by_topic = {repartition_topics[d.name]: d for d in self.derived}
+        #: Tables that say what has been applied (the aggregate index for the
+        #: read models, the members tables for the re-keyed ones). Their records
+        #: must reach Kafka only after the rows they vouch for: a crash between
+        #: the two then leaves rows ahead of their guard (a replay skips them as
+        #: duplicates), never a guard ahead of its rows (a replay would skip
+        #: events the rows never got).
+        self.guard_tables = {INDEX, *(members_table(d) for d in self.derived)}
 
     # --- events ------------------------------------------------------------------
 

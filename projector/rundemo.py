@@ -15,7 +15,7 @@ from pathlib import Path
 
 import orjson
 
-from projector.config import Settings
+from projector.config import Settings, broker_reachable
 from projector.demo import generate_histories, produce_events
 from projector.topics import ensure_topics
 
@@ -23,13 +23,6 @@ REPO = Path(__file__).resolve().parent.parent
 KAFKA_SH = REPO / "deploy" / "kafka" / "kafka.sh"
 
 
-def _reachable(hostport: str) -> bool:
-    host, _, port = hostport.rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 def _get(url: str) -> tuple[int, dict]:
@@ -52,7 +45,7 @@ def run_demo(settings: Settings, accounts: int, events: int, seed: int) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        if not any(_reachable(hp) for hp in settings.bootstrap_servers):
+        if not any(broker_reachable(hp) for hp in settings.bootstrap_servers):
             if settings.bootstrap_servers != ["127.0.0.1:9092"]:
                 print(f"demo: no broker answers at {settings.broker}; start it first", file=sys.stderr)
                 return 1

@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from projector.demo import generate_histories
-from support import get, produce, prometheus, read_topic, wait_for
+from support import fold_accounts, get, produce, prometheus, read_topic, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -36,28 +36,6 @@ class Workload:
     currencies: dict[str, dict]
     deadletters: Counter = field(default_factory=Counter)  # (key, reason) -> count
     gapped: dict[str, int] = field(default_factory=dict)  # account -> frozen version
-
-
-def fold_accounts(events: list[dict]) -> dict[str, dict]:
-    """The oracle for ``accounts``, folded here without projector's code."""
-    rows: dict[str, dict] = {}
-    for e in events:
-        aid, data = e["aggregate_id"], e["data"]
-        if e["type"] == "AccountOpened":
-            value = {"owner": data["owner"], "currency": data["currency"], "balance": 0,
-                     "status": "open", "deposits": 0, "withdrawals": 0}
-        else:
-            value = dict(rows[aid]["value"])
-            if e["type"] == "MoneyDeposited":
-                value["balance"] += data["amount"]
-                value["deposits"] += 1
-            elif e["type"] == "MoneyWithdrawn":
-                value["balance"] -= data["amount"]
-                value["withdrawals"] += 1
-            else:
-                value["status"] = "closed"
-        rows[aid] = {"version": e["version"], "value": value}
-    return rows
 
 
 def group_by(accounts: dict[str, dict], field_name: str) -> dict[str, dict]:

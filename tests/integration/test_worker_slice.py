@@ -15,34 +15,12 @@ import orjson
 import pytest
 
 from projector.demo import generate_histories
-from support import get, produce, wait_for
+from support import fold_accounts, get, produce, wait_for
 
 pytestmark = pytest.mark.integration
 
 ACCOUNTS = 500
 EVENTS = 10_000
-
-
-def oracle(envelopes: list[dict]) -> dict[str, dict]:
-    """The expected accounts rows, folded here without projector's code."""
-    rows: dict[str, dict] = {}
-    for e in envelopes:
-        aid, data = e["aggregate_id"], e["data"]
-        if e["type"] == "AccountOpened":
-            value = {"owner": data["owner"], "currency": data["currency"], "balance": 0,
-                     "status": "open", "deposits": 0, "withdrawals": 0}
-        else:
-            value = dict(rows[aid]["value"])
-            if e["type"] == "MoneyDeposited":
-                value["balance"] += data["amount"]
-                value["deposits"] += 1
-            elif e["type"] == "MoneyWithdrawn":
-                value["balance"] -= data["amount"]
-                value["withdrawals"] += 1
-            elif e["type"] == "AccountClosed":
-                value["status"] = "closed"
-        rows[aid] = {"version": e["version"], "value": value}
-    return rows
 
 
 def mismatches(url: str, expected: dict[str, dict]) -> list[str]:
@@ -73,7 +51,7 @@ def assert_all_accounts(url: str, expected: dict[str, dict], timeout: float) -> 
 def test_worker_folds_accounts_and_survives_restarts(worker_factory, names, kafka_bootstrap):
     envelopes = list(generate_histories(ACCOUNTS, EVENTS, seed=7))
     assert len(envelopes) == EVENTS
-    expected = oracle(envelopes)
+    expected = fold_accounts(envelopes)
     assert len(expected) == ACCOUNTS
 
     worker = worker_factory(partitions=4)
