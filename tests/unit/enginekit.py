@@ -15,6 +15,7 @@ from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import orjson
 
+from factories import envelope
 from projector import aggregates as agg
 from projector.engine import INDEX, Engine, Plan, Send
 from projector.partitioning import partition_for
@@ -198,19 +199,8 @@ def headers(send: Send) -> dict[str, str]:
 
 
 def env(aggregate_id: str, version: int, type: str, data: Optional[dict] = None, **fields: Any) -> dict:
-    """An account envelope."""
-    if data is None:
-        data = {}
-    out = {
-        "id": f"{aggregate_id}/{version}",
-        "aggregate_id": aggregate_id,
-        "aggregate_type": "account",
-        "type": type,
-        "version": version,
-        "data": data,
-    }
-    out.update(fields)
-    return out
+    """An account envelope (empty data unless given)."""
+    return envelope(aggregate_id, version, type, data if data is not None else {}, **fields)
 
 
 def opened(aid: str, owner: str = "alice", currency: str = "EUR") -> dict:
