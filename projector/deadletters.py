@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from projector.config import Settings
@@ -14,14 +15,28 @@ def _text(raw: Optional[bytes]) -> Optional[str]:
     return raw.decode("utf-8", "replace") if raw is not None else None
 
 
-def describe(key: Optional[bytes], headers: Any) -> dict[str, Any]:
+def _aggregate_id(key_text: Optional[str], value: Optional[bytes]) -> Optional[str]:
+    """The envelope's aggregate_id when the value has one (it differs from the key on
+    ``key_mismatch``); otherwise the key, which names the aggregate by contract."""
+    try:
+        decoded = orjson.loads(value) if value else None
+    except orjson.JSONDecodeError:
+        return key_text
+    if isinstance(decoded, list) and decoded:
+        decoded = decoded[0]
+    if isinstance(decoded, dict) and isinstance(decoded.get("aggregate_id"), str):
+        return decoded["aggregate_id"]
+    return key_text
+
+
+def describe(key: Optional[bytes], headers: Any, value: Optional[bytes] = None) -> dict[str, Any]:
     h = {k: v for k, v in (headers or ())}
     key_text = _text(key)
     return {
         "reason": _text(h.get(HEADER_REASON)),
         "error": _text(h.get(HEADER_ERROR)),
         "source": _text(h.get(HEADER_SOURCE)),
-        "aggregate_id": key_text,
+        "aggregate_id": _aggregate_id(key_text, value),
         "key": key_text,
     }
 
@@ -57,7 +72,7 @@ async def read_recent(settings: Settings, limit: int, timeout: float = 10.0) -> 
             for tp, records in batch.items():
                 for r in records:
                     if r.offset < ends[tp]:
-                        rows.append((r.timestamp, r.offset, describe(r.key, r.headers)))
+                        rows.append((r.timestamp, r.offset, describe(r.key, r.headers, r.value)))
                     if r.offset >= ends[tp] - 1:
                         remaining.discard(tp)
         rows.sort(key=lambda x: (x[0], x[1]), reverse=True)
