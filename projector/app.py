@@ -140,7 +140,6 @@ class Projector:
             self.commands_topic.get_topic_name(): self._on_events,
             **{t.get_topic_name(): self._on_derived for t in self.repartition_topics.values()},
         }
-        self.views: Any = None
 
     # --- batch handlers ----------------------------------------------------------
 

@@ -112,6 +112,8 @@ def cmd_send(args: argparse.Namespace) -> None:
     from aiokafka.errors import KafkaError
 
     settings = _settings()
+    # aiokafka logs every retry while a broker is down; the outcome is what matters here.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     value = sys.stdin.buffer.read() if args.value == "-" else args.value.encode("utf-8")
 
     async def send() -> object:

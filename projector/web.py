@@ -277,7 +277,6 @@ class Views:
 
 def install_routes(app: web.Application, projector: "Projector") -> None:
     views = Views(projector)
-    projector.views = views
     app.router.add_get("/healthz", views.healthz)
     app.router.add_get("/readyz", views.readyz)
     app.router.add_get("/tables", views.list_tables)
