@@ -161,16 +161,22 @@ class Projector:
     async def _execute(self, plan: Plan) -> None:
         """Send the plan to Kafka and wait for it, then write RocksDB.
 
-        Two rounds: rows, dead letters and repartition messages first, then,
-        once Kafka has all of those, the guard tables (the aggregate index and
-        the members tables) that say what was applied. See ``Engine.guard_tables``.
+        Three rounds, each waiting for Kafka before the next: the messages
+        (repartition messages, dead letters), then the read-model rows, then
+        the guard tables (the aggregate index and the members tables) that say
+        what was applied. Whatever a crash leaves half-sent, a later round is
+        never in Kafka without the earlier ones: rows never without the
+        messages they caused (a replay that finds a row up to date sends
+        nothing again), the index never without its rows. See ``Engine.guard_tables``.
         """
         started = time.perf_counter()
         guards = self.engine.guard_tables
         first = {slot: items for slot, items in plan.writes.items() if slot[0] not in guards}
         second = {slot: items for slot, items in plan.writes.items() if slot[0] in guards}
         offsets: dict[tuple[str, int], int] = {}
-        await self._send_and_wait(first, plan.sends, offsets)
+        if plan.sends:
+            await self._send_and_wait({}, plan.sends, offsets)
+        await self._send_and_wait(first, [], offsets)
         await self._send_and_wait(second, [], offsets)
         acked = time.perf_counter()
         for writes in (first, second):
