@@ -465,15 +465,26 @@ class Engine:
                 log.error("skipping repartition record %s/%d/%d: %s", record.topic, record.partition, record.offset, exc)
                 continue
             mtable = members_table(model)
+            row = batch.get_json(model.name, record.partition, record.key)
+            # The row keeps the offset of the last repartition record it took, so a
+            # replay of that record (a crash between the row and its members
+            # reaching Kafka) leaves it alone and only completes the members.
+            row_has_record = row is not None and row.get("offset", -1) >= record.offset
+            row_changed = False
             for change in message["changes"]:
                 mkey = member_key(record.key, change["aggregate_id"].encode("utf-8"))
-                row = batch.get_json(model.name, record.partition, record.key)
                 member = batch.get_json(mtable, record.partition, mkey)
-                result = apply_change(model, row, member, change)
-                if not result.applied:
+                if member is not None and member["version"] >= change["version"]:
                     self.metrics.duplicates_derived += 1
                     continue
+                result = apply_change(model, row, member, change)
                 batch.put_json(mtable, record.partition, mkey, result.member)
-                batch.put_json(model.name, record.partition, record.key, result.row)
+                if row_has_record:
+                    continue
+                row = result.row
+                row_changed = True
                 self.metrics.events_applied[model.name] += 1
+            if row_changed:
+                row["offset"] = record.offset
+                batch.put_json(model.name, record.partition, record.key, row)
         return batch.finish()
