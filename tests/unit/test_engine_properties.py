@@ -99,26 +99,28 @@ def test_splitting_the_stream_into_batches_anywhere_gives_the_same_state(history
                                     "_currencies_members"}
 
 
+def exact_state(d: Driver) -> dict:
+    """Everything but the offset of the last repartition record a re-keyed row took (it
+    depends on how many repartition records there were): row versions, members and the
+    index must not depend on where batches were cut or what was re-sent."""
+    derived = {m.name for m in d.catalog.derived}
+    out = {}
+    for (table, p, key), raw in d.store.state().items():
+        if table in derived:
+            row = orjson.loads(raw)
+            row.pop("offset")
+            raw = row
+        out[(table, p, key)] = raw
+    return out
+
+
 def test_batch_boundaries_do_not_change_any_table_exactly():
     recs = records([opened("acc-1"), deposited("acc-1", 2, 10)])
     one, two = Driver(REPO_CATALOG), Driver(REPO_CATALOG)
     run_batches(one, [recs])
     run_batches(two, [recs[:1], recs[1:]])
     assert comparable(one) == comparable(two)
-
-    def exact(d: Driver) -> dict:
-        # Everything but the offset of the last repartition record a re-keyed row took:
-        # row versions, members and the index must not depend on where batches were cut.
-        out = {}
-        for (table, p, key), raw in d.store.state().items():
-            if table in {"owners", "currencies"}:
-                row = orjson.loads(raw)
-                row.pop("offset")
-                raw = row
-            out[(table, p, key)] = raw
-        return out
-
-    assert exact(one) == exact(two)
+    assert exact_state(one) == exact_state(two)
 
 
 # --- duplicates ------------------------------------------------------------------------------------------
@@ -144,7 +146,7 @@ def test_duplicates_anywhere_change_nothing_and_are_counted(history, cuts, data)
     base, dup = Driver(REPO_CATALOG), Driver(REPO_CATALOG)
     run_batches(base, batches)
     run_batches(dup, with_dups)
-    assert dup.store.state() == base.store.state()
+    assert exact_state(dup) == exact_state(base)
     assert dup.engine.metrics.duplicates == n_dups
     assert base.engine.metrics.duplicates == 0
     assert dup.deadletters == []
