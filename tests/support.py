@@ -251,3 +251,15 @@ def fold_accounts(events: list[dict]) -> dict[str, dict]:
                 value["status"] = "closed"
         rows[aid] = {"version": e["version"], "value": value}
     return rows
+
+
+def group_by(accounts: dict[str, dict], field_name: str) -> dict[str, dict]:
+    """The oracle for ``owners`` or ``currencies``, grouped here from accounts rows."""
+    out: dict[str, dict] = {}
+    for row in accounts.values():
+        v = row["value"]
+        g = out.setdefault(v[field_name], {"accounts": 0, "open_accounts": 0, "balance": 0})
+        g["accounts"] += 1
+        g["open_accounts"] += v["status"] == "open"
+        g["balance"] += v["balance"]
+    return out

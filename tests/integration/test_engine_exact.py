@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from projector.demo import generate_histories
-from support import fold_accounts, get, produce, prometheus, read_topic, wait_for
+from support import fold_accounts, get, group_by, produce, prometheus, read_topic, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -36,17 +36,6 @@ class Workload:
     currencies: dict[str, dict]
     deadletters: Counter = field(default_factory=Counter)  # (key, reason) -> count
     gapped: dict[str, int] = field(default_factory=dict)  # account -> frozen version
-
-
-def group_by(accounts: dict[str, dict], field_name: str) -> dict[str, dict]:
-    out: dict[str, dict] = {}
-    for row in accounts.values():
-        v = row["value"]
-        g = out.setdefault(v[field_name], {"accounts": 0, "open_accounts": 0, "balance": 0})
-        g["accounts"] += 1
-        g["open_accounts"] += v["status"] == "open"
-        g["balance"] += v["balance"]
-    return out
 
 
 def build_workload(seed: int) -> Workload:

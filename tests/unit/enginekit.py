@@ -16,6 +16,7 @@ from typing import Any, Iterable, Iterator, Optional, Sequence
 import orjson
 
 from factories import envelope
+from support import group_by  # noqa: F401 - the oracle the tests share
 from projector import aggregates as agg
 from projector.engine import INDEX, Engine, Plan, Send
 from projector.partitioning import partition_for
@@ -217,18 +218,6 @@ def withdrawn(aid: str, version: int, amount: int) -> dict:
 
 def closed(aid: str, version: int) -> dict:
     return env(aid, version, "AccountClosed", {})
-
-
-def group_by(accounts: dict[str, dict], field: str) -> dict[str, dict]:
-    """owners/currencies computed directly from the accounts rows."""
-    out: dict[str, dict] = {}
-    for row in accounts.values():
-        v = row["value"]
-        g = out.setdefault(v[field], {"accounts": 0, "open_accounts": 0, "balance": 0})
-        g["accounts"] += 1
-        g["open_accounts"] += v["status"] == "open"
-        g["balance"] += v["balance"]
-    return out
 
 
 def values(rows: dict[str, dict]) -> dict[str, Any]:
