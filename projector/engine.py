@@ -105,12 +105,6 @@ class _Batch:
             return True, raw[key], False
         return False, None, False
 
-    def get(self, table: str, partition: int, key: bytes) -> Optional[bytes]:
-        found, value, is_object = self._pending(table, partition, key)
-        if found:
-            return orjson.dumps(value) if is_object and value is not None else value
-        return self.store.get(table, partition, key)
-
     def get_json(self, table: str, partition: int, key: bytes) -> Any:
         found, value, is_object = self._pending(table, partition, key)
         if found and is_object:

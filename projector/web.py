@@ -86,12 +86,7 @@ def _middlewares(projector: "Projector") -> list:
             return await handler(request)
         if request.path == "/healthz":
             return await handler(request)
-        given = request.headers.get("Authorization", "")
-        admin = settings.admin_token
-        expected = f"Bearer {token}".encode()
-        ok = hmac.compare_digest(given.encode(), expected)
-        if not ok and admin is not None:
-            ok = hmac.compare_digest(given.encode(), f"Bearer {admin}".encode())
+        ok = _bearer(request, token) or (settings.admin_token is not None and _bearer(request, settings.admin_token))
         if not ok:
             return json_error(401, "unauthorized", detail="missing or wrong bearer token")
         return await handler(request)
@@ -121,11 +116,14 @@ def _int_param(request: web.Request, name: str, default: int, minimum: int, maxi
     return value
 
 
-def _is_admin(request: web.Request, settings: Any) -> bool:
-    if settings.admin_token is None:
-        return True
+def _bearer(request: web.Request, token: str) -> bool:
+    """True when the request carries ``Authorization: Bearer <token>`` (compared in constant time)."""
     given = request.headers.get("Authorization", "")
-    return hmac.compare_digest(given.encode(), f"Bearer {settings.admin_token}".encode())
+    return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+
+
+def _is_admin(request: web.Request, settings: Any) -> bool:
+    return settings.admin_token is None or _bearer(request, settings.admin_token)
 
 
 class Views:
