@@ -13,6 +13,8 @@ from faust.types import TP
 
 from projector.batching import BatchingTransport
 from projector.config import Settings
+from projector.control import ControlState
+from projector.control_table import ControlTable, records_end
 from projector.engine import INDEX, Engine, Plan, members_table
 from projector.metrics import Metrics
 from projector.readmodels import Catalog, load_catalog
@@ -126,6 +128,12 @@ class Projector:
             table(members_table(d), f"members of {d.name} and their last contributions")
         self.tables = tables
         self.store = FaustStore(tables)
+        # The control table: every worker reads the whole control topic.
+        self.control = ControlState()
+        self.control_table = self.app.tables.add(
+            ControlTable(self.app, topic=settings.control_topic, state=self.control)
+        )
+        self.app.task(self._capture_control_end)
         self.engine = Engine(
             self.catalog,
             self.store,
@@ -134,6 +142,7 @@ class Projector:
             repartition_topics={name: t.get_topic_name() for name, t in self.repartition_topics.items()},
             metrics=self.metrics,
             schemas=self.schemas,
+            control=self.control.entries,
         )
         self.app.batch_handlers = {
             self.events_topic.get_topic_name(): self._on_events,
@@ -232,12 +241,36 @@ class Projector:
             if table_slot is not None:
                 offsets[table_slot] = max(offsets.get(table_slot, -1), meta.offset + count - 1)
 
+    # --- the control topic --------------------------------------------------------
+
+    async def _capture_control_end(self) -> None:
+        """Note where the control topic ends at startup: the worker is not ready before it has read that far."""
+        self.control.target = await records_end(self.settings, self.settings.control_topic)
+        log.info(
+            "control topic %s: %d records to read before this worker is ready",
+            self.settings.control_topic, self.control.target,
+        )
+
+    async def write_control(self, key: str, value: Any) -> int:
+        """Write one control entry (``None``: delete it); returns the record's offset."""
+        from projector.control import check_entry, encode_value
+
+        check_entry(key, value)
+        producer = self.app.producer._ensure_producer()
+        meta = await producer.send_and_wait(
+            self.settings.control_topic, key=key.encode("utf-8"), value=encode_value(value), partition=0
+        )
+        return meta.offset
+
     # --- state of the worker -----------------------------------------------------
 
     def readiness(self) -> tuple[bool, str]:
-        """Ready once the tables are recovered and no rebalance is under way."""
+        """Ready once the tables are recovered, the control topic is read to its startup end, and no rebalance is under way."""
         if not self.app.tables.recovery.completed.is_set():
             return False, "recovering tables from their changelogs"
+        if not self.control.caught_up:
+            target = "?" if self.control.target is None else self.control.target
+            return False, f"reading the control topic ({self.control.offset + 1} of {target} records)"
         if self.app.rebalancing:
             return False, "rebalancing"
         return True, "ready"

@@ -131,6 +131,75 @@ def cmd_send(args: argparse.Namespace) -> None:
     print(f"{settings.events_topic}/{meta.partition}/{meta.offset}")
 
 
+def cmd_control(args: argparse.Namespace) -> None:
+    """Read or write the control table: through this machine's worker, or straight on Kafka with --direct."""
+    from urllib.parse import quote
+
+    import orjson
+
+    from projector.control import ControlError, check_entry
+
+    action = args.action
+    value = None
+    if action == "set":
+        raw = sys.stdin.buffer.read() if args.value == "-" else args.value.encode("utf-8")
+        try:
+            value = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            sys.exit(f"projector: VALUE must be JSON (e.g. false, 500, '\"text\"', null), got {raw[:80]!r}")
+    if action in ("set", "delete"):
+        try:
+            check_entry(args.key, value)
+        except ControlError as exc:
+            sys.exit(f"projector: {exc}")
+    if args.direct:
+        _control_direct(args, value)
+        return
+    if action == "list":
+        _print_answer(*_api("GET", "/control"))
+    elif action == "get":
+        _print_answer(*_api("GET", f"/control/{quote(args.key, safe='')}"))
+    else:
+        path = f"/control/{quote(args.key, safe='')}"
+        if value is None:  # set KEY null is a delete (CONTRACT §3)
+            status, body = _api("DELETE", path, admin=True)
+        else:
+            status, body = _api("PUT", path, value, admin=True)
+        if status == 202 and args.wait:
+            offset = body["offset"]
+            status, applied = _api("GET", f"/control?min_offset={offset}&timeout_ms={int(args.wait * 1000)}")
+            if status != 200:
+                _print_answer(status, applied)
+        _print_answer(status, body)
+
+
+def _control_direct(args: argparse.Namespace, value: object) -> None:
+    from aiokafka.errors import KafkaError
+
+    from projector.control_table import read_control_topic, write_control_topic
+    from projector.topics import TopicError, ensure_topics
+
+    settings = _settings()
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+
+    async def run() -> tuple[int, object]:
+        await ensure_topics(settings)
+        if args.action in ("set", "delete"):
+            offset = await write_control_topic(settings, args.key, value)
+            return 202, {"key": args.key, "offset": offset}
+        state = await read_control_topic(settings)
+        if args.action == "list":
+            return 200, state.snapshot()
+        if args.key not in state.entries:
+            return 404, {"error": "not_found", "key": args.key, "offset": state.offset}
+        return 200, {"key": args.key, "value": state.entries[args.key], "offset": state.offset}
+
+    try:
+        _print_answer(*asyncio.run(run()))
+    except (KafkaError, TopicError, TimeoutError) as exc:
+        sys.exit(f"projector: control topic {settings.control_topic} at {settings.broker}: {exc}")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from projector.rundemo import run_demo
 
@@ -171,6 +240,30 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--skip-to", type=int, default=None, metavar="VERSION",
                    help="give up on the missing versions below VERSION and go on from it")
     p.set_defaults(func=cmd_release)
+
+    p = sub.add_parser(
+        "control",
+        help="read or write the control table (CONTRACT §3), through the worker or, with --direct, on Kafka",
+        description="Writes need PROJECTOR_ADMIN_TOKEN if the worker has one. --direct reads or writes "
+        "the control topic itself and needs no worker.",
+    )
+    csub = p.add_subparsers(dest="action", required=True)
+    for name, help_ in (
+        ("list", "every entry, and the offset applied"),
+        ("get", "one entry"),
+        ("set", "write an entry: KEY and a JSON VALUE (null deletes)"),
+        ("delete", "delete an entry (a tombstone)"),
+    ):
+        c = csub.add_parser(name, help=help_)
+        if name != "list":
+            c.add_argument("key")
+        if name == "set":
+            c.add_argument("value", help="a JSON value, e.g. false, 500 or '\"text\"'; - reads it from stdin")
+        c.add_argument("--direct", action="store_true", help="use the Kafka topic itself, not a worker")
+        if name in ("set", "delete"):
+            c.add_argument("--wait", type=float, default=0, metavar="SECONDS",
+                           help="then wait until the worker has applied it")
+        c.set_defaults(func=cmd_control)
 
     p = sub.add_parser("deadletters", help="list the newest dead letters")
     p.add_argument("--limit", type=int, default=20)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Optional, Protocol, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Optional, Protocol, Sequence
 
 import orjson
 
@@ -28,7 +28,7 @@ from projector.derived import Contribution, apply_change, change_messages, contr
 from projector.envelope import Event, InvalidRecord, decode_record
 from projector.metrics import Metrics
 from projector.partitioning import partition_for
-from projector.projection import FOLD_ERROR, RecordRejected, apply_record
+from projector.projection import FOLD_ERROR, NO_CONTROL, RecordRejected, apply_record
 from projector.readmodels import Catalog, DerivedModel
 from projector.schemas import Schemas
 
@@ -182,8 +182,11 @@ class Engine:
         repartition_topics: dict[str, str],
         metrics: Optional[Metrics] = None,
         schemas: Optional[Schemas] = None,
+        control: Mapping[str, Any] = NO_CONTROL,
     ) -> None:
         self.models = list(catalog.models)
+        #: Read-only view of the control table, for folds that take it.
+        self.control = control
         self.derived = list(catalog.derived)
         self.store = store
         self.partitions = partitions
@@ -278,7 +281,7 @@ class Engine:
             updates = []
             try:
                 for model in self.models:
-                    result = apply_record(model, rows[model.name], fresh)
+                    result = apply_record(model, rows[model.name], fresh, self.control)
                     if not result.changed:
                         continue
                     updates.append((model.name, result))

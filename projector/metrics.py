@@ -64,4 +64,25 @@ def prometheus_text(projector) -> str:
     ]
     for topic, partition, lag in projector.consumer_lag():
         lines.append(f'projector_consumer_lag{{topic="{_escape(topic)}",partition="{partition}"}} {lag}')
+    control = projector.control
+    lines += [
+        "# HELP projector_control_offset Offset of the last control record this worker applied (-1: none).",
+        "# TYPE projector_control_offset gauge",
+        f"projector_control_offset {control.offset}",
+        "# HELP projector_control_entries Entries in this worker's control table.",
+        "# TYPE projector_control_entries gauge",
+        f"projector_control_entries {len(control.entries)}",
+        "# HELP projector_control_records_total Control records applied or skipped.",
+        "# TYPE projector_control_records_total counter",
+        f"projector_control_records_total {control.records}",
+        "# HELP projector_control_invalid_total Control records skipped (or settings ignored), by reason.",
+        "# TYPE projector_control_invalid_total counter",
+        *(f'projector_control_invalid_total{{reason="{_escape(r)}"}} {n}' for r, n in sorted(control.invalid.items())),
+        "# HELP projector_commands_enabled The commands.enabled switch as this worker reads it (1: enabled).",
+        "# TYPE projector_commands_enabled gauge",
+        f"projector_commands_enabled {int(control.commands_enabled)}",
+        "# HELP projector_max_withdrawal The accounts.max_withdrawal limit as this worker reads it (-1: none).",
+        "# TYPE projector_max_withdrawal gauge",
+        f"projector_max_withdrawal {-1 if control.max_withdrawal is None else control.max_withdrawal}",
+    ]
     return "\n".join(lines) + "\n"

@@ -11,7 +11,8 @@ skipped.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from types import MappingProxyType
+from typing import Any, Mapping, Optional, Sequence
 
 import orjson
 
@@ -41,7 +42,13 @@ class Applied:
         return self.applied > 0
 
 
-def apply_record(model: ReadModel, row: Optional[dict[str, Any]], events: Sequence[Event]) -> Applied:
+#: What a fold that takes the control table sees when no control table is wired in.
+NO_CONTROL: Mapping[str, Any] = MappingProxyType({})
+
+
+def apply_record(
+    model: ReadModel, row: Optional[dict[str, Any]], events: Sequence[Event], control: Mapping[str, Any] = NO_CONTROL
+) -> Applied:
     """Fold the events ``model`` handles into ``row``, all or nothing.
 
     Events of types the model does not handle are ignored (the row is neither
@@ -64,7 +71,7 @@ def apply_record(model: ReadModel, row: Optional[dict[str, Any]], events: Sequen
     state = orjson.loads(orjson.dumps(row["value"])) if row else model.initial_state()
     for event in fresh:
         try:
-            state = model.fold(state, event)
+            state = model.fold(state, event, control) if model.takes_control else model.fold(state, event)
         except Exception as exc:  # a fold is user code: any error rejects the record
             raise RecordRejected(
                 FOLD_ERROR,

@@ -5,7 +5,10 @@ A read model module defines:
 - ``NAME``: the table name (``[a-z][a-z0-9_]*``);
 - ``DESCRIPTION``: one line for ``GET /tables``;
 - ``HANDLES``: the event types its fold handles (others are ignored);
-- ``fold(state, event) -> state``: a pure function, no Faust, no Kafka;
+- ``fold(state, event) -> state``: a pure function, no Faust, no Kafka; or
+  ``fold(state, event, control)``, which also gets a read-only view of the
+  control table (CONTRACT §3). A fold that reads it is only replayable while
+  the entries it reads stay the same: prefer deciders for settings;
 - optionally ``INITIAL``: the state before the first event (default ``None``);
 Its rows are keyed by aggregate id.
 
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import inspect
 import os
 import re
 import sys
@@ -74,6 +78,8 @@ class ReadModel:
     initial: Any = None
     key: Optional[Callable[[Any], str]] = None
     module: Optional[ModuleType] = None
+    #: fold takes a third argument: the control table's read-only view.
+    takes_control: bool = False
 
     @property
     def keyed_by_aggregate(self) -> bool:
@@ -173,6 +179,7 @@ def read_model_from_module(module: ModuleType, origin: str = "") -> Any:
     fold = need("fold")
     if not callable(fold):
         raise ReadModelError(f"{where}: fold must be a function (state, event) -> state")
+    takes_control = _fold_arity(fold, where) == 3
     key = getattr(module, "key", None)
     if key is not None and not callable(key):
         raise ReadModelError(f"{where}: key must be a function (event) -> str")
@@ -184,6 +191,25 @@ def read_model_from_module(module: ModuleType, origin: str = "") -> Any:
         initial=getattr(module, "INITIAL", None),
         key=key,
         module=module,
+        takes_control=takes_control,
+    )
+
+
+def _fold_arity(fold: Callable, where: str) -> int:
+    """2 for ``fold(state, event)``, 3 for ``fold(state, event, control)``."""
+    try:
+        params = inspect.signature(fold).parameters.values()
+    except (TypeError, ValueError):
+        return 2  # a builtin or C function: called the usual way
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [p for p in positional if p.default is p.empty]
+    if any(p.kind == p.VAR_POSITIONAL for p in params) or len(required) == 2 and len(positional) == 2:
+        return 2
+    if len(required) in (2, 3) and len(positional) == 3:
+        return 3
+    raise ReadModelError(
+        f"{where}: fold must take (state, event) or (state, event, control), "
+        f"got {len(positional)} positional parameters"
     )
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional
 import aiohttp
 import orjson
 from aiohttp import web
+from aiokafka.errors import KafkaError
 
 from projector.partitioning import partition_for
 
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 
 MAX_BODY = 1024 * 1024
 MAX_LIMIT = 1000
+#: Longest a request may wait for a version or offset (CONTRACT §5: timeout_ms <= 30000).
+MAX_WAIT_MS = 30000
 #: How long a key lookup keeps retrying while its partition has no owner (rebalance).
 ROUTE_DEADLINE = 10.0
 FORWARD_TIMEOUT = 15.0
@@ -142,9 +145,59 @@ class Views:
 
     async def readyz(self, request: web.Request) -> web.Response:
         ready, detail = self.projector.readiness()
+        control = self.projector.control
+        # Where this worker stands on the control topic: applied offset, and
+        # the records it had to read before it could be ready.
+        progress = {"offset": control.offset, "target": control.target}
         if ready:
-            return json_response({"status": "ready"})
-        return json_error(503, "not_ready", detail=detail)
+            return json_response({"status": "ready", "control": progress})
+        return json_error(503, "not_ready", detail=detail, control=progress)
+
+    # --- the control table (CONTRACT §3) -------------------------------------------
+
+    async def get_control(self, request: web.Request) -> web.Response:
+        """This worker's control table; ``min_offset`` + ``timeout_ms`` wait until it has applied that record."""
+        control = self.projector.control
+        min_offset = _int_param(request, "min_offset", -1, -1)
+        timeout_ms = _int_param(request, "timeout_ms", 0, 0, MAX_WAIT_MS)
+        if control.offset < min_offset and not await control.wait_for_offset(min_offset, timeout_ms / 1000):
+            return json_error(504, "timeout", offset=control.offset)
+        return json_response(control.snapshot())
+
+    async def get_control_key(self, request: web.Request) -> web.Response:
+        control = self.projector.control
+        key = request.match_info["key"]
+        if key not in control.entries:
+            return json_error(404, "not_found", key=key, offset=control.offset)
+        return json_response({"key": key, "value": control.entries[key], "offset": control.offset})
+
+    async def put_control(self, request: web.Request) -> web.Response:
+        if not _is_admin(request, self.projector.settings):
+            return json_error(401, "unauthorized", detail="writing the control table needs the admin token")
+        raw = await request.read()
+        if not raw.strip():
+            return json_error(400, "invalid", detail="the body must be a JSON value (null deletes the key)")
+        try:
+            value = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            return json_error(400, "invalid", detail=f"body is not JSON: {exc}")
+        return await self._write_control(request.match_info["key"], value)
+
+    async def delete_control(self, request: web.Request) -> web.Response:
+        if not _is_admin(request, self.projector.settings):
+            return json_error(401, "unauthorized", detail="writing the control table needs the admin token")
+        return await self._write_control(request.match_info["key"], None)
+
+    async def _write_control(self, key: str, value: Any) -> web.Response:
+        from projector.control import ControlError
+
+        try:
+            offset = await self.projector.write_control(key, value)
+        except ControlError as exc:
+            return json_error(400, "invalid", detail=str(exc))
+        except KafkaError as exc:
+            return json_error(503, "unavailable", detail=f"writing the control topic failed: {exc!r}")
+        return json_response({"key": key, "offset": offset}, status=202)
 
     async def list_tables(self, request: web.Request) -> web.Response:
         p = self.projector
@@ -281,5 +334,9 @@ def install_routes(app: web.Application, projector: "Projector") -> None:
     app.router.add_get("/tables/{table}/{key}", views.get_row)
     app.router.add_get("/aggregates/{id}/events", views.aggregate_events)
     app.router.add_post("/aggregates/{id}/release", views.release)
+    app.router.add_get("/control", views.get_control)
+    app.router.add_get("/control/{key:.+}", views.get_control_key)
+    app.router.add_put("/control/{key:.+}", views.put_control)
+    app.router.add_delete("/control/{key:.+}", views.delete_control)
     app.router.add_get("/deadletters", views.deadletters)
     app.router.add_get("/metrics", views.metrics)

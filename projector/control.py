@@ -1,0 +1,233 @@
+"""The control table (CONTRACT §3): settings and switches every worker holds in full.
+
+The control topic has one partition and is compacted. A record's key is a
+control key (UTF-8) and its value any JSON value; a tombstone or a JSON
+``null`` deletes the key. Anyone may write it: ``PUT /control/{key}``, the
+``projector control`` command, or a plain Kafka producer.
+
+:class:`ControlState` is the table itself, free of Faust and Kafka: it applies
+records in offset order, one at a time, and is what every worker reads.
+``projector.app`` feeds it from a Faust ``GlobalTable`` whose changelog *is*
+the control topic (the way Kafka Streams' ``addGlobalStore`` works), so
+recovery at startup and live updates go through the same :meth:`ControlState.apply`.
+
+Application code gets a read-only view (:attr:`ControlState.entries`) and
+can be told of every change (:meth:`ControlState.subscribe`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from types import MappingProxyType
+from typing import Any, Callable, Mapping, Optional
+
+import orjson
+
+log = logging.getLogger(__name__)
+
+COMMANDS_ENABLED = "commands.enabled"
+MAX_WITHDRAWAL = "accounts.max_withdrawal"
+#: Longest control key accepted, in UTF-8 bytes.
+MAX_KEY_BYTES = 1024
+
+#: Listener: (key, old value or None, new value or None).
+Listener = Callable[[str, Any, Any], None]
+
+
+class ControlError(ValueError):
+    """A control key or value that projector refuses to write."""
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_commands_enabled(value: Any) -> Optional[str]:
+    return None if isinstance(value, bool) else "must be true or false"
+
+
+def _check_max_withdrawal(value: Any) -> Optional[str]:
+    return None if _is_int(value) and value >= 0 else "must be an integer >= 0, or null for no limit"
+
+
+#: Keys with a meaning to projector, and what their values must be.
+BUILTIN: dict[str, tuple[Callable[[Any], Optional[str]], str]] = {
+    COMMANDS_ENABLED: (_check_commands_enabled, "false: POST /commands answers 503 commands_disabled (default true)"),
+    MAX_WITHDRAWAL: (_check_max_withdrawal, "a Withdraw above it is rejected as over_limit (default: no limit)"),
+}
+
+
+def check_key(key: str) -> str:
+    """``key`` if it is a usable control key, else :class:`ControlError`."""
+    if not isinstance(key, str) or not key:
+        raise ControlError("a control key must be a non-empty string")
+    if len(key.encode("utf-8")) > MAX_KEY_BYTES:
+        raise ControlError(f"a control key must be at most {MAX_KEY_BYTES} bytes of UTF-8")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in key):
+        raise ControlError("a control key must not contain control characters")
+    return key
+
+
+def check_entry(key: str, value: Any) -> None:
+    """Refuse, with :class:`ControlError`, what projector's own writers must not write.
+
+    ``value`` ``None`` is a delete and always allowed. Values of the built-in
+    keys must have their documented type; other keys take any JSON value.
+    """
+    check_key(key)
+    if value is None or key not in BUILTIN:
+        return
+    problem = BUILTIN[key][0](value)
+    if problem:
+        raise ControlError(f"{key} {problem}, got {orjson.dumps(value).decode()}")
+
+
+def encode_value(value: Any) -> Optional[bytes]:
+    """The record value for ``value``: a tombstone for ``None``, else its JSON."""
+    return None if value is None else orjson.dumps(value)
+
+
+class ControlState:
+    """The whole control table, applied record by record in offset order."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, Any] = {}
+        #: Read-only view of the entries, for application code and folds.
+        self.entries: Mapping[str, Any] = MappingProxyType(self._entries)
+        #: Offset of the last record applied (-1: none yet).
+        self.offset = -1
+        #: The control topic's end offset captured at startup (None: not yet known).
+        self.target: Optional[int] = None
+        self.records = 0
+        self.invalid: Counter = Counter()  # by reason
+        self.listener_errors = 0
+        self._listeners: list[Listener] = []
+        self._advanced: Optional[asyncio.Event] = None
+
+    # --- applying records ----------------------------------------------------------
+
+    def apply(self, key: Optional[bytes], value: Optional[bytes], offset: int) -> bool:
+        """Apply one record of the control topic; True when the table changed.
+
+        Never raises: a record that cannot be applied is logged, counted in
+        :attr:`invalid` and skipped (the key keeps its previous value). A
+        record at or below :attr:`offset` was applied already and is skipped.
+        """
+        if offset <= self.offset:
+            return False
+        self.offset = offset
+        self.records += 1
+        try:
+            return self._apply(key, value, offset)
+        finally:
+            self._wake()
+
+    def _apply(self, key: Optional[bytes], value: Optional[bytes], offset: int) -> bool:
+        if key is None:
+            return self._skip("no_key", offset, None, "a control record needs a key")
+        try:
+            name = check_key(bytes(key).decode("utf-8"))
+        except (UnicodeDecodeError, ControlError) as exc:
+            return self._skip("invalid_key", offset, key, str(exc))
+        if value is None:
+            new = None
+        else:
+            try:
+                new = orjson.loads(value)
+            except orjson.JSONDecodeError as exc:
+                return self._skip("invalid_json", offset, name, f"value is not JSON: {exc}")
+        if name in BUILTIN and new is not None:
+            problem = BUILTIN[name][0](new)
+            if problem:
+                # Kept as written (GET /control shows it), but the setting falls back to its default.
+                self.invalid["invalid_setting"] += 1
+                log.warning("control %s at offset %d %s; using the default until it is fixed", name, offset, problem)
+        old = self._entries.get(name)
+        if new is None:
+            if name not in self._entries:
+                return False
+            del self._entries[name]
+        else:
+            if name in self._entries and old == new and type(old) is type(new):
+                return False
+            self._entries[name] = new
+        self._notify(name, old, new)
+        return True
+
+    def _skip(self, reason: str, offset: int, key: Any, detail: str) -> bool:
+        self.invalid[reason] += 1
+        log.warning("control record at offset %d (key %r) skipped: %s", offset, key, detail)
+        return False
+
+    # --- listeners and waiters -------------------------------------------------------
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener(key, old, new)`` after every change; returns an unsubscribe function.
+
+        ``new`` is None for a delete, ``old`` None for a new key. Listeners run
+        in the worker's event loop and must not block; one that raises is
+        logged and counted, and the others still run.
+        """
+        self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+        return unsubscribe
+
+    def _notify(self, key: str, old: Any, new: Any) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(key, old, new)
+            except Exception:
+                self.listener_errors += 1
+                log.exception("control listener %r failed on %s", listener, key)
+
+    def _wake(self) -> None:
+        if self._advanced is not None:
+            self._advanced.set()
+            self._advanced = None
+
+    async def wait_for_offset(self, offset: int, timeout: float) -> bool:
+        """Wait until the record at ``offset`` is applied, at most ``timeout`` s; True if it is."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.offset < offset:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            if self._advanced is None:
+                self._advanced = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._advanced.wait(), remaining)
+            except asyncio.TimeoutError:
+                return self.offset >= offset
+        return True
+
+    # --- readiness and the built-in settings -------------------------------------------
+
+    @property
+    def caught_up(self) -> bool:
+        """True once every record up to the end offset captured at startup is applied."""
+        return self.target is not None and self.offset + 1 >= self.target
+
+    def _setting(self, key: str, default: Any) -> Any:
+        value = self._entries.get(key)
+        if value is None or BUILTIN[key][0](value):
+            return default
+        return value
+
+    @property
+    def commands_enabled(self) -> bool:
+        return self._setting(COMMANDS_ENABLED, True)
+
+    @property
+    def max_withdrawal(self) -> Optional[int]:
+        return self._setting(MAX_WITHDRAWAL, None)
+
+    def snapshot(self) -> dict[str, Any]:
+        """``{"offset", "entries"}`` as GET /control answers it."""
+        return {"offset": self.offset, "entries": dict(self._entries)}

@@ -1,0 +1,159 @@
+"""The control table on Faust: a ``GlobalTable`` whose changelog is the control topic.
+
+Faust's ``GlobalTable`` makes every worker consume every partition of the
+table's changelog, at startup (recovery) and afterwards (live updates).
+Pointing that changelog at the control topic gives Kafka Streams'
+``addGlobalStore``: whoever writes the control topic, every worker applies it.
+Four details make it reliable (each one a known way for it to fail):
+
+- ``_changelog_topic_name()`` returns the control topic. Faust's assignor
+  finds a global table's partitions by that name; a ``changelog_topic=``
+  argument alone is ignored there and the group hangs.
+- One partition, and buffers of 1 record: recovery applies records in
+  batches of ``recovery_buffer_size`` and, once recovered, a 1,000-record
+  buffer would hold live entries back until it fills.
+- No ``use_partitioner``: nothing writes through the table, so the control
+  partition is an active-only changelog partition, which Faust resumes after
+  recovery when its buffer is 1 (and keeps consuming as the topic grows).
+- :meth:`ControlTable.apply_changelog_batch` replaces the store write: every
+  record, whether read in recovery or live, goes through
+  :meth:`ControlState.apply`, which decodes JSON itself (raw serializers, so a
+  malformed value cannot break Faust's decoding) and never raises. The Faust
+  store stays an empty in-memory one; without persisted offsets, each start
+  reads the compacted topic from its beginning, so a restarted worker (even
+  after ``kill -9``) holds exactly what the topic holds, deletes included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Iterable
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from faust.tables.globaltable import GlobalTable
+
+from projector.config import Settings
+from projector.control import ControlState
+
+log = logging.getLogger(__name__)
+
+
+class ControlTable(GlobalTable):
+    """Faust's global table, applying the control topic to a :class:`ControlState`."""
+
+    def __init__(self, app: Any, *, topic: str, state: ControlState, **kwargs: Any) -> None:
+        self._control_topic = topic
+        self.control = state
+        super().__init__(
+            app,
+            name="control",
+            partitions=1,
+            recovery_buffer_size=1,
+            standby_buffer_size=1,
+            is_global=True,
+            key_type=bytes,  # bytes: raw serializers, so a malformed value cannot break decoding
+            value_type=bytes,
+            store="memory://",
+            help="the control table (CONTRACT §3), read in full by every worker",
+            beacon=app.tables.beacon,
+            **kwargs,
+        )
+
+    def _changelog_topic_name(self) -> str:
+        return self._control_topic
+
+    def apply_changelog_batch(self, batch: Iterable[Any]) -> None:
+        for event in batch:
+            message = event.message
+            self.control.apply(message.key, message.value, message.offset)
+
+
+async def records_end(settings: Settings, topic: str) -> int:
+    """One past the last record of partition 0 of ``topic`` (0 when it holds none).
+
+    That is its end offset, unless the log ends with transaction markers
+    (a transactional writer), which take offsets but are never delivered:
+    then it is one past the last record before them. Retries until the broker
+    answers; a worker is not ready before this is known.
+    """
+    tp = TopicPartition(topic, 0)
+    while True:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=",".join(settings.bootstrap_servers),
+            client_id=f"{settings.app_id}-control-probe",
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            request_timeout_ms=15000,
+        )
+        try:
+            await consumer.start()
+            consumer.assign([tp])
+            end = (await consumer.end_offsets([tp]))[tp]
+            start = (await consumer.beginning_offsets([tp]))[tp]
+            window = 16
+            while end > start:
+                consumer.seek(tp, max(start, end - window))
+                last = None
+                while await consumer.position(tp) < end:
+                    fetched = await consumer.getmany(tp, timeout_ms=1000)
+                    for record in fetched.get(tp, []):
+                        last = record.offset
+                if last is not None:
+                    return last + 1
+                if end - window <= start:
+                    return 0  # markers only
+                window *= 16
+            return 0
+        except Exception as exc:
+            log.warning("reading the end of %s failed (%r); retrying", topic, exc)
+            await asyncio.sleep(1.0)
+        finally:
+            await consumer.stop()
+
+
+async def read_control_topic(settings: Settings, timeout: float = 30.0) -> ControlState:
+    """The control table as the topic holds it now: read from its beginning, the way a worker applies it."""
+    state = ControlState()
+    tp = TopicPartition(settings.control_topic, 0)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=",".join(settings.bootstrap_servers),
+        client_id=f"{settings.app_id}-control-reader",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        request_timeout_ms=15000,
+    )
+    try:
+        await consumer.start()
+        consumer.assign([tp])
+        end = (await consumer.end_offsets([tp]))[tp]
+        state.target = end
+        consumer.seek(tp, (await consumer.beginning_offsets([tp]))[tp])
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while await consumer.position(tp) < end:
+            if loop.time() > deadline:
+                raise TimeoutError(f"reading {settings.control_topic} to offset {end} took more than {timeout:.0f}s")
+            for record in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
+                state.apply(record.key, record.value, record.offset)
+        return state
+    finally:
+        await consumer.stop()
+
+
+async def write_control_topic(settings: Settings, key: str, value: Any) -> int:
+    """Write one control entry straight to the control topic (``None``: delete); returns its offset."""
+    from aiokafka import AIOKafkaProducer
+
+    from projector.control import check_entry, encode_value
+
+    check_entry(key, value)
+    producer = AIOKafkaProducer(bootstrap_servers=",".join(settings.bootstrap_servers), acks="all")
+    await producer.start()
+    try:
+        meta = await producer.send_and_wait(
+            settings.control_topic, key=key.encode("utf-8"), value=encode_value(value), partition=0
+        )
+        return meta.offset
+    finally:
+        await producer.stop()
