@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import unicodedata
 from collections import Counter
 from types import MappingProxyType
 from typing import Any, Callable, Mapping, Optional
@@ -62,11 +63,12 @@ BUILTIN: dict[str, tuple[Callable[[Any], Optional[str]], str]] = {
 def check_key(key: str) -> str:
     """``key`` if it is a usable control key, else :class:`ControlError`."""
     if not isinstance(key, str) or not key:
-        raise ControlError("a control key must be a non-empty string")
+        raise ControlError(f"a control key must be a non-empty string, got {key!r}")
     if len(key.encode("utf-8")) > MAX_KEY_BYTES:
-        raise ControlError(f"a control key must be at most {MAX_KEY_BYTES} bytes of UTF-8")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in key):
-        raise ControlError("a control key must not contain control characters")
+        raise ControlError(f"control key {key[:40]!r}... is longer than {MAX_KEY_BYTES} bytes of UTF-8")
+    # Control characters, and line or paragraph separators: they would garble logs and listings.
+    if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in key):
+        raise ControlError(f"control key {key!r} contains a control character or line separator")
     return key
 
 
@@ -82,6 +84,11 @@ def check_entry(key: str, value: Any) -> None:
     problem = BUILTIN[key][0](value)
     if problem:
         raise ControlError(f"{key} {problem}, got {orjson.dumps(value).decode()}")
+
+
+def _same_json(a: Any, b: Any) -> bool:
+    """Equal as JSON: Python's ``1 == 1.0 == True`` does not hold there, at any depth."""
+    return orjson.dumps(a, option=orjson.OPT_SORT_KEYS) == orjson.dumps(b, option=orjson.OPT_SORT_KEYS)
 
 
 def encode_value(value: Any) -> Optional[bytes]:
@@ -104,7 +111,7 @@ class ControlState:
         self.invalid: Counter = Counter()  # by reason
         self.listener_errors = 0
         self._listeners: list[Listener] = []
-        self._advanced: Optional[asyncio.Event] = None
+        self._waiters: set[asyncio.Future] = set()
 
     # --- applying records ----------------------------------------------------------
 
@@ -150,7 +157,7 @@ class ControlState:
                 return False
             del self._entries[name]
         else:
-            if name in self._entries and old == new and type(old) is type(new):
+            if name in self._entries and _same_json(old, new):
                 return False
             self._entries[name] = new
         self._notify(name, old, new)
@@ -187,24 +194,31 @@ class ControlState:
                 log.exception("control listener %r failed on %s", listener, key)
 
     def _wake(self) -> None:
-        if self._advanced is not None:
-            self._advanced.set()
-            self._advanced = None
+        waiters, self._waiters = self._waiters, set()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def wait_for_offset(self, offset: int, timeout: float) -> bool:
-        """Wait until the record at ``offset`` is applied, at most ``timeout`` s; True if it is."""
+        """Wait until the record at ``offset`` is applied, at most ``timeout`` s; True if it is.
+
+        Woken by :meth:`apply`, not by polling; a waiter that times out or is
+        cancelled leaves nothing behind.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while self.offset < offset:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return False
-            if self._advanced is None:
-                self._advanced = asyncio.Event()
+            waiter = loop.create_future()
+            self._waiters.add(waiter)
             try:
-                await asyncio.wait_for(self._advanced.wait(), remaining)
+                await asyncio.wait_for(waiter, remaining)
             except asyncio.TimeoutError:
                 return self.offset >= offset
+            finally:
+                self._waiters.discard(waiter)
         return True
 
     # --- readiness and the built-in settings -------------------------------------------

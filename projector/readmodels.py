@@ -196,20 +196,31 @@ def read_model_from_module(module: ModuleType, origin: str = "") -> Any:
 
 
 def _fold_arity(fold: Callable, where: str) -> int:
-    """2 for ``fold(state, event)``, 3 for ``fold(state, event, control)``."""
+    """2 for ``fold(state, event)``, 3 for ``fold(state, event, control)``.
+
+    A fold that can be called both ways (``control=None``) gets the control
+    view; one with ``*args`` is called with two.
+    """
     try:
-        params = inspect.signature(fold).parameters.values()
+        params = list(inspect.signature(fold).parameters.values())
     except (TypeError, ValueError):
         return 2  # a builtin or C function: called the usual way
-    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    required = [p for p in positional if p.default is p.empty]
-    if any(p.kind == p.VAR_POSITIONAL for p in params) or len(required) == 2 and len(positional) == 2:
+    kw_only = [p.name for p in params if p.kind == p.KEYWORD_ONLY and p.default is p.empty]
+    if kw_only:
+        raise ReadModelError(
+            f"{where}: fold has required keyword-only parameters {kw_only}; "
+            "it must take (state, event) or (state, event, control), positionally"
+        )
+    if any(p.kind == p.VAR_POSITIONAL for p in params):
         return 2
-    if len(required) in (2, 3) and len(positional) == 3:
-        return 3
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = sum(p.default is p.empty for p in positional)
+    for arity in (3, 2):
+        if required <= arity <= len(positional):
+            return arity
     raise ReadModelError(
         f"{where}: fold must take (state, event) or (state, event, control), "
-        f"got {len(positional)} positional parameters"
+        f"got {len(positional)} positional parameters ({required} required)"
     )
 
 

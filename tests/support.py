@@ -121,7 +121,7 @@ class Worker:
             if not self.alive():
                 raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
-                return get(f"{self.url}/readyz", timeout=5)[0] == 200
+                return get(f"{self.url}/readyz", timeout=5, token=self.env.get("PROJECTOR_API_TOKEN"))[0] == 200
             except OSError:
                 return False
 
