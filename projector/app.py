@@ -134,6 +134,7 @@ class Projector:
             ControlTable(self.app, topic=settings.control_topic, state=self.control)
         )
         self.app.task(self._capture_control_end)
+        self.app.global_appliers = {settings.control_topic: self.control_table.apply_message}
         self.engine = Engine(
             self.catalog,
             self.store,

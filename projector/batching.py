@@ -10,6 +10,13 @@ as a stream would do, so Faust's commit logic (commit the highest contiguous
 acked offset, flush the producer first), its rebalance handshake (wait until
 no message is unacked) and its offset bookkeeping all stay in charge. Topics
 without a batch handler go through Faust's usual path.
+
+Records of a global table's changelog (the control topic) also go to the
+table's applier in ``app.global_appliers`` as they are fetched, besides
+Faust's path: Faust puts changelog records on a queue that it clears when a
+rebalance's recovery ends (``clear_on_resume``), after the consumer has moved
+past them, so a global table loses the records queued at that moment. The
+applier skips records it has seen, whichever path brings them first.
 """
 
 from __future__ import annotations
@@ -68,6 +75,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
     async def _take_fetch(self, ait: Any) -> None:
         """Deliver one fetch: batch-handled topics in one call per handler, the rest one by one."""
         handlers: dict[str, BatchHandler] = getattr(self.app, "batch_handlers", {})
+        appliers: dict[str, Callable[[Any], None]] = getattr(self.app, "global_appliers", {})
         get_read_offset = self._read_offset.__getitem__
         set_read_offset = self._read_offset.__setitem__
         acks_enabled_for = self.app.topics.acks_enabled_for
@@ -86,6 +94,9 @@ class BatchingConsumer(faust_aiokafka.Consumer):
             gap = offset - (r_offset or 0)
             if gap > 1 and r_offset and acks_enabled_for(message.topic):
                 await self._add_gap(tp, r_offset + 1, offset)
+            applier = appliers.get(message.topic)
+            if applier is not None:
+                applier(message)
             handler = handlers.get(message.topic)
             if handler is not None:
                 # track_message() without its per-message sensor calls: projector

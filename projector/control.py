@@ -108,6 +108,7 @@ class ControlState:
         #: The control topic's end offset captured at startup (None: not yet known).
         self.target: Optional[int] = None
         self.records = 0
+        self.gaps = 0  # records that did not follow the previous one's offset
         self.invalid: Counter = Counter()  # by reason
         self.listener_errors = 0
         self._listeners: list[Listener] = []
@@ -124,6 +125,9 @@ class ControlState:
         """
         if offset <= self.offset:
             return False
+        if offset > self.offset + 1:
+            # Compaction and transaction markers leave gaps; counted so a test can tell a loss.
+            self.gaps += 1
         self.offset = offset
         self.records += 1
         try:

@@ -201,7 +201,10 @@ def test_three_workers_apply_every_entry_whoever_writes_it(worker_factory, names
         assert oracle.entries["plain.3"] == {"n": 83}, "a malformed value leaves the previous value"
         assert "plain.1" not in oracle.entries and "plain.2" not in oracle.entries
         for w in workers:
-            assert prometheus(w.url)['projector_control_invalid_total{reason="invalid_json"}'] == 1
+            metrics = prometheus(w.url)
+            assert metrics['projector_control_invalid_total{reason="invalid_json"}'] == 1
+            assert metrics["projector_control_records_total"] == oracle.records
+            assert metrics["projector_control_gaps_total"] == 0
         assert topic_table(kafka_bootstrap, names) == control_of(workers[0])
 
         # commands.enabled and accounts.max_withdrawal take effect on every worker.
@@ -263,7 +266,9 @@ def test_worker_started_after_1000_entries_holds_them_all_before_ready(worker_fa
     assert seen_not_ready and all(b["error"] == "not_ready" for b in seen_not_ready)
     body = control_of(worker)
     assert body == {"offset": oracle.last_offset, "entries": oracle.entries}
-    assert prometheus(worker.url)["projector_control_records_total"] == 1000
+    metrics = prometheus(worker.url)
+    assert metrics["projector_control_records_total"] == 1000
+    assert metrics["projector_control_gaps_total"] == 0
 
 
 def test_restarted_worker_comes_back_with_an_identical_table(worker_factory, names, kafka_bootstrap):
@@ -367,5 +372,7 @@ def test_two_workers_miss_no_entry_through_five_rebalances(worker_factory, names
     for w in (w1, w2):
         assert_holds(w, oracle)
         # Each record applied exactly once: nothing missed, nothing re-applied after a rebalance.
-        assert prometheus(w.url)["projector_control_records_total"] == oracle.records
+        metrics = prometheus(w.url)
+        assert metrics["projector_control_records_total"] == oracle.records
+        assert metrics["projector_control_gaps_total"] == 0, "an uncompacted topic has no gaps"
     assert control_of(w1) == control_of(w2) == topic_table(kafka_bootstrap, names)
