@@ -34,6 +34,10 @@ class ProjectorApp(faust.App):
     def _new_transport(self) -> Any:
         return BatchingTransport(self.conf.broker_consumer, self)
 
+    async def on_start(self) -> None:
+        await super().on_start()
+        self.add_future(self.projector._unstick_control_recovery())
+
     def on_webserver_init(self, web: Any) -> None:
         from projector.web import install_routes
 
@@ -251,6 +255,37 @@ class Projector:
             "control topic %s: %d records to read before this worker is ready",
             self.settings.control_topic, self.control.target,
         )
+
+    async def _unstick_control_recovery(self) -> None:
+        """End Faust's recovery of the control topic when it has read all there is to read.
+
+        Faust recovers a changelog partition until a record at its end offset
+        minus one is applied. A control topic written by a transactional
+        producer ends in a commit marker, which holds an offset but is never
+        delivered: recovery would wait forever, and with it the whole worker.
+        Once the consumer has fetched past that end, every record of it has
+        been applied (see ``global_appliers``), so its recovery is marked done.
+        """
+        tp = TP(self.settings.control_topic, 0)
+        recovery = self.app.tables.recovery
+        while True:
+            await asyncio.sleep(1.0)
+            if not recovery.in_recovery:
+                continue
+            highwater = recovery.active_highwaters.get(tp)
+            seen = recovery.active_offsets.get(tp)
+            if highwater is None or seen is None or seen >= highwater:
+                continue
+            try:
+                position = await self.app.consumer.position(tp)
+            except Exception:  # not assigned (yet), or a rebalance under way
+                continue
+            if position is not None and position > highwater and recovery.active_offsets.get(tp, -1) < highwater:
+                log.info(
+                    "control topic read to its end (%d) but its last offset is not a record "
+                    "(a transaction marker): its recovery is complete", position,
+                )
+                recovery.active_offsets[tp] = highwater
 
     async def write_control(self, key: str, value: Any) -> int:
         """Write one control entry (``None``: delete it); returns the record's offset."""

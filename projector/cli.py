@@ -59,7 +59,7 @@ def cmd_produce_demo(args: argparse.Namespace) -> None:
     print(f"produced {n} events for {args.accounts} accounts to {settings.events_topic}")
 
 
-def _api(method: str, path: str, body: object = None, admin: bool = False) -> tuple[int, object]:
+def _api(method: str, path: str, body: object = None, admin: bool = False, timeout: float = 30) -> tuple[int, object]:
     """One request to this machine's worker (PROJECTOR_WEB_HOST/PORT), with the configured token."""
     import urllib.error
     import urllib.request
@@ -75,7 +75,7 @@ def _api(method: str, path: str, body: object = None, admin: bool = False) -> tu
     if token:
         req.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(req, timeout=30) as r:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, orjson.loads(r.read() or b"null")
     except urllib.error.HTTPError as e:
         raw = e.read()
@@ -141,6 +141,8 @@ def cmd_control(args: argparse.Namespace) -> None:
 
     action = args.action
     value = None
+    if getattr(args, "wait", 0) and not 0 < args.wait <= 30:
+        sys.exit(f"projector: --wait must be between 0 and 30 seconds, got {args.wait}")
     if action == "set":
         raw = sys.stdin.buffer.read() if args.value == "-" else args.value.encode("utf-8")
         try:
@@ -167,9 +169,13 @@ def cmd_control(args: argparse.Namespace) -> None:
             status, body = _api("PUT", path, value, admin=True)
         if status == 202 and args.wait:
             offset = body["offset"]
-            status, applied = _api("GET", f"/control?min_offset={offset}&timeout_ms={int(args.wait * 1000)}")
-            if status != 200:
-                _print_answer(status, applied)
+            waited, applied = _api(
+                "GET", f"/control?min_offset={offset}&timeout_ms={int(args.wait * 1000)}", timeout=args.wait + 10
+            )
+            if waited != 200:
+                print(f"projector: written, but the worker had not applied offset {offset} "
+                      f"after {args.wait:g}s: {applied}", file=sys.stderr)
+                _print_answer(504, body)
         _print_answer(status, body)
 
 
@@ -177,13 +183,16 @@ def _control_direct(args: argparse.Namespace, value: object) -> None:
     from aiokafka.errors import KafkaError
 
     from projector.control_table import read_control_topic, write_control_topic
-    from projector.topics import TopicError, ensure_topics
+    from projector.topics import TopicError, ensure_topics, existing_topics, projector_topics
 
     settings = _settings()
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
 
     async def run() -> tuple[int, object]:
-        await ensure_topics(settings)
+        if args.action in ("set", "delete"):
+            await ensure_topics(settings, [s for s in projector_topics(settings) if s.name == settings.control_topic])
+        elif settings.control_topic not in await existing_topics(settings, [settings.control_topic]):
+            raise TopicError(f"the topic does not exist (PROJECTOR_CONTROL_TOPIC={settings.control_topic!r})")
         if args.action in ("set", "delete"):
             offset = await write_control_topic(settings, args.key, value)
             return 202, {"key": args.key, "offset": offset}

@@ -158,8 +158,8 @@ async def write_control_topic(settings: Settings, key: str, value: Any) -> int:
 
     check_entry(key, value)
     producer = AIOKafkaProducer(bootstrap_servers=",".join(settings.bootstrap_servers), acks="all")
-    await producer.start()
     try:
+        await producer.start()
         meta = await producer.send_and_wait(
             settings.control_topic, key=key.encode("utf-8"), value=encode_value(value), partition=0
         )

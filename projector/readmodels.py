@@ -198,8 +198,8 @@ def read_model_from_module(module: ModuleType, origin: str = "") -> Any:
 def _fold_arity(fold: Callable, where: str) -> int:
     """2 for ``fold(state, event)``, 3 for ``fold(state, event, control)``.
 
-    A fold that can be called both ways (``control=None``) gets the control
-    view; one with ``*args`` is called with two.
+    The control view goes to a third parameter named ``control`` (with or
+    without a default); a fold with ``*args`` is called with two.
     """
     try:
         params = list(inspect.signature(fold).parameters.values())
@@ -215,12 +215,16 @@ def _fold_arity(fold: Callable, where: str) -> int:
         return 2
     positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     required = sum(p.default is p.empty for p in positional)
-    for arity in (3, 2):
-        if required <= arity <= len(positional):
-            return arity
+    # The third parameter must be called ``control``: a fold that already had
+    # an optional third parameter (say ``_cache={}``) is not handed the table.
+    if required <= 3 <= len(positional) and positional[2].name == "control":
+        return 3
+    if required <= 2 <= len(positional):
+        return 2
     raise ReadModelError(
         f"{where}: fold must take (state, event) or (state, event, control), "
-        f"got {len(positional)} positional parameters ({required} required)"
+        f"got {len(positional)} positional parameters ({required} required): "
+        f"{', '.join(p.name for p in positional)}"
     )
 
 

@@ -88,6 +88,17 @@ async def describe_partitions(admin: AIOKafkaAdminClient, names: list[str]) -> d
     return out
 
 
+async def existing_topics(settings: Settings, names: list[str]) -> dict[str, int]:
+    """Partition counts of the topics among ``names`` that exist."""
+    admin = await connect_admin(settings)
+    try:
+        return await describe_partitions(admin, names)
+    except KafkaError as exc:
+        raise TopicError(f"Kafka admin request failed: {exc!r}") from exc
+    finally:
+        await admin.close()
+
+
 async def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> dict[str, int]:
     """Create the missing topics of ``specs``; return each topic's partition count."""
     specs = projector_topics(settings) if specs is None else specs

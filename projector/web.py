@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional
 import aiohttp
 import orjson
 from aiohttp import web
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from projector.partitioning import partition_for
 
@@ -195,6 +195,8 @@ class Views:
             offset = await self.projector.write_control(key, value)
         except ControlError as exc:
             return json_error(400, "invalid", detail=str(exc))
+        except MessageSizeTooLargeError:
+            return json_error(413, "too_large", detail="the value is larger than the broker accepts for one record")
         except KafkaError as exc:
             return json_error(503, "unavailable", detail=f"writing the control topic failed: {exc!r}")
         return json_response({"key": key, "offset": offset}, status=202)

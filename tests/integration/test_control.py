@@ -376,3 +376,36 @@ def test_two_workers_miss_no_entry_through_five_rebalances(worker_factory, names
         assert metrics["projector_control_records_total"] == oracle.records
         assert metrics["projector_control_gaps_total"] == 0, "an uncompacted topic has no gaps"
     assert control_of(w1) == control_of(w2) == topic_table(kafka_bootstrap, names)
+
+
+def test_a_transactional_writer_does_not_stall_the_worker(worker_factory, names, kafka_bootstrap):
+    """Commit markers take offsets but are never delivered: the control topic then ends on a non-record."""
+    from projector.topics import ensure_topics
+
+    asyncio.run(ensure_topics(_settings(kafka_bootstrap, names)))
+    oracle = Oracle()
+
+    async def write_in_transactions(batches: list[list[tuple[str, bytes]]]) -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=f"{names['app_id']}-tx")
+        await producer.start()
+        try:
+            for batch in batches:
+                async with producer.transaction():
+                    metas = [await producer.send_and_wait(names["control"], key=k.encode(), value=v) for k, v in batch]
+                for (k, v), meta in zip(batch, metas):
+                    oracle.wrote(k, v, meta.offset)
+        finally:
+            await producer.stop()
+
+    asyncio.run(write_in_transactions([[("tx.a", b"1"), ("tx.b", b'"two"')], [("tx.c", b"[3]")]]))
+    worker = worker_factory("tx")
+    worker.wait_ready(timeout=120)
+    assert control_of(worker)["entries"] == oracle.entries == {"tx.a": 1, "tx.b": "two", "tx.c": [3]}
+    # Live transactional writes are applied too.
+    asyncio.run(write_in_transactions([[("tx.a", b"10"), ("tx.d", b"null")]]))
+    wait_for(lambda: control_of(worker)["entries"] == oracle.entries, 30, "the live transactional write")
+    # And a restart over a topic that ends on a marker comes back ready.
+    worker.stop()
+    worker.start()
+    worker.wait_ready(timeout=120)
+    assert control_of(worker) == {"offset": oracle.last_offset, "entries": oracle.entries}

@@ -72,8 +72,17 @@ def test_a_lambda_and_a_callable_object_are_told_apart_too():
             return state
 
     assert read_model_from_module(module(lambda s, e: s)).takes_control is False
-    assert read_model_from_module(module(lambda s, e, c: s)).takes_control is True
+    assert read_model_from_module(module(lambda s, e, control: s)).takes_control is True
     assert read_model_from_module(module(Folder())).takes_control is True
+
+
+def test_only_a_third_parameter_named_control_gets_the_control_table():
+    def cached(state, event, _cache={}):  # an optional third parameter of its own
+        return state
+
+    assert read_model_from_module(module(cached)).takes_control is False
+    with pytest.raises(ReadModelError, match="s, e, c"):
+        read_model_from_module(module(lambda s, e, c: s))
 
 
 def test_var_positional_folds_are_called_with_two_arguments():
