@@ -101,6 +101,8 @@ def run_demo(settings: Settings, accounts: int, events: int, seed: int) -> int:
         print(f"  curl {settings.url}/tables/currencies/EUR")
         print(f"  curl '{settings.url}/aggregates/{sample}/events?from_version=1&limit=5'")
         print(f"  curl {settings.url}/metrics")
+        print(f"  curl {settings.url}/control")
+        print(f"  curl -X PUT {settings.url}/control/accounts.max_withdrawal -d 500")
         print(f"  curl {settings.url}/healthz")
         print()
         print("demo: serving until Ctrl-C")
