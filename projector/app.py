@@ -14,7 +14,7 @@ from faust.types import TP
 from projector.batching import BatchingTransport
 from projector.config import Settings
 from projector.control import ControlState
-from projector.control_table import ControlTable, records_end
+from projector.control_table import ControlTable, GapFiller, records_end
 from projector.engine import INDEX, Engine, Plan, members_table
 from projector.metrics import Metrics
 from projector.readmodels import Catalog, load_catalog
@@ -37,6 +37,7 @@ class ProjectorApp(faust.App):
     async def on_start(self) -> None:
         await super().on_start()
         self.add_future(self.projector._unstick_control_recovery())
+        self.add_future(self.projector.gap_filler.run())
 
     def on_webserver_init(self, web: Any) -> None:
         from projector.web import install_routes
@@ -139,6 +140,7 @@ class Projector:
         )
         self.app.task(self._capture_control_end)
         self.app.global_appliers = {settings.control_topic: self.control_table.apply_message}
+        self.gap_filler = GapFiller(settings, self.control, self._control_position)
         self.engine = Engine(
             self.catalog,
             self.store,
@@ -256,15 +258,21 @@ class Projector:
             self.settings.control_topic, self.control.target,
         )
 
+    async def _control_position(self) -> Optional[int]:
+        """This worker's consumer position on the control partition."""
+        return await self.app.consumer.position(TP(self.settings.control_topic, 0))
+
     async def _unstick_control_recovery(self) -> None:
-        """End Faust's recovery of the control topic when it has read all there is to read.
+        """End Faust's recovery of the control topic once the control table holds all of it.
 
         Faust recovers a changelog partition until a record at its end offset
         minus one is applied. A control topic written by a transactional
         producer ends in a commit marker, which holds an offset but is never
-        delivered: recovery would wait forever, and with it the whole worker.
-        Once the consumer has fetched past that end, every record of it has
-        been applied (see ``global_appliers``), so its recovery is marked done.
+        delivered, and a record Faust dropped is never counted either: its
+        recovery, and with it the whole worker, would wait forever. The
+        control table counts offsets itself (and re-reads what it misses), so
+        once it holds every record up to the topic's end, that partition's
+        recovery is marked done.
         """
         tp = TP(self.settings.control_topic, 0)
         recovery = self.app.tables.recovery
@@ -277,13 +285,16 @@ class Projector:
             if highwater is None or seen is None or seen >= highwater:
                 continue
             try:
-                position = await self.app.consumer.position(tp)
+                position = await self._control_position()
             except Exception:  # not assigned (yet), or a rebalance under way
                 continue
-            if position is not None and position > highwater and recovery.active_offsets.get(tp, -1) < highwater:
+            if position is None or position <= highwater:
+                continue  # still reading
+            end = await records_end(self.settings, self.settings.control_topic)
+            if self.control.offset + 1 >= end and recovery.active_offsets.get(tp, -1) < highwater:
                 log.info(
-                    "control topic read to its end (%d) but its last offset is not a record "
-                    "(a transaction marker): its recovery is complete", position,
+                    "control table holds the control topic to its last record (offset %d); "
+                    "its recovery is complete", end - 1,
                 )
                 recovery.active_offsets[tp] = highwater
 

@@ -97,22 +97,45 @@ def encode_value(value: Any) -> Optional[bytes]:
 
 
 class ControlState:
-    """The whole control table, applied record by record in offset order."""
+    """The whole control table, built from the control topic's records.
+
+    Records are applied in whatever order they arrive, and each at most once:
+    every key keeps the offset of the record that set it, so an older record
+    never overwrites a newer one (last writer wins by offset, as compaction
+    decides). Offsets skipped between two records (compaction, transaction
+    markers, or a record the consumer never delivered) are kept as *missing*
+    until they are read again or known not to hold records
+    (:meth:`resolve`); :attr:`offset` is the offset up to which nothing is
+    missing.
+    """
 
     def __init__(self) -> None:
         self._entries: dict[str, Any] = {}
         #: Read-only view of the entries, for application code and folds.
         self.entries: Mapping[str, Any] = MappingProxyType(self._entries)
-        #: Offset of the last record applied (-1: none yet).
-        self.offset = -1
+        #: Highest offset seen (-1: none yet).
+        self.seen = -1
         #: The control topic's end offset captured at startup (None: not yet known).
         self.target: Optional[int] = None
-        self.records = 0
-        self.gaps = 0  # records that did not follow the previous one's offset
+        self.records = 0  # records applied or skipped as invalid, each offset once
+        self.gaps = 0  # offset ranges skipped between two records
+        self.filled = 0  # records applied from a missing range (arrived late or re-read)
         self.invalid: Counter = Counter()  # by reason
         self.listener_errors = 0
+        self._missing: list[list[int]] = []  # sorted, disjoint [start, end) ranges below seen
+        self._key_offsets: dict[str, int] = {}  # offset of the record that last set (or deleted) each key
         self._listeners: list[Listener] = []
         self._waiters: set[asyncio.Future] = set()
+
+    @property
+    def offset(self) -> int:
+        """The offset through which every record is applied (-1: none yet)."""
+        return self._missing[0][0] - 1 if self._missing else self.seen
+
+    @property
+    def missing(self) -> list[tuple[int, int]]:
+        """The ``[start, end)`` offset ranges not yet applied nor resolved."""
+        return [(a, b) for a, b in self._missing]
 
     # --- applying records ----------------------------------------------------------
 
@@ -121,19 +144,50 @@ class ControlState:
 
         Never raises: a record that cannot be applied is logged, counted in
         :attr:`invalid` and skipped (the key keeps its previous value). A
-        record at or below :attr:`offset` was applied already and is skipped.
+        record whose offset was applied already is skipped.
         """
-        if offset <= self.offset:
+        if offset > self.seen:
+            if offset > self.seen + 1:
+                self._missing.append([self.seen + 1, offset])
+                self.gaps += 1
+            self.seen = offset
+        elif self._take_missing(offset):
+            self.filled += 1
+        else:
             return False
-        if offset > self.offset + 1:
-            # Compaction and transaction markers leave gaps; counted so a test can tell a loss.
-            self.gaps += 1
-        self.offset = offset
         self.records += 1
         try:
             return self._apply(key, value, offset)
         finally:
             self._wake()
+
+    def note_end(self, end: int) -> None:
+        """The topic holds offsets up to ``end`` (exclusive): any not seen yet are missing."""
+        if end - 1 > self.seen:
+            self._missing.append([self.seen + 1, end])
+            self.gaps += 1
+            self.seen = end - 1
+
+    def resolve(self, start: int, end: int) -> None:
+        """Offsets in ``[start, end)`` that are still missing hold no record (they were read and not found)."""
+        kept = []
+        for a, b in self._missing:
+            if a < start:
+                kept.append([a, min(b, start)])
+            if b > end:
+                kept.append([max(a, end), b])
+        self._missing = kept
+        self._wake()
+
+    def _take_missing(self, offset: int) -> bool:
+        for i, (a, b) in enumerate(self._missing):
+            if a <= offset < b:
+                parts = [r for r in ([a, offset], [offset + 1, b]) if r[0] < r[1]]
+                self._missing[i:i + 1] = parts
+                return True
+            if a > offset:
+                break
+        return False
 
     def _apply(self, key: Optional[bytes], value: Optional[bytes], offset: int) -> bool:
         if key is None:
@@ -149,6 +203,9 @@ class ControlState:
                 new = orjson.loads(value)
             except orjson.JSONDecodeError as exc:
                 return self._skip("invalid_json", offset, name, f"value is not JSON: {exc}")
+        if self._key_offsets.get(name, -1) > offset:
+            return False  # a later record of this key is applied already
+        self._key_offsets[name] = offset
         if name in BUILTIN and new is not None:
             problem = BUILTIN[name][0](new)
             if problem:

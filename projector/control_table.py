@@ -19,8 +19,18 @@ Four details make it reliable (each one a known way for it to fail):
   rebalance's recovery ends, after the consumer has moved past them: a plain
   GlobalTable loses those records (one to three per five rebalances here).
   So the batching consumer also hands each control record to
-  :meth:`ControlTable.apply_message` as it is fetched; the offset check in
-  :meth:`ControlState.apply` makes the two paths one.
+  :meth:`ControlTable.apply_message` as it is fetched; the offsets kept in
+  :class:`ControlState` make the two paths one.
+- Faust also drops fetched records in other places (a fetch it stops
+  iterating when a rebalance starts, partitions paused meanwhile). The table
+  keeps every offset range it skipped, and :class:`GapFiller` reads those
+  ranges again from Kafka; a worker is not ready while any range below the
+  topic's end is unresolved. Records may so arrive out of order: each key
+  keeps the offset that set it, so an older record never wins.
+- If the control topic ends on a transaction marker, Faust's recovery would
+  wait forever for an offset that is never delivered;
+  ``Projector._unstick_control_recovery`` ends it once the table holds every
+  record.
 - :meth:`ControlTable.apply_changelog_batch` replaces the store write: every
   record, whether read in recovery or live, goes through
   :meth:`ControlState.apply`, which decodes JSON itself (raw serializers, so a
@@ -34,7 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.tables.globaltable import GlobalTable
@@ -145,6 +155,7 @@ async def read_control_topic(settings: Settings, timeout: float = 30.0) -> Contr
                 raise TimeoutError(f"reading {settings.control_topic} to offset {end} took more than {timeout:.0f}s")
             for record in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
                 state.apply(record.key, record.value, record.offset)
+        state.resolve(0, end)  # read through: offsets not seen hold no record (compaction, markers)
         return state
     finally:
         await consumer.stop()
@@ -166,3 +177,86 @@ async def write_control_topic(settings: Settings, key: str, value: Any) -> int:
         return meta.offset
     finally:
         await producer.stop()
+
+
+#: How often the gap filler looks for missing control offsets.
+FILL_INTERVAL = 0.5
+
+
+class GapFiller:
+    """Re-reads missing offsets of the control topic straight from Kafka.
+
+    :class:`ControlState` keeps the offsets it skipped between two records.
+    Most are compaction or transaction markers, but Faust can also drop a
+    fetched record on its way to the table (it filters fetched records against
+    partitions paused meanwhile, and stops iterating a fetch when flow stops),
+    after the consumer has moved past it. Every missing range is read again
+    with a consumer of its own: records found there are applied (an older
+    record never overwrites a newer one), the rest is resolved as empty. A
+    tail that the worker's consumer has fetched but that has not reached the
+    table for one whole interval is read the same way.
+    """
+
+    def __init__(self, settings: Settings, state: ControlState, position: Any) -> None:
+        self.settings = settings
+        self.state = state
+        self.position = position  # async () -> the worker consumer's position on the control partition, or None
+        self.tp = TopicPartition(settings.control_topic, 0)
+        self.rereads = 0
+
+    async def run(self) -> None:
+        consumer: Optional[AIOKafkaConsumer] = None
+        stalled: Optional[tuple[int, int]] = None
+        try:
+            while True:
+                await asyncio.sleep(FILL_INTERVAL)
+                try:
+                    position = await self.position()
+                except Exception:  # not assigned yet, or a rebalance under way
+                    position = None
+                if position is not None and position - 1 > self.state.seen:
+                    if stalled == (position, self.state.seen):
+                        self.state.note_end(position)
+                    stalled = (position, self.state.seen)
+                else:
+                    stalled = None
+                missing = self.state.missing
+                if not missing:
+                    continue
+                try:
+                    if consumer is None:
+                        consumer = self._consumer()
+                        await consumer.start()
+                        consumer.assign([self.tp])
+                    await self._reread(consumer, missing[0][0], missing[-1][1])
+                except Exception as exc:
+                    log.warning("re-reading control offsets %s failed (%r); retrying", missing, exc)
+                    if consumer is not None:
+                        await consumer.stop()
+                        consumer = None
+        finally:
+            if consumer is not None:
+                await consumer.stop()
+
+    def _consumer(self) -> AIOKafkaConsumer:
+        return AIOKafkaConsumer(
+            bootstrap_servers=",".join(self.settings.bootstrap_servers),
+            client_id=f"{self.settings.app_id}-control-filler",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            request_timeout_ms=15000,
+        )
+
+    async def _reread(self, consumer: AIOKafkaConsumer, start: int, end: int) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        consumer.seek(self.tp, start)
+        while await consumer.position(self.tp) < end:
+            if loop.time() > deadline:
+                raise TimeoutError(f"offsets {start}..{end - 1} not read in 30 s")
+            for record in (await consumer.getmany(self.tp, timeout_ms=1000)).get(self.tp, []):
+                if record.offset >= end:
+                    break
+                self.state.apply(record.key, record.value, record.offset)
+        self.state.resolve(start, end)
+        self.rereads += 1

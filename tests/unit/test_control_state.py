@@ -110,6 +110,8 @@ def test_entries_is_a_read_only_live_view():
 def test_snapshot_is_a_copy_with_the_offset():
     s = ControlState()
     s.apply(b"a", b"[1]", 3)
+    assert s.snapshot() == {"offset": -1, "entries": {"a": [1]}}, "offsets 0..2 are missing"
+    s.resolve(0, 3)
     snap = s.snapshot()
     assert snap == {"offset": 3, "entries": {"a": [1]}}
     snap["entries"]["b"] = 2
@@ -183,7 +185,7 @@ def test_a_record_without_a_key_is_counted_as_no_key():
     assert s.apply(None, None, 5) is False
     assert dict(s.entries) == {}
     assert s.invalid == {"no_key": 2}
-    assert s.offset == 5
+    assert (s.seen, s.missing) == (5, [(0, 4)])
     assert rec.events == []
 
 
@@ -317,13 +319,16 @@ def test_offset_starts_at_minus_one_and_follows_applied_records():
     s.apply(b"a", b"1", 0)
     assert s.offset == 0
     s.apply(b"a", b"1", 7)  # same value: no change, but the offset is consumed
-    assert (s.offset, s.records) == (7, 2)
+    assert (s.offset, s.seen, s.records, s.missing) == (0, 7, 2, [(1, 7)])
+    s.resolve(1, 7)  # read again and found empty (compaction)
+    assert (s.offset, s.missing) == (7, [])
 
 
 @pytest.mark.parametrize("replayed", [3, 5])
 def test_a_record_at_or_below_the_offset_is_skipped(replayed):
     s, rec = state_with_recorder()
     assert s.apply(b"a", b"1", 5) is True
+    s.resolve(0, 5)
     assert s.apply(b"a", b"2", replayed) is False
     assert s.apply(b"b", b"2", replayed) is False
     assert s.apply(b"a", None, replayed) is False
@@ -369,6 +374,8 @@ def test_caught_up_when_offsets_jump_past_the_target():
     s = ControlState()
     s.target = 10  # compaction removed offsets 0..8
     s.apply(b"a", b"1", 9)
+    assert s.caught_up is False, "0..8 may hold records not delivered yet"
+    s.resolve(0, 9)
     assert s.caught_up is True
 
 
@@ -475,6 +482,7 @@ def test_a_listener_sees_the_table_already_changed():
 def test_wait_for_an_applied_offset_returns_true_at_once():
     s = ControlState()
     s.apply(b"a", b"1", 4)
+    s.resolve(0, 4)
 
     async def main() -> tuple[bool, bool, bool]:
         return (
@@ -735,7 +743,10 @@ def logs(draw, values=record_values, keys=st.sampled_from(KEYS)) -> list[tuple[b
 
 
 def apply_all(s: ControlState, log: list[tuple[Optional[bytes], Optional[bytes], int]]) -> list[bool]:
-    return [s.apply(k, v, o) for k, v, o in log]
+    """Apply a log read through to its end: offsets it skips hold no record (resolved, as the gap filler would)."""
+    out = [s.apply(k, v, o) for k, v, o in log]
+    s.resolve(0, s.seen + 1)
+    return out
 
 
 def compacted(log: list[tuple[bytes, Optional[bytes], int]], drop_tombstones: bool = False) -> list:
@@ -866,3 +877,77 @@ def test_property_encode_value_round_trips(value):
     s = ControlState()
     s.apply(b"k", raw, 0)
     assert s.entries["k"] == value
+
+
+# --- records out of order, and missing ones filled in ----------------------------------------------
+
+
+def test_a_missing_record_holds_the_offset_back_until_it_is_filled():
+    s, rec = state_with_recorder()
+    s.apply(b"a", b"1", 0)
+    s.apply(b"a", b"3", 2)  # offset 1 was not delivered
+    assert (s.offset, s.missing, s.entries["a"]) == (0, [(1, 2)], 3)
+    assert s.apply(b"b", b"2", 1) is True  # re-read later
+    assert (s.offset, s.missing, s.filled, s.records) == (2, [], 1, 3)
+    assert s.apply(b"b", b"2", 1) is False  # and only once
+    assert dict(s.entries) == {"a": 3, "b": 2}
+
+
+def test_a_late_older_record_never_overwrites_a_newer_one():
+    s, rec = state_with_recorder()
+    s.apply(b"a", b"1", 0)
+    s.apply(b"a", b"3", 5)
+    assert s.apply(b"a", b"2", 3) is False  # older than the value applied
+    assert s.apply(b"a", None, 4) is False  # an older delete too
+    assert s.entries["a"] == 3
+    assert s.missing == [(1, 3)], "offsets 3 and 4 are accounted for"
+    assert rec.events == [("a", None, 1), ("a", 1, 3)]
+
+
+def test_note_end_marks_the_unseen_tail_missing():
+    s = ControlState()
+    s.apply(b"a", b"1", 0)
+    s.note_end(4)
+    assert (s.seen, s.offset, s.missing) == (3, 0, [(1, 4)])
+    s.note_end(2)  # nothing new
+    assert s.missing == [(1, 4)]
+    s.apply(b"b", b"1", 2)
+    s.resolve(1, 4)
+    assert (s.offset, s.missing, dict(s.entries)) == (3, [], {"a": 1, "b": 1})
+
+
+@PROPS
+@given(logs(), st.randoms(use_true_random=False))
+def test_property_any_delivery_order_gives_the_in_order_table(log, rnd):
+    """Records delivered in any order, with repeats, give the table of the log applied in order."""
+    in_order = ControlState()
+    apply_all(in_order, log)
+    shuffled = list(log) + [r for r in log if rnd.random() < 0.3]
+    rnd.shuffle(shuffled)
+    s = ControlState()
+    apply_all(s, shuffled)
+    assert dict(s.entries) == dict(in_order.entries)
+    assert {k: strict(v) for k, v in s.entries.items()} == {k: strict(v) for k, v in in_order.entries.items()}
+    assert s.records == len(log) and s.offset == in_order.offset
+
+
+@PROPS
+@given(logs(), st.data())
+def test_property_dropped_records_are_found_by_rereading_the_missing_ranges(log, data):
+    """Drop any records on the way; re-reading what is missing from the log gives the full table."""
+    dropped = set(data.draw(st.sets(st.sampled_from(range(len(log))))) if log else set())
+    s = ControlState()
+    for i, (k, v, o) in enumerate(log):
+        if i not in dropped:
+            s.apply(k, v, o)
+    if log:
+        s.note_end(log[-1][2] + 1)
+    for start, end in s.missing:  # what the gap filler does: read each range from the topic
+        for k, v, o in log:
+            if start <= o < end:
+                s.apply(k, v, o)
+        s.resolve(start, end)
+    expected = ControlState()
+    apply_all(expected, log)
+    assert dict(s.entries) == dict(expected.entries)
+    assert (s.offset, s.records, s.missing) == (expected.offset, len(log), [])
