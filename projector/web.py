@@ -342,3 +342,7 @@ def install_routes(app: web.Application, projector: "Projector") -> None:
     app.router.add_delete("/control/{key:.+}", views.delete_control)
     app.router.add_get("/deadletters", views.deadletters)
     app.router.add_get("/metrics", views.metrics)
+    from projector import openapi, statuspage
+
+    openapi.install(app, projector)
+    statuspage.install(app, projector)

@@ -1,0 +1,9 @@
+"""``GET /openapi.json``: an OpenAPI 3 document of projector's HTTP API (issue 5; being written)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def install(app: Any, projector: Any) -> None:
+    """Add the route(s) of this module to the aiohttp ``app``."""
