@@ -141,6 +141,9 @@ class Projector:
         self.app.task(self._capture_control_end)
         self.app.global_appliers = {settings.control_topic: self.control_table.apply_message}
         self.gap_filler = GapFiller(settings, self.control, self._control_position)
+        #: Requests parked until a row changes (read-your-writes), by (table, partition, key).
+        self.row_waiters: dict[tuple[str, int, bytes], set[asyncio.Future]] = {}
+        self.app.on_partitions_revoked.connect(self._on_revoked)
         self.engine = Engine(
             self.catalog,
             self.store,
@@ -198,6 +201,8 @@ class Projector:
         for writes in (first, second):
             for (table, partition), items in writes.items():
                 self.store.write(table, partition, items, offsets.get((table, partition)))
+        if self.row_waiters:
+            self._wake_rows(plan.writes)
         done = time.perf_counter()
         self.metrics.phase_seconds["rocksdb"] += done - acked
         self.metrics.batch_seconds_total += done - started
@@ -247,6 +252,40 @@ class Projector:
             table_slot = changelog_of.get(slot)
             if table_slot is not None:
                 offsets[table_slot] = max(offsets.get(table_slot, -1), meta.offset + count - 1)
+
+    # --- read-your-writes: requests parked until a row changes -----------------------
+
+    def park_row(self, table: str, partition: int, key: bytes) -> asyncio.Future:
+        """A future that completes the next time this worker writes ``key`` (or loses partitions)."""
+        waiter = asyncio.get_running_loop().create_future()
+        self.row_waiters.setdefault((table, partition, key), set()).add(waiter)
+        return waiter
+
+    def unpark_row(self, table: str, partition: int, key: bytes, waiter: asyncio.Future) -> None:
+        slot = (table, partition, key)
+        waiters = self.row_waiters.get(slot)
+        if waiters is not None:
+            waiters.discard(waiter)
+            if not waiters:
+                del self.row_waiters[slot]
+
+    @property
+    def parked_requests(self) -> int:
+        return sum(len(w) for w in self.row_waiters.values())
+
+    def _wake_rows(self, writes: dict[tuple[str, int], dict[bytes, Optional[bytes]]]) -> None:
+        for slot in [s for s in self.row_waiters if s[2] in writes.get((s[0], s[1]), ())]:
+            for waiter in self.row_waiters.pop(slot):
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def _on_revoked(self, app: Any, revoked: Any, **kwargs: Any) -> None:
+        """Wake every parked request: the row may now be written by another worker."""
+        waiters, self.row_waiters = self.row_waiters, {}
+        for slot in waiters.values():
+            for waiter in slot:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     # --- the control topic --------------------------------------------------------
 

@@ -7,6 +7,8 @@ answers are 503 and 504, each with a JSON body.
 from __future__ import annotations
 
 import asyncio
+import base64
+import heapq
 import hmac
 import logging
 import time
@@ -26,6 +28,12 @@ log = logging.getLogger(__name__)
 
 MAX_BODY = 1024 * 1024
 MAX_LIMIT = 1000
+#: Requests a worker keeps waiting for a row version at once; more get 503.
+MAX_PARKED = 1000
+#: Longest key prefix or cursor key accepted, in bytes.
+MAX_KEY_PARAM = 1024
+#: Faust's own keys in each RocksDB partition database (its changelog offset).
+FAUST_KEY = b"__faust\x00"
 #: Longest a request may wait for a version or offset (CONTRACT §5: timeout_ms <= 30000).
 MAX_WAIT_MS = 30000
 #: How long a key lookup keeps retrying while its partition has no owner (rebalance).
@@ -117,6 +125,24 @@ def _int_param(request: web.Request, name: str, default: int, minimum: int, maxi
             return maximum
         raise web.HTTPBadRequest(reason=f"{name} must be at most {maximum}, got {value}")
     return value
+
+
+def _encode_cursor(table: str, key: str) -> str:
+    """An opaque cursor: the last key returned, for this table."""
+    return base64.urlsafe_b64encode(orjson.dumps([table, key])).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: Optional[str], table: str) -> Optional[str]:
+    if cursor is None:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        cursor_table, key = orjson.loads(raw)
+    except (ValueError, TypeError, orjson.JSONDecodeError):
+        raise web.HTTPBadRequest(reason="cursor is not one this API gave out") from None
+    if cursor_table != table or not isinstance(key, str) or len(key.encode("utf-8")) > MAX_KEY_PARAM:
+        raise web.HTTPBadRequest(reason=f"cursor does not belong to table {table}")
+    return key
 
 
 def _bearer(request: web.Request, token: str) -> bool:
@@ -213,7 +239,8 @@ class Views:
         )
 
     async def _on_owner(
-        self, request: web.Request, table: str, key_bytes: bytes, local: Callable[[int], Awaitable[web.Response]]
+        self, request: web.Request, table: str, key_bytes: bytes, local: Callable[[int], Awaitable[web.Response]],
+        extra_timeout: float = 0.0,
     ) -> web.Response:
         """Answer with ``local(partition)`` when this worker owns the key, else forward to the owner."""
         p = self.projector
@@ -224,7 +251,7 @@ class Views:
                 return await local(partition)
             owner = p.owner_url(table, partition)
             if owner and owner.rstrip("/") != p.settings.url and FORWARDED_HEADER not in request.headers:
-                return await self._forward(request, owner)
+                return await self._forward(request, owner, extra_timeout)
             if time.monotonic() >= deadline:
                 return json_error(
                     503,
@@ -234,21 +261,145 @@ class Views:
             await asyncio.sleep(0.2)
 
     async def get_row(self, request: web.Request) -> web.Response:
+        """One row. ``min_version`` + ``timeout_ms``: wait on the owner until the row reaches that version."""
         p = self.projector
         table = request.match_info["table"]
         key = request.match_info["key"]
         if p.model(table) is None:
             return json_error(404, "unknown_table", table=table)
+        min_version = _int_param(request, "min_version", 0, 0)
+        timeout_ms = _int_param(request, "timeout_ms", 0, 0, MAX_WAIT_MS)
         key_bytes = key.encode("utf-8")
+        deadline = asyncio.get_running_loop().time() + timeout_ms / 1000
 
-        async def local(partition: int) -> web.Response:
+        def read(partition: int) -> Optional[dict]:
             raw = p.store.get(table, partition, key_bytes)
             row = orjson.loads(raw) if raw is not None else None
-            if row is None or row.get("value") is None:
+            return row if row is not None and row.get("value") is not None else None
+
+        async def local(partition: int) -> web.Response:
+            row = read(partition)
+            while min_version and (row is None or row["version"] < min_version):
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0 or not p.owns(partition):
+                    return json_error(504, "timeout", version=row["version"] if row else None)
+                if p.parked_requests >= MAX_PARKED:
+                    return json_error(503, "unavailable", detail=f"{MAX_PARKED} requests are already waiting; retry")
+                waiter = p.park_row(table, partition, key_bytes)
+                try:
+                    await asyncio.wait_for(waiter, remaining)
+                except asyncio.TimeoutError:
+                    pass
+                finally:
+                    p.unpark_row(table, partition, key_bytes, waiter)
+                row = read(partition)
+            if row is None:
                 return json_error(404, "not_found", table=table, key=key)
             return json_response({"table": table, "key": key, "version": row["version"], "value": row["value"]})
 
-        return await self._on_owner(request, table, key_bytes, local)
+        return await self._on_owner(request, table, key_bytes, local, extra_timeout=timeout_ms / 1000)
+
+    async def list_rows(self, request: web.Request) -> web.Response:
+        """Rows of a table in key order, over all partitions and workers, a page at a time."""
+        p = self.projector
+        table = request.match_info["table"]
+        if p.model(table) is None:
+            return json_error(404, "unknown_table", table=table)
+        limit = _int_param(request, "limit", 100, 1, MAX_LIMIT, cap=True)
+        prefix = request.query.get("prefix", "")
+        if len(prefix.encode("utf-8")) > MAX_KEY_PARAM:
+            raise web.HTTPBadRequest(reason=f"prefix must be at most {MAX_KEY_PARAM} bytes")
+        after = _decode_cursor(request.query.get("cursor"), table)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ROUTE_DEADLINE
+        while True:
+            rows = await self._gather_rows(request, table, prefix, after, limit + 1)
+            if rows is not None:
+                break
+            if loop.time() >= deadline:
+                return json_error(503, "unavailable", detail=f"some partitions of {table} have no owner yet (rebalancing); retry")
+            await asyncio.sleep(0.2)
+        rows.sort(key=lambda r: r["key"].encode("utf-8"))
+        page = rows[:limit]
+        next_cursor = _encode_cursor(table, page[-1]["key"]) if len(rows) > limit else None
+        return json_response({"rows": page, "next_cursor": next_cursor})
+
+    async def _gather_rows(
+        self, request: web.Request, table: str, prefix: str, after: Optional[str], limit: int
+    ) -> Optional[list[dict]]:
+        """Up to ``limit`` rows after ``after`` from every partition, asking each owner; None if one has no owner."""
+        p = self.projector
+        by_owner: dict[Optional[str], list[int]] = {}
+        for partition in range(p.partitions):
+            if p.owns(partition):
+                by_owner.setdefault(None, []).append(partition)
+                continue
+            owner = p.owner_url(table, partition)
+            if not owner or owner.rstrip("/") == p.settings.url:
+                return None
+            by_owner.setdefault(owner, []).append(partition)
+        rows: list[dict] = []
+        for owner, partitions in by_owner.items():
+            if owner is None:
+                rows.extend(self._scan_local(table, partitions, prefix, after, limit))
+                continue
+            query = {"partitions": ",".join(map(str, partitions)), "prefix": prefix, "limit": str(limit)}
+            if after is not None:
+                query["after"] = after
+            headers = {FORWARDED_HEADER: "1"}
+            if "Authorization" in request.headers:
+                headers["Authorization"] = request.headers["Authorization"]
+            url = f"{owner.rstrip('/')}/internal/scan/{table}"
+            try:
+                async with self.session.get(url, params=query, headers=headers) as r:
+                    if r.status != 200:
+                        return None  # the owner moved meanwhile: ask again
+                    rows.extend((await r.json())["rows"])
+            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError):
+                return None
+        return rows
+
+    def _scan_local(self, table: str, partitions: list[int], prefix: str, after: Optional[str], limit: int) -> list[dict]:
+        """Up to ``limit`` rows in key order from this worker's ``partitions``."""
+        p = self.projector
+        prefix_b = prefix.encode("utf-8")
+        start = prefix_b
+        if after is not None:
+            start = max(start, after.encode("utf-8") + b"\x00")
+        iterators = []
+        for partition in partitions:
+            iterators.append(
+                (k, v) for k, v in p.store.scan(table, partition, prefix_b, start=start) if not k.startswith(FAUST_KEY)
+            )
+        out = []
+        for key, raw in heapq.merge(*iterators, key=lambda kv: kv[0]):
+            row = orjson.loads(raw)
+            if row.get("value") is None:
+                continue
+            out.append({"key": key.decode("utf-8", "replace"), "version": row["version"], "value": row["value"]})
+            if len(out) >= limit:
+                break
+        return out
+
+    async def internal_scan(self, request: web.Request) -> web.Response:
+        """Rows of the listed partitions, which this worker must own (used by :meth:`list_rows`)."""
+        p = self.projector
+        table = request.match_info["table"]
+        if p.model(table) is None:
+            return json_error(404, "unknown_table", table=table)
+        try:
+            partitions = [int(x) for x in request.query.get("partitions", "").split(",") if x]
+        except ValueError:
+            raise web.HTTPBadRequest(reason="partitions must be a comma-separated list of integers") from None
+        if not partitions or any(not 0 <= x < p.partitions for x in partitions):
+            raise web.HTTPBadRequest(reason=f"partitions must be between 0 and {p.partitions - 1}")
+        not_owned = [x for x in partitions if not p.owns(x)]
+        if not_owned:
+            return json_error(409, "not_owner", partitions=not_owned)
+        limit = _int_param(request, "limit", 100, 1, MAX_LIMIT + 1, cap=True)
+        prefix = request.query.get("prefix", "")
+        after = request.query.get("after")
+        return json_response({"rows": self._scan_local(table, partitions, prefix, after, limit)})
 
     async def aggregate_events(self, request: web.Request) -> web.Response:
         from projector import aggregates as agg
@@ -309,14 +460,17 @@ class Views:
 
         return web.Response(text=prometheus_text(self.projector), content_type="text/plain")
 
-    async def _forward(self, request: web.Request, owner: str) -> web.Response:
+    async def _forward(self, request: web.Request, owner: str, extra_timeout: float = 0.0) -> web.Response:
         """Send the request on to the owning worker, keeping its status, JSON body and headers."""
         url = owner.rstrip("/") + request.rel_url.path_qs
         headers = {FORWARDED_HEADER: "1"}
         if "Authorization" in request.headers:
             headers["Authorization"] = request.headers["Authorization"]
+        timeout = aiohttp.ClientTimeout(total=FORWARD_TIMEOUT + extra_timeout)
         try:
-            async with self.session.request(request.method, url, headers=headers, data=await request.read()) as r:
+            async with self.session.request(
+                request.method, url, headers=headers, data=await request.read(), timeout=timeout
+            ) as r:
                 body = await r.read()
                 return web.Response(
                     body=body,
@@ -333,7 +487,9 @@ def install_routes(app: web.Application, projector: "Projector") -> None:
     app.router.add_get("/healthz", views.healthz)
     app.router.add_get("/readyz", views.readyz)
     app.router.add_get("/tables", views.list_tables)
+    app.router.add_get("/tables/{table}", views.list_rows)
     app.router.add_get("/tables/{table}/{key}", views.get_row)
+    app.router.add_get("/internal/scan/{table}", views.internal_scan)
     app.router.add_get("/aggregates/{id}/events", views.aggregate_events)
     app.router.add_post("/aggregates/{id}/release", views.release)
     app.router.add_get("/control", views.get_control)
