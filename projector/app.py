@@ -205,7 +205,7 @@ class Projector:
             self._wake_rows(plan.writes)
         done = time.perf_counter()
         self.metrics.phase_seconds["rocksdb"] += done - acked
-        self.metrics.batch_seconds_total += done - started
+        self.metrics.observe_batch(done - started)
 
     async def _send_and_wait(
         self, writes: dict[tuple[str, int], dict[bytes, Optional[bytes]]], sends: Sequence[Any],

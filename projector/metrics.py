@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-from collections import Counter
+import bisect
+import time
+from collections import Counter, deque
 from dataclasses import dataclass, field
+
+#: Upper bounds (seconds) of the fold batch latency histogram's buckets.
+BATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+#: The window events/s is measured over.
+RATE_WINDOW = 10.0
 
 
 @dataclass
@@ -19,10 +26,60 @@ class Metrics:
     batch_seconds_total: float = 0.0
     # Where a batch's time goes: planning (decode, fold), Kafka sends until acked, RocksDB writes.
     phase_seconds: Counter = field(default_factory=Counter)
+    # Fold batch latency (send, acks, RocksDB) as a histogram: counts per bucket of BATCH_BUCKETS, +Inf last.
+    batch_buckets: list = field(default_factory=lambda: [0] * (len(BATCH_BUCKETS) + 1))
+    # (monotonic time, records_seen) about once a second, for events/s.
+    _samples: deque = field(default_factory=lambda: deque(maxlen=64))
+
+    def observe_batch(self, seconds: float) -> None:
+        self.batch_seconds_total += seconds
+        self.batch_buckets[bisect.bisect_left(BATCH_BUCKETS, seconds)] += 1
+        self._sample(time.monotonic())
+
+    def _sample(self, now: float) -> None:
+        if not self._samples or now - self._samples[-1][0] >= 1.0:
+            self._samples.append((now, self.records_seen))
+
+    def events_per_second(self, now: float | None = None) -> float:
+        """Records handled per second over the last RATE_WINDOW seconds (0 when idle)."""
+        now = time.monotonic() if now is None else now
+        self._sample(now)
+        old = next(((t, n) for t, n in self._samples if now - t <= RATE_WINDOW), None)
+        if old is None or now - old[0] < 0.5:
+            return 0.0
+        return (self.records_seen - old[1]) / (now - old[0])
 
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _histogram(name: str, buckets: list, total: float) -> list[str]:
+    out, running = [], 0
+    for bound, count in zip([*BATCH_BUCKETS, "+Inf"], buckets):
+        running += count
+        out.append(f'{name}_bucket{{le="{bound}"}} {running}')
+    out += [f"{name}_sum {total:.6f}", f"{name}_count {running}"]
+    return out
+
+
+def _recovery_lines(projector) -> list[str]:
+    """Changelog recovery progress: records still to restore per changelog partition."""
+    recovery = projector.app.tables.recovery
+    lines = [
+        "# HELP projector_recovery_in_progress 1 while this worker restores tables from their changelogs.",
+        "# TYPE projector_recovery_in_progress gauge",
+        f"projector_recovery_in_progress {int(bool(recovery.in_recovery))}",
+        "# HELP projector_recovery_remaining Changelog records still to restore, per changelog partition.",
+        "# TYPE projector_recovery_remaining gauge",
+    ]
+    try:
+        remaining = {**recovery.standby_remaining(), **recovery.active_remaining()}
+    except Exception:  # offsets not built yet
+        remaining = {}
+    for tp, n in sorted(remaining.items()):
+        lines.append(f'projector_recovery_remaining{{topic="{_escape(tp.topic)}",partition="{tp.partition}"}} {max(0, n)}')
+    return lines
 
 
 def prometheus_text(projector) -> str:
@@ -56,6 +113,15 @@ def prometheus_text(projector) -> str:
         "# HELP projector_fold_batch_seconds_total Time spent sending and writing fold batches.",
         "# TYPE projector_fold_batch_seconds_total counter",
         f"projector_fold_batch_seconds_total {m.batch_seconds_total:.6f}",
+        "# HELP projector_fold_batch_seconds Fold batch latency: Kafka sends until acked, then RocksDB.",
+        "# TYPE projector_fold_batch_seconds histogram",
+        *_histogram("projector_fold_batch_seconds", m.batch_buckets, m.batch_seconds_total),
+        "# HELP projector_events_per_second Records of the events topic handled per second, over the last 10 s.",
+        "# TYPE projector_events_per_second gauge",
+        f"projector_events_per_second {m.events_per_second():.1f}",
+        "# HELP projector_parked_requests Requests waiting for a row version (min_version).",
+        "# TYPE projector_parked_requests gauge",
+        f"projector_parked_requests {projector.parked_requests}",
         "# HELP projector_batch_phase_seconds_total Time spent per phase of a batch.",
         "# TYPE projector_batch_phase_seconds_total counter",
         *(f'projector_batch_phase_seconds_total{{phase="{p}"}} {v:.6f}' for p, v in sorted(m.phase_seconds.items())),
@@ -64,6 +130,7 @@ def prometheus_text(projector) -> str:
     ]
     for topic, partition, lag in projector.consumer_lag():
         lines.append(f'projector_consumer_lag{{topic="{_escape(topic)}",partition="{partition}"}} {lag}')
+    lines += _recovery_lines(projector)
     control = projector.control
     lines += [
         "# HELP projector_control_offset Offset of the last control record this worker applied (-1: none).",

@@ -1,0 +1,30 @@
+"""Metrics kept by the worker: the fold batch histogram and events/s."""
+
+from projector.metrics import BATCH_BUCKETS, Metrics, _histogram
+
+
+def test_batch_latency_histogram_is_cumulative_with_sum_and_count():
+    m = Metrics()
+    for seconds in (0.001, 0.02, 0.02, 3.0, 60.0):
+        m.observe_batch(seconds)
+    lines = _histogram("h", m.batch_buckets, m.batch_seconds_total)
+    buckets = {line.split('"')[1]: int(line.rsplit(" ", 1)[1]) for line in lines if "_bucket" in line}
+    assert buckets["0.005"] == 1
+    assert buckets["0.025"] == 3
+    assert buckets["5.0"] == 4
+    assert buckets["+Inf"] == 5
+    assert list(buckets.values()) == sorted(buckets.values())
+    assert len(buckets) == len(BATCH_BUCKETS) + 1
+    assert "h_count 5" in lines
+    assert any(line.startswith("h_sum 63.041") for line in lines)
+
+
+def test_events_per_second_over_the_window():
+    m = Metrics()
+    m.events_per_second(now=100.0)  # first sample: 0 records
+    m.records_seen = 3000
+    m._sample(101.0)
+    m.records_seen = 6000
+    assert m.events_per_second(now=102.0) == 3000.0  # 6000 records over the 2 s since the first sample
+    # Idle for longer than the window: nothing in it moved.
+    assert m.events_per_second(now=200.0) == 0.0
