@@ -22,8 +22,9 @@ kafka-jars:
 demo: install kafka-jars
 	$(BIN)/projector demo
 
-## The whole test suite against a real Kafka broker it starts (and stops) itself.
+## The whole test suite against a real Kafka broker it starts (and stops) itself; chromium (deploy/browser.sh) for the status page test.
 test: install kafka-jars
+	bash deploy/browser.sh
 	$(BIN)/pytest
 
 unit: install

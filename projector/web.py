@@ -98,6 +98,14 @@ def _middlewares(projector: "Projector") -> list:
         if request.path == "/healthz":
             return await handler(request)
         ok = _bearer(request, token) or (settings.admin_token is not None and _bearer(request, settings.admin_token))
+        if not ok and request.path == "/" and request.method == "GET":
+            # A browser cannot send a header when it opens a page: the status page
+            # (which holds no data itself) takes the token as ?token=, and its
+            # requests for data send it as a header.
+            given = request.query.get("token", "").encode()
+            ok = hmac.compare_digest(given, token.encode()) or (
+                settings.admin_token is not None and hmac.compare_digest(given, settings.admin_token.encode())
+            )
         if not ok:
             return json_error(401, "unauthorized", detail="missing or wrong bearer token")
         return await handler(request)
