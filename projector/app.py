@@ -167,8 +167,19 @@ class Projector:
         records = [m for m in messages if m.topic != commands_topic]
         commands = [m for m in messages if m.topic == commands_topic]
         started = time.perf_counter()
-        plan = self.engine.plan(records, commands)
-        self.metrics.phase_seconds["plan"] += time.perf_counter() - started
+        steps = self.engine.plan_steps(records, commands)
+        paused = 0.0
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                plan = done.value
+                break
+            # Let HTTP requests in between steps: a large batch takes long to fold.
+            before = time.perf_counter()
+            await asyncio.sleep(0)
+            paused += time.perf_counter() - before
+        self.metrics.phase_seconds["plan"] += time.perf_counter() - started - paused
         await self._execute(plan)
 
     async def _on_derived(self, messages: Sequence[Any]) -> None:
@@ -201,6 +212,7 @@ class Projector:
         for writes in (first, second):
             for (table, partition), items in writes.items():
                 self.store.write(table, partition, items, offsets.get((table, partition)))
+                await asyncio.sleep(0)  # let requests in between RocksDB writes
         if self.row_waiters:
             self._wake_rows(plan.writes)
         done = time.perf_counter()

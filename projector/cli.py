@@ -239,6 +239,12 @@ def main(argv: list[str] | None = None) -> None:
     bench.add_arguments(p)
     p.set_defaults(func=bench.cmd_bench)
 
+    from projector import bench_lookups
+
+    p = sub.add_parser("bench-lookups", help="key-lookup latency (local, forwarded) while two workers fold a backlog")
+    bench_lookups.add_arguments(p)
+    p.set_defaults(func=bench_lookups.cmd_bench_lookups)
+
     p = sub.add_parser("send", help="produce one record (key, JSON value) to the events topic")
     p.add_argument("key", help="the record key: the aggregate id")
     p.add_argument("value", help="the record value, e.g. one JSON envelope; - reads it from stdin")

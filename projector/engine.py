@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Mapping, Optional, Protocol, Sequence
+from typing import Any, Generator, Iterable, Iterator, Mapping, Optional, Protocol, Sequence
 
 import orjson
 
@@ -215,11 +215,30 @@ class Engine:
         each aggregate's index entry and rows are read once, folded in memory
         through all its records, and written once.
         """
+        steps = self.plan_steps(records, commands)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value
+
+    def plan_steps(
+        self, records: Iterable[Record], commands: Iterable[Record] = (), every: int = 256
+    ) -> Generator[None, None, Plan]:
+        """:meth:`plan` in steps: yields after about ``every`` records or aggregates, returns the Plan.
+
+        The worker gives its event loop back at each step, so a large batch
+        does not hold up HTTP requests for the whole time it takes to fold.
+        """
         batch = _Batch(self.store)
         touched: dict[tuple[int, str], _Touched] = {}
         groups: dict[tuple[int, str], list[_Pending]] = {}
         upcast_all = self.schemas.upcast_all
+        n = 0
         for record in records:
+            n += 1
+            if n % every == 0:
+                yield
             self.metrics.records_seen += 1
             try:
                 originals = decode_record(record.key, record.value)
@@ -235,13 +254,19 @@ class Engine:
                 groups[slot] = [pending]
             else:
                 group.append(pending)
+        n = 0
         for (partition, aid), pendings in groups.items():
+            n += len(pendings)
+            if n >= every:
+                n = 0
+                yield
             meta = agg.Meta.from_json(batch.get_json(INDEX, partition, agg.meta_key(aid)))
             self._fold(batch, touched, partition, aid, meta, pendings, replay=False)
         for record in commands:
             self._command_record(batch, touched, record)
         self._emit_derived(batch, touched)
         self.metrics.batches += 1
+        yield
         return batch.finish()
 
     def _fold(

@@ -1,0 +1,284 @@
+"""``projector bench-lookups``: key-lookup latency while a worker folds at full speed.
+
+Two workers share a fresh events topic. Once both are ready, every account
+is opened; then a backlog of demo histories for the accounts of worker 1's
+partitions goes to the topic, so worker 1 folds at full speed while worker 2
+only answers. Meanwhile an open-loop load generator asks worker 1 for
+accounts at a fixed rate: keys worker 1 owns (answered locally) and keys it
+does not (forwarded to worker 2). A
+request's latency runs from the moment it was *scheduled* to its answer, so
+a generator that falls behind is charged for it (no coordinated omission).
+Then a closed loop measures the request rate worker 1 sustains on local keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Optional
+
+import aiohttp
+import orjson
+
+from projector.bench import BenchError, Kafka, free_port, log, machine_info, stop_process
+from projector.config import Settings
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def _summary(latencies: list[float], errors: int, seconds: float) -> dict[str, Any]:
+    ms = [x * 1000 for x in latencies]
+    return {
+        "requests": len(latencies) + errors,
+        "errors": errors,
+        "rate": round((len(latencies) + errors) / seconds, 1),
+        "p50_ms": round(statistics.median(ms), 2) if ms else None,
+        "p99_ms": round(_percentile(ms, 0.99), 2) if ms else None,
+        "max_ms": round(max(ms), 2) if ms else None,
+    }
+
+
+async def _open_loop(session: aiohttp.ClientSession, base: str, keys: dict[str, list[str]], rate: float,
+                     seconds: float) -> dict[str, Any]:
+    """``rate`` requests/s for ``seconds``, alternating the key sets; latency from the scheduled time."""
+    kinds = list(keys)
+    lat: dict[str, list[float]] = {k: [] for k in kinds}
+    errors = {k: 0 for k in kinds}
+    rng = random.Random(7)
+    loop = asyncio.get_running_loop()
+    start = loop.time() + 0.1
+    total = int(rate * seconds)
+    tasks = []
+
+    async def one(kind: str, key: str, scheduled: float) -> None:
+        delay = scheduled - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        try:
+            async with session.get(f"{base}/tables/accounts/{key}") as r:
+                await r.read()
+                ok = r.status in (200, 404)
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            ok = False
+        if ok:
+            lat[kind].append(loop.time() - scheduled)
+        else:
+            errors[kind] += 1
+
+    for i in range(total):
+        kind = kinds[i % len(kinds)]
+        tasks.append(asyncio.ensure_future(one(kind, rng.choice(keys[kind]), start + i / rate)))
+    await asyncio.gather(*tasks)
+    return {k: _summary(lat[k], errors[k], seconds * len(lat[k]) / max(1, total) * len(kinds)) for k in kinds}
+
+
+async def _closed_loop(session: aiohttp.ClientSession, base: str, keys: list[str], seconds: float,
+                       concurrency: int) -> dict[str, Any]:
+    """As many requests as ``concurrency`` clients get answered in ``seconds``."""
+    lat: list[float] = []
+    errors = 0
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    rng = random.Random(11)
+
+    async def client() -> None:
+        nonlocal errors
+        while loop.time() < end:
+            started = loop.time()
+            try:
+                async with session.get(f"{base}/tables/accounts/{rng.choice(keys)}") as r:
+                    await r.read()
+                    if r.status in (200, 404):
+                        lat.append(loop.time() - started)
+                    else:
+                        errors += 1
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                errors += 1
+
+    began = loop.time()
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    return _summary(lat, errors, loop.time() - began)
+
+
+async def _events_per_second(session: aiohttp.ClientSession, base: str) -> float:
+    async with session.get(f"{base}/metrics") as r:
+        for line in (await r.text()).splitlines():
+            if line.startswith("projector_events_per_second "):
+                return float(line.split()[1])
+    return 0.0
+
+
+async def _classify(session: aiohttp.ClientSession, base: str, keys: list[str]) -> dict[str, list[str]]:
+    """Keys worker 1 answers itself, and keys it forwards (the answer names the owner)."""
+    out: dict[str, list[str]] = {"local": [], "forwarded": []}
+    for key in keys:
+        async with session.get(f"{base}/tables/accounts/{key}") as r:
+            await r.read()
+            out["forwarded" if "X-Projector-Served-By" in r.headers else "local"].append(key)
+    return out
+
+
+async def _wait_ready(session: aiohttp.ClientSession, urls: list[str], workdir: Path) -> None:
+    deadline = time.monotonic() + 180
+    for url in urls:
+        while True:
+            try:
+                async with session.get(f"{url}/readyz") as r:
+                    if r.status == 200:
+                        break
+            except aiohttp.ClientError:
+                pass
+            if time.monotonic() > deadline:
+                raise BenchError(f"{url} not ready in 180 s; see the logs in {workdir} (--keep-data)")
+            await asyncio.sleep(0.5)
+
+
+async def _wait_row(session: aiohttp.ClientSession, url: str, key: str) -> None:
+    async with session.get(f"{url}/tables/accounts/{key}?min_version=1&timeout_ms=30000") as r:
+        if r.status != 200:
+            raise BenchError(f"account {key} not applied in 30 s: {await r.text()}")
+
+
+async def _produce(settings: Settings, topic: str, envelopes: list[dict]) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=",".join(settings.bootstrap_servers), acks="all",
+                                linger_ms=20, max_batch_size=256 * 1024)
+    await producer.start()
+    try:
+        pending = []
+        for e in envelopes:
+            pending.append(await producer.send(topic, key=e["aggregate_id"].encode(), value=orjson.dumps(e)))
+            if len(pending) >= 20_000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+
+
+async def _run(args: argparse.Namespace, settings: Settings, workdir: Path) -> dict[str, Any]:
+    from projector.demo import generate_histories
+    from projector.partitioning import partition_for
+
+    tag = f"lk{uuid.uuid4().hex[:8]}"
+    topic = f"{tag}-events"
+    kafka = Kafka(settings.bootstrap_servers)
+    await kafka.start()
+    procs: list[subprocess.Popen] = []
+    try:
+        await kafka.create_topic(topic, args.partitions, 1)
+        urls = []
+        for name in ("w1", "w2"):
+            port = free_port()
+            env = dict(os.environ, PROJECTOR_BROKER=settings.broker, PROJECTOR_APP_ID=tag,
+                       PROJECTOR_EVENTS_TOPIC=topic, PROJECTOR_CONTROL_TOPIC=f"{tag}-control",
+                       PROJECTOR_DATA_DIR=str(workdir / name), PROJECTOR_WEB_PORT=str(port),
+                       PROJECTOR_WEB_HOST="127.0.0.1", PROJECTOR_PARTITIONS=str(args.partitions))
+            env.pop("PROJECTOR_API_TOKEN", None)
+            log_file = open(workdir / f"{name}.log", "wb")
+            procs.append(subprocess.Popen([sys.executable, "-m", "projector", "worker"], env=env,
+                                          stdout=log_file, stderr=subprocess.STDOUT))
+            urls.append(f"http://127.0.0.1:{port}")
+        histories = list(generate_histories(args.accounts, args.events, seed=1))
+        opened = [e for e in histories if e["version"] == 1]
+        timeout = aiohttp.ClientTimeout(total=30)
+        connector = aiohttp.TCPConnector(limit=256)
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+            await _wait_ready(session, urls, workdir)
+            log(f"opening {len(opened)} accounts")
+            await _produce(settings, topic, opened)
+            last = opened[-1]["aggregate_id"]
+            await _wait_row(session, urls[0], last)
+            keys = await _classify(session, urls[0], sorted(e["aggregate_id"] for e in opened)[: args.keys])
+            log(f"{len(keys['local'])} local and {len(keys['forwarded'])} forwarded keys")
+            mine = {partition_for(k.encode(), args.partitions) for k in keys["local"]}
+            backlog = [e for e in histories if e["version"] > 1
+                       and partition_for(e["aggregate_id"].encode(), args.partitions) in mine]
+            log(f"producing a backlog of {len(backlog)} events for worker 1's partitions {sorted(mine)}")
+            await _produce(settings, topic, backlog)
+            while await _events_per_second(session, urls[0]) < 100:
+                await asyncio.sleep(0.5)
+            fold_rate_before = await _events_per_second(session, urls[0])
+            log(f"open loop: {args.rate} requests/s for {args.seconds} s while worker 1 folds")
+            under_load = await _open_loop(session, urls[0], keys, args.rate, args.seconds)
+            fold_rate_during = await _events_per_second(session, urls[0])
+            log("closed loop: the request rate worker 1 sustains on local keys, while folding")
+            sustained = await _closed_loop(session, urls[0], keys["local"], args.seconds, args.concurrency)
+            fold_rate_after = await _events_per_second(session, urls[0])
+            idle_w2 = await _events_per_second(session, urls[1])
+        return {
+            "tool": "projector bench-lookups",
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "machine": machine_info(),
+            "broker": settings.broker,
+            "events": args.events, "accounts": args.accounts, "partitions": args.partitions,
+            "rate": args.rate, "seconds": args.seconds, "concurrency": args.concurrency,
+            "open_loop": under_load,
+            "sustained_local": sustained,
+            "worker1_events_per_second": [fold_rate_before, fold_rate_during, fold_rate_after],
+            "worker2_events_per_second": idle_w2,
+            "backlog": len(backlog),
+        }
+    finally:
+        for proc in procs:
+            stop_process(proc)
+        try:
+            await kafka.delete_topics([n for n in await kafka.list_topics() if n.startswith(tag)])
+        finally:
+            await kafka.close()
+
+
+def cmd_bench_lookups(args: argparse.Namespace) -> None:
+    settings = Settings.from_env({**os.environ, **({"PROJECTOR_BROKER": args.broker} if args.broker else {})})
+    workdir = Path(tempfile.mkdtemp(prefix="projector-lookups-"))
+    try:
+        report = asyncio.run(_run(args, settings, workdir))
+    except BenchError as exc:
+        sys.exit(f"projector bench-lookups: {exc}")
+    finally:
+        if not args.keep_data:
+            shutil.rmtree(workdir, ignore_errors=True)
+    out = Path(args.output or f"bench-results/lookups-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"\nkey lookups on worker 1 while both workers fold ({report['events']} events, "
+          f"{report['partitions']} partitions); report: {out}")
+    print(f"{'':>24} {'rate/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'errors':>7}")
+    for name, row in [*((f"{k} @ {args.rate}/s", v) for k, v in report["open_loop"].items()),
+                      (f"sustained (c={args.concurrency})", report["sustained_local"])]:
+        print(f"{name:>24} {row['rate']:>8} {row['p50_ms']!s:>8} {row['p99_ms']!s:>8} "
+              f"{row['max_ms']!s:>8} {row['errors']:>7}")
+    print(f"worker 1 folding its {report['backlog']}-event backlog (events/s, 10 s window): "
+          f"before {report['worker1_events_per_second'][0]:.0f}, "
+          f"after the open loop {report['worker1_events_per_second'][1]:.0f}, "
+          f"after the closed loop {report['worker1_events_per_second'][2]:.0f}; "
+          f"worker 2: {report['worker2_events_per_second']:.0f}")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--broker", default=None, help="bootstrap servers (default $PROJECTOR_BROKER); the broker must run")
+    p.add_argument("--events", type=int, default=1_000_000,
+                   help="events of the demo histories; those of worker 1's partitions are its backlog")
+    p.add_argument("--accounts", type=int, default=5000)
+    p.add_argument("--partitions", type=int, default=8)
+    p.add_argument("--keys", type=int, default=2000, help="accounts the lookups pick from")
+    p.add_argument("--rate", type=float, default=500.0, help="open-loop requests/s")
+    p.add_argument("--seconds", type=float, default=15.0, help="length of each phase")
+    p.add_argument("--concurrency", type=int, default=16, help="clients of the closed loop")
+    p.add_argument("--output", default=None)
+    p.add_argument("--keep-data", action="store_true")
