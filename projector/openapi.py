@@ -1,9 +1,620 @@
-"""``GET /openapi.json``: an OpenAPI 3 document of projector's HTTP API (issue 5; being written)."""
+"""``GET /openapi.json``: an OpenAPI 3.1 document of projector's HTTP API (CONTRACT §5).
+
+:func:`document` builds the document from the worker's read-model catalog, with
+no I/O, so it can be checked without Kafka (tests/unit/test_openapi.py), and a
+schemathesis run fuzzes a live worker against it (tests/integration/test_api_fuzz.py).
+It describes the API as projector/web.py and projector/statuspage.py serve it:
+keep them in step (the unit test fails when a route is missing here).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
+
+import orjson
+
+from projector import __version__
+
+#: Longest wait a request may ask for (projector.web.MAX_WAIT_MS, CONTRACT §5: timeout_ms <= 30000).
+MAX_WAIT_MS = 30000
+#: Most rows or events one answer holds (projector.web.MAX_LIMIT); a larger limit is capped, not refused.
+MAX_LIMIT = 1000
+
+JSON = "application/json"
+
+# --- small builders --------------------------------------------------------------
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def _json(schema: dict[str, Any], description: str, headers: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"description": description, "content": {JSON: {"schema": schema}}}
+    if headers:
+        out["headers"] = headers
+    return out
+
+
+def _error(description: str, codes: Optional[list[str]] = None, required: tuple[str, ...] = (),
+           **properties: Any) -> dict[str, Any]:
+    """A response whose body is ``{"error": <code>, ...}``; ``codes`` lists the codes it can carry."""
+    if codes is None and not properties:
+        return _json(_ref("Error"), description)
+    error: dict[str, Any] = {"type": "string"}
+    if codes is not None:
+        error["enum"] = codes
+    schema = {
+        "allOf": [
+            _ref("Error"),
+            {"type": "object", "properties": {"error": error, **properties}},
+        ]
+    }
+    if required:
+        schema["allOf"][1]["required"] = ["error", *required]
+    return _json(schema, description)
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+def _path(name: str, schema: dict[str, Any], description: str, example: Optional[str] = None) -> dict[str, Any]:
+    out = {"name": name, "in": "path", "required": True, "schema": schema, "description": description}
+    if example is not None:
+        out["example"] = example
+    return out
+
+
+def _int(minimum: int, maximum: Optional[int] = None, default: Optional[int] = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": "integer", "minimum": minimum}
+    if maximum is not None:
+        out["maximum"] = maximum
+    if default is not None:
+        out["default"] = default
+    return out
+
+
+UNAUTHORIZED = {"$ref": "#/components/responses/Unauthorized"}
+UNAVAILABLE = {"$ref": "#/components/responses/Unavailable"}
+INVALID = {"$ref": "#/components/responses/Invalid"}
+TOO_LARGE = {"$ref": "#/components/responses/TooLarge"}
+SERVED_BY = {
+    "X-Projector-Served-By": {
+        "description": "Set when this worker forwarded the request: the URL of the worker that answered it.",
+        "schema": {"type": "string"},
+    }
+}
+
+
+def _operation(operation_id: str, summary: str, responses: dict[str, Any], *, tags: list[str],
+               parameters: Optional[list[dict[str, Any]]] = None, public: bool = False,
+               description: Optional[str] = None, **extra: Any) -> dict[str, Any]:
+    """One operation; every one but /healthz needs the bearer token (401) and may answer 503."""
+    out: dict[str, Any] = {"operationId": operation_id, "summary": summary, "tags": tags}
+    if description:
+        out["description"] = description
+    if parameters:
+        out["parameters"] = parameters
+    out.update(extra)
+    all_responses = dict(responses)
+    if public:
+        out["security"] = []
+    else:
+        all_responses.setdefault("401", UNAUTHORIZED)
+        all_responses.setdefault("503", UNAVAILABLE)
+    out["responses"] = dict(sorted(all_responses.items()))
+    return out
+
+
+# --- the document ------------------------------------------------------------------
+
+
+def document(projector: Any) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of ``projector``'s HTTP API (only ``catalog`` and ``partitions`` are read)."""
+    tables = [m.name for m in projector.catalog.all]
+    table_list = ", ".join(f"`{t}`" for t in tables)
+
+    table_param = _path(
+        "table",
+        {"type": "string", "enum": tables},
+        f"A read model of this worker's catalog ({table_list}); any other name is 404 `unknown_table`.",
+        example=tables[0] if tables else None,
+    )
+    key_param = _path("key", {"type": "string", "minLength": 1}, "The row's key (UTF-8).", example="acc-000001")
+    aggregate_param = _path("id", {"type": "string", "minLength": 1}, "The aggregate id.", example="acc-000001")
+    control_key_param = _path(
+        "key",
+        # projector.control.check_key: non-empty, at most 1024 bytes of UTF-8, no control
+        # character (Cc) nor line or paragraph separator (Zl, Zp).
+        {"type": "string", "minLength": 1, "pattern": "^[^\\u0000-\\u001F\\u007F-\\u009F\\u2028\\u2029]+$"},
+        "A control key: at most 1024 bytes of UTF-8, without control characters or line separators "
+        "(writing such a key is 400 `invalid`). It may contain `/`.",
+        example="commands.enabled",
+    )
+    timeout_ms = _query(
+        "timeout_ms",
+        _int(0, MAX_WAIT_MS, default=0),
+        f"How long to wait, in milliseconds (0 to {MAX_WAIT_MS}); more is 400 `invalid`.",
+    )
+
+    schemas: dict[str, Any] = {
+        "Error": {
+            "type": "object",
+            "description": "Every error answer: a code in `error`, and sometimes more fields (`detail`, ...).",
+            "required": ["error"],
+            "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
+            "additionalProperties": True,
+        },
+        "ControlProgress": {
+            "type": "object",
+            "required": ["offset", "target"],
+            "properties": {
+                "offset": {"type": "integer", "description": "The last control offset applied (-1: none)."},
+                "target": _nullable(
+                    {"type": "integer", "description": "The control topic's end offset when the worker started."}
+                ),
+            },
+        },
+        "Row": {
+            "type": "object",
+            "required": ["table", "key", "version", "value"],
+            "properties": {
+                "table": {"type": "string"},
+                "key": {"type": "string"},
+                "version": {"type": "integer"},
+                "value": {"description": "The read model's row (an object for the built-in read models)."},
+            },
+        },
+        "ListedRow": {
+            "type": "object",
+            "required": ["key", "version", "value"],
+            "properties": {"key": {"type": "string"}, "version": {"type": "integer"}, "value": {}},
+        },
+        "Envelope": {
+            "type": "object",
+            "description": "An event envelope as it was sent (CONTRACT §2), before upcasting.",
+            "required": ["aggregate_id", "version"],
+            "properties": {
+                "id": {"type": "string"},
+                "aggregate_id": {"type": "string"},
+                "aggregate_type": {"type": "string"},
+                "type": {"type": "string"},
+                "version": {"type": "integer", "minimum": 1},
+                "timestamp": {"type": "string"},
+                "schema_version": {"type": "integer", "minimum": 1},
+                "data": {"type": "object"},
+                "metadata": {"type": "object"},
+            },
+        },
+        "DeadLetter": {
+            "type": "object",
+            "required": ["reason", "error", "source", "aggregate_id", "key"],
+            "properties": {
+                name: _nullable({"type": "string"}) for name in ("reason", "error", "source", "aggregate_id", "key")
+            },
+        },
+    }
+
+    responses = {
+        "Unauthorized": _error(
+            "PROJECTOR_API_TOKEN is set and the bearer token is missing or wrong "
+            "(or the operation needs PROJECTOR_ADMIN_TOKEN).",
+            ["unauthorized"],
+        ),
+        "Unavailable": _error("The worker cannot answer now (rebalancing, Kafka unreachable, ...); retry."),
+        "Invalid": _error("A bad query parameter or body.", ["invalid"]),
+        "TooLarge": _error("The request body is larger than the worker or the broker accepts.", ["too_large"]),
+    }
+
+    paths: dict[str, Any] = {}
+
+    # --- operations -----------------------------------------------------------------
+    paths["/healthz"] = {
+        "get": _operation(
+            "healthz",
+            "200 while the process runs (no token needed)",
+            {"200": _json({"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
+                          "The process runs.")},
+            tags=["operations"],
+            public=True,
+        )
+    }
+    paths["/readyz"] = {
+        "get": _operation(
+            "readyz",
+            "200 once the tables are recovered, the control topic is read and no rebalance is under way",
+            {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": ["status", "control"],
+                        "properties": {"status": {"const": "ready"}, "control": _ref("ControlProgress")},
+                    },
+                    "Ready.",
+                ),
+                "503": _error("Not ready yet.", ["not_ready", "unavailable"], control=_ref("ControlProgress")),
+            },
+            tags=["operations"],
+        )
+    }
+    paths["/tables"] = {
+        "get": _operation(
+            "listTables",
+            "The read models",
+            {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": ["tables"],
+                        "properties": {
+                            "tables": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "required": ["name", "description", "partitions"],
+                                    "properties": {
+                                        "name": {"type": "string"},
+                                        "description": {"type": "string"},
+                                        "partitions": {"type": "integer", "minimum": 1},
+                                    },
+                                },
+                            }
+                        },
+                    },
+                    "Every read model of this worker's catalog.",
+                )
+            },
+            tags=["tables"],
+        )
+    }
+    paths["/tables/{table}"] = {
+        "get": _operation(
+            "listRows",
+            "Rows of a read model in key order, over all partitions and workers",
+            {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": ["rows", "next_cursor"],
+                        "properties": {
+                            "rows": {"type": "array", "items": _ref("ListedRow")},
+                            "next_cursor": _nullable({"type": "string"}),
+                        },
+                    },
+                    "One page; `next_cursor` is null at the end.",
+                ),
+                "400": _error("`limit` is 0 or less or not a number, or the cursor is not one this API gave.",
+                              ["invalid"]),
+                "404": _error("Unknown table.", ["unknown_table"]),
+            },
+            tags=["tables"],
+            parameters=[
+                table_param,
+                _query("limit", _int(1, default=100),
+                       f"Rows per page, 1 or more (default 100); more than {MAX_LIMIT} is capped to {MAX_LIMIT}."),
+                _query("cursor", {"type": "string"}, "The `next_cursor` of the previous page (opaque)."),
+                _query("prefix", {"type": "string"}, "Only keys that start with this."),
+            ],
+        )
+    }
+    partitions = int(getattr(projector, "partitions", 0) or 0)
+    partition_item: dict[str, Any] = {"type": "integer", "minimum": 0}
+    if partitions > 0:
+        partition_item["maximum"] = partitions - 1
+    paths["/internal/scan/{table}"] = {
+        "get": _operation(
+            "internalScan",
+            "Rows of some partitions this worker owns (used between workers by the listing)",
+            {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": ["rows"],
+                        "properties": {"rows": {"type": "array", "items": _ref("ListedRow")}},
+                    },
+                    "Up to `limit` rows after `after`, in key order.",
+                ),
+                "400": _error("Bad `partitions` or `limit`.", ["invalid"]),
+                "404": _error("Unknown table.", ["unknown_table"]),
+                "409": _error("This worker does not own some of the partitions.", ["not_owner"],
+                              partitions={"type": "array", "items": {"type": "integer"}}),
+            },
+            tags=["internal"],
+            description="Worker to worker: `GET /tables/{table}` asks each owner for its partitions. "
+            "Not a stable API.",
+            parameters=[
+                table_param,
+                {
+                    "name": "partitions",
+                    "in": "query",
+                    "required": True,
+                    "style": "form",
+                    "explode": False,
+                    "schema": {"type": "array", "minItems": 1, "items": partition_item},
+                    "description": "Comma-separated partitions of the table, all owned by this worker.",
+                },
+                _query("prefix", {"type": "string"}, "Only keys that start with this."),
+                _query("after", {"type": "string"}, "Only keys after this one."),
+                _query("limit", _int(1, default=100), f"Most rows; more than {MAX_LIMIT + 1} is capped."),
+            ],
+        )
+    }
+    paths["/tables/{table}/{key}"] = {
+        "get": _operation(
+            "getRow",
+            "One row, from whichever worker owns its partition",
+            {
+                "200": _json(_ref("Row"), "The row.", headers=SERVED_BY),
+                "400": _error("A bad `min_version` or `timeout_ms`.", ["invalid"]),
+                "404": _error("No such row (`not_found`) or no such table (`unknown_table`).",
+                              ["not_found", "unknown_table"]),
+                "504": _error(
+                    "The row did not reach `min_version` within `timeout_ms`.",
+                    ["timeout"],
+                    required=("version",),
+                    version=_nullable({"type": "integer", "description": "The row's current version."}),
+                ),
+            },
+            tags=["tables"],
+            description="With `min_version`, the owner answers as soon as the row's version is at least "
+            "`min_version`, waiting up to `timeout_ms` (read-your-writes).",
+            parameters=[
+                table_param,
+                key_param,
+                _query("min_version", _int(0), "Wait until the row's version is at least this."),
+                timeout_ms,
+            ],
+        )
+    }
+    paths["/aggregates/{id}/events"] = {
+        "get": _operation(
+            "aggregateEvents",
+            "An aggregate's applied events, from the aggregate index",
+            {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": ["aggregate_id", "events", "next_version"],
+                        "properties": {
+                            "aggregate_id": {"type": "string"},
+                            "events": {"type": "array", "items": _ref("Envelope")},
+                            "next_version": _nullable(
+                                {"type": "integer", "description": "The version to ask for next."}
+                            ),
+                        },
+                    },
+                    "The events from `from_version` on; `next_version` is null when no later event is stored yet.",
+                    headers=SERVED_BY,
+                ),
+                "400": _error("A bad `from_version` or `limit`.", ["invalid"]),
+                "404": _error("Unknown aggregate.", ["not_found"]),
+            },
+            tags=["aggregates"],
+            parameters=[
+                aggregate_param,
+                _query("from_version", _int(1, default=1), "The first version to answer (default 1)."),
+                _query("limit", _int(1, default=100),
+                       f"Most events to answer (default 100); more than {MAX_LIMIT} is capped to {MAX_LIMIT}."),
+            ],
+        )
+    }
+    paths["/aggregates/{id}/release"] = {
+        "post": _operation(
+            "releaseAggregate",
+            "Release a parked aggregate (admin)",
+            {
+                "202": _json(
+                    {
+                        "type": "object",
+                        "required": ["aggregate_id", "skip_to", "offset"],
+                        "properties": {
+                            "aggregate_id": {"type": "string"},
+                            "skip_to": _nullable({"type": "integer", "minimum": 1}),
+                            "offset": {"type": "integer", "minimum": 0},
+                        },
+                    },
+                    "The release command is written; `offset` is its offset in the commands topic.",
+                ),
+                "400": INVALID,
+                "401": UNAUTHORIZED,
+                "413": TOO_LARGE,
+            },
+            tags=["aggregates"],
+            description="Needs PROJECTOR_ADMIN_TOKEN when it is set. The body is optional: `{}` or "
+            '`{"skip_to": <version>}`.',
+            parameters=[aggregate_param],
+            requestBody={
+                "required": False,
+                "content": {
+                    JSON: {
+                        "schema": {
+                            "type": "object",
+                            "properties": {"skip_to": _nullable({"type": "integer", "minimum": 1})},
+                            "additionalProperties": False,
+                        }
+                    }
+                },
+            },
+        )
+    }
+    paths["/control"] = {
+        "get": _operation(
+            "getControl",
+            "The control table as this worker holds it",
+            {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": ["offset", "entries"],
+                        "properties": {
+                            "offset": {"type": "integer", "minimum": -1},
+                            "entries": {"type": "object", "additionalProperties": True},
+                        },
+                    },
+                    "The control table.",
+                ),
+                "400": _error("A bad `min_offset` or `timeout_ms`.", ["invalid"]),
+                "504": _error(
+                    "The worker did not apply `min_offset` within `timeout_ms`.",
+                    ["timeout"],
+                    required=("offset",),
+                    offset={"type": "integer"},
+                ),
+            },
+            tags=["control"],
+            parameters=[
+                _query("min_offset", _int(-1, default=-1),
+                       "Wait until this worker has applied the control record at this offset."),
+                timeout_ms,
+            ],
+        )
+    }
+    control_written = _json(
+        {
+            "type": "object",
+            "required": ["key", "offset"],
+            "properties": {"key": {"type": "string"}, "offset": {"type": "integer", "minimum": 0}},
+        },
+        "Written to the control topic at `offset`; every worker applies it.",
+    )
+    paths["/control/{key}"] = {
+        "parameters": [control_key_param],
+        "get": _operation(
+            "getControlKey",
+            "One control entry",
+            {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": ["key", "value", "offset"],
+                        "properties": {"key": {"type": "string"}, "value": {}, "offset": {"type": "integer"}},
+                    },
+                    "The entry.",
+                ),
+                "404": _error("No such key.", ["not_found"]),
+            },
+            tags=["control"],
+        ),
+        "put": _operation(
+            "putControlKey",
+            "Set a control entry (admin)",
+            {"202": control_written, "400": INVALID, "401": UNAUTHORIZED, "413": TOO_LARGE},
+            tags=["control"],
+            description="Needs PROJECTOR_ADMIN_TOKEN when it is set. The body is any JSON value; `null` "
+            "deletes the key. A value the key's meaning refuses (`commands.enabled`: a boolean; "
+            "`accounts.max_withdrawal`: an integer or null) is 400 `invalid`.",
+            requestBody={"required": True, "content": {JSON: {"schema": {}}}},
+        ),
+        "delete": _operation(
+            "deleteControlKey",
+            "Delete a control entry (admin)",
+            {"202": control_written, "400": INVALID, "401": UNAUTHORIZED},
+            tags=["control"],
+            description="Needs PROJECTOR_ADMIN_TOKEN when it is set.",
+        ),
+    }
+    paths["/deadletters"] = {
+        "get": _operation(
+            "deadletters",
+            "The newest dead letters, newest first",
+            {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": ["deadletters"],
+                        "properties": {"deadletters": {"type": "array", "items": _ref("DeadLetter")}},
+                    },
+                    "The dead letters.",
+                ),
+                "400": _error("A bad `limit`.", ["invalid"]),
+            },
+            tags=["operations"],
+            parameters=[
+                _query("limit", _int(1, default=100),
+                       f"Most dead letters (default 100); more than {MAX_LIMIT} is capped to {MAX_LIMIT}."),
+            ],
+        )
+    }
+    paths["/metrics"] = {
+        "get": _operation(
+            "metrics",
+            "Prometheus metrics of this worker",
+            {"200": {"description": "Prometheus text format.", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+            tags=["operations"],
+        )
+    }
+    paths["/openapi.json"] = {
+        "get": _operation(
+            "openapi",
+            "This document",
+            {"200": _json({"type": "object", "required": ["openapi", "paths"]}, "The OpenAPI document.")},
+            tags=["operations"],
+        )
+    }
+    paths["/"] = {
+        "get": _operation(
+            "statusPage",
+            "The status page, for people (HTML, no external assets)",
+            {"200": {"description": "The page.", "content": {"text/html": {"schema": {"type": "string"}}}}},
+            tags=["status"],
+        )
+    }
+    paths["/status"] = {
+        "get": _operation(
+            "status",
+            "The data behind the status page",
+            {
+                "200": _json({"type": "object"}, "This worker's status, or with `all`, every worker's."),
+                "400": _error("A bad `all`.", ["invalid"]),
+            },
+            tags=["status"],
+            parameters=[
+                _query("all", {"type": "string", "enum": ["1", "0", "true", "false", "yes", "no"]},
+                       "Every worker of the group (1, true, yes) or this one only (0, false, no; the default)."),
+            ],
+        )
+    }
+
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "projector",
+            "version": __version__,
+            "description": "Read models of an event-sourced system on Kafka. Every worker answers every "
+            "request (it forwards to the owner of the key's partition). Every body is JSON but "
+            "`/metrics` and `/`; every error is `{\"error\": \"<code>\", ...}`; the only 5xx answers "
+            "are 503 and 504.",
+        },
+        "tags": [{"name": name} for name in ("tables", "aggregates", "control", "operations", "status", "internal")],
+        "security": [{"bearer": []}],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "PROJECTOR_API_TOKEN (or PROJECTOR_ADMIN_TOKEN). A worker without "
+                    "PROJECTOR_API_TOKEN is open; writes need PROJECTOR_ADMIN_TOKEN when that is set.",
+                }
+            },
+            "schemas": schemas,
+            "responses": responses,
+        },
+    }
 
 
 def install(app: Any, projector: Any) -> None:
-    """Add the route(s) of this module to the aiohttp ``app``."""
+    """Add ``GET /openapi.json`` to the aiohttp ``app``."""
+    from aiohttp import web
+
+    body = orjson.dumps(document(projector))
+
+    async def openapi_json(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="application/json")
+
+    app.router.add_get("/openapi.json", openapi_json)

@@ -79,7 +79,10 @@ def _middlewares(projector: "Projector") -> list:
             if code is None:
                 code = "unavailable" if exc.status >= 500 else "invalid"
             status = exc.status if exc.status < 500 else 503
-            return json_error(status, code, detail=exc.reason)
+            response = json_error(status, code, detail=exc.reason)
+            if isinstance(exc, web.HTTPMethodNotAllowed):
+                response.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
+            return response
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # never a 500 or an HTML page
@@ -102,7 +105,7 @@ def _middlewares(projector: "Projector") -> list:
             # A browser cannot send a header when it opens a page: the status page
             # (which holds no data itself) takes the token as ?token=, and its
             # requests for data send it as a header.
-            given = request.query.get("token", "").encode()
+            given = request.query.get("token", "").encode("utf-8", "surrogateescape")
             ok = hmac.compare_digest(given, token.encode()) or (
                 settings.admin_token is not None and hmac.compare_digest(given, settings.admin_token.encode())
             )
@@ -156,7 +159,8 @@ def _decode_cursor(cursor: Optional[str], table: str) -> Optional[str]:
 def _bearer(request: web.Request, token: str) -> bool:
     """True when the request carries ``Authorization: Bearer <token>`` (compared in constant time)."""
     given = request.headers.get("Authorization", "")
-    return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+    # Header bytes that are not UTF-8 arrive as surrogates: compare them as the bytes they were.
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), f"Bearer {token}".encode())
 
 
 def _is_admin(request: web.Request, settings: Any) -> bool:
@@ -442,6 +446,8 @@ class Views:
         if not isinstance(body, dict) or set(body) - {"skip_to"}:
             return json_error(400, "invalid", detail='body must be {} or {"skip_to": <version>}')
         skip_to = body.get("skip_to")
+        if isinstance(skip_to, float) and skip_to.is_integer():
+            skip_to = int(skip_to)  # JSON has one number type: 84.0 is the integer 84
         if skip_to is not None and (not isinstance(skip_to, int) or isinstance(skip_to, bool) or skip_to < 1):
             return json_error(400, "invalid", detail=f"skip_to must be an integer >= 1, got {skip_to!r}")
         topic = p.commands_topic.get_topic_name()

@@ -1,0 +1,258 @@
+"""projector.openapi: the OpenAPI document is valid and names every route projector.web serves.
+
+No Kafka: the document is built from the repository's read-model catalog, and
+the routes from an aiohttp application that ``install_routes`` fills in with a
+stand-in projector (the views only keep it; nothing is called at install time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Iterator
+from unittest import mock
+
+import jsonschema_rs
+import orjson
+import pytest
+import schemathesis
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from projector import openapi
+from projector.readmodels import load_catalog
+from projector.web import MAX_LIMIT, MAX_WAIT_MS, install_routes
+
+TABLES_DIR = Path(__file__).resolve().parents[2] / "tables"
+PARTITIONS = 4
+METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+
+
+@pytest.fixture(scope="module")
+def fake_projector() -> Any:
+    """Just enough of a Projector for the routes and the document: its catalog and partition count."""
+    fake = mock.MagicMock(name="projector")
+    fake.catalog = load_catalog(TABLES_DIR)
+    fake.partitions = PARTITIONS
+    return fake
+
+
+@pytest.fixture(scope="module")
+def doc(fake_projector: Any) -> dict[str, Any]:
+    return openapi.document(SimpleNamespace(catalog=fake_projector.catalog, partitions=PARTITIONS))
+
+
+def operations(doc: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    for path, item in doc["paths"].items():
+        for method in METHODS:
+            if method in item:
+                yield path, method, item[method]
+
+
+def resolve(doc: dict[str, Any], node: Any) -> Any:
+    """Follow local ``$ref``s until a node without one (raises KeyError when one does not resolve)."""
+    seen = 0
+    while isinstance(node, dict) and "$ref" in node:
+        ref = node["$ref"]
+        assert ref.startswith("#/"), f"only local references are used, got {ref!r}"
+        node = doc
+        for part in ref[2:].split("/"):
+            node = node[part.replace("~1", "/").replace("~0", "~")]
+        seen += 1
+        assert seen < 20, f"reference loop at {ref}"
+    return node
+
+
+def walk(node: Any, where: str = "#") -> Iterator[tuple[str, Any]]:
+    yield where, node
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from walk(v, f"{where}/{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from walk(v, f"{where}/{i}")
+
+
+def requires_error_string(doc: dict[str, Any], schema: Any) -> bool:
+    """True when every instance of ``schema`` is an object with a required string ``error``."""
+    schema = resolve(doc, schema)
+    if any(requires_error_string(doc, part) for part in schema.get("allOf", [])):
+        return True
+    error = resolve(doc, schema.get("properties", {}).get("error", {}))
+    return schema.get("type") == "object" and "error" in schema.get("required", []) and error.get("type") == "string"
+
+
+# --- the document is a valid OpenAPI 3.1 document ------------------------------------
+
+
+def test_document_is_valid_openapi(doc: dict[str, Any]) -> None:
+    assert doc["openapi"].startswith("3.1.")
+    assert orjson.loads(orjson.dumps(doc)) == doc, "the document is plain JSON"
+    # schemathesis checks it against the OpenAPI Initiative's JSON Schema for OpenAPI 3.1.
+    schemathesis.openapi.from_dict(doc).validate()
+
+
+def test_every_reference_resolves_and_every_schema_is_valid_json_schema(doc: dict[str, Any]) -> None:
+    refs = [(where, node) for where, node in walk(doc) if isinstance(node, dict) and "$ref" in node]
+    assert refs
+    for where, node in refs:
+        try:
+            resolve(doc, node)
+        except KeyError as exc:
+            pytest.fail(f"{where}: {node['$ref']} does not resolve ({exc})")
+    schemas = [(where, node) for where, node in walk(doc) if where.endswith("/schema") and isinstance(node, dict)]
+    schemas += [(f"#/components/schemas/{k}", v) for k, v in doc["components"]["schemas"].items()]
+    for where, schema in schemas:
+        try:
+            jsonschema_rs.meta.validate({"$schema": "https://json-schema.org/draft/2020-12/schema", **schema})
+        except jsonschema_rs.ValidationError as exc:
+            pytest.fail(f"{where} is not a valid JSON Schema: {exc}")
+    for where, node in walk(doc):
+        if where.endswith("/pattern"):
+            re.compile(node)
+
+
+def test_every_operation_is_complete(doc: dict[str, Any]) -> None:
+    ids = []
+    for path, method, op in operations(doc):
+        label = f"{method.upper()} {path}"
+        ids.append(op["operationId"])
+        assert op["responses"], label
+        assert any(code.startswith("2") for code in op["responses"]), f"{label} has no success answer"
+        for code, response in op["responses"].items():
+            response = resolve(doc, response)
+            assert response["description"], f"{label} {code}"
+            assert response.get("content"), f"{label} {code} has no body"
+        params = [resolve(doc, p) for p in doc["paths"][path].get("parameters", []) + op.get("parameters", [])]
+        in_path = {p["name"] for p in params if p["in"] == "path"}
+        assert in_path == set(re.findall(r"{(\w+)}", path)), f"{label}: path parameters {in_path}"
+        assert all(p["required"] for p in params if p["in"] == "path")
+    assert len(ids) == len(set(ids)), "operationIds are unique"
+
+
+def test_every_error_is_an_object_with_a_string_error(doc: dict[str, Any]) -> None:
+    for path, method, op in operations(doc):
+        for code, response in op["responses"].items():
+            if int(code) < 400:
+                continue
+            content = resolve(doc, response)["content"]
+            assert list(content) == ["application/json"], f"{method.upper()} {path} {code}"
+            schema = content["application/json"]["schema"]
+            assert requires_error_string(doc, schema), f"{method.upper()} {path} {code}: {schema}"
+
+
+def test_only_503_and_504_among_server_errors(doc: dict[str, Any]) -> None:
+    for path, method, op in operations(doc):
+        assert {c for c in op["responses"] if c.startswith("5")} <= {"503", "504"}, f"{method.upper()} {path}"
+
+
+def test_bearer_auth_everywhere_but_healthz(doc: dict[str, Any]) -> None:
+    schemes = doc["components"]["securitySchemes"]
+    assert schemes == {"bearer": {**schemes["bearer"], "type": "http", "scheme": "bearer"}}
+    assert doc["security"] == [{"bearer": []}]
+    for path, method, op in operations(doc):
+        if path == "/healthz":
+            assert op["security"] == []
+            assert "401" not in op["responses"]
+            continue
+        assert "security" not in op, f"{method.upper()} {path} uses the global bearer scheme"
+        unauthorized = resolve(doc, op["responses"]["401"])["content"]["application/json"]["schema"]
+        assert requires_error_string(doc, unauthorized)
+        assert resolve(doc, resolve(doc, unauthorized)["allOf"][1]["properties"]["error"])["enum"] == ["unauthorized"]
+
+
+# --- it says what CONTRACT §5 says ----------------------------------------------------
+
+
+def params_of(doc: dict[str, Any], path: str, method: str = "get") -> dict[str, dict[str, Any]]:
+    item = doc["paths"][path]
+    params = [resolve(doc, p) for p in item.get("parameters", []) + item[method].get("parameters", [])]
+    return {p["name"]: p for p in params}
+
+
+def body_schema(doc: dict[str, Any], path: str, code: str, method: str = "get") -> dict[str, Any]:
+    response = resolve(doc, doc["paths"][path][method]["responses"][code])
+    return resolve(doc, response["content"]["application/json"]["schema"])
+
+
+def test_contract_parameters(doc: dict[str, Any], fake_projector: Any) -> None:
+    tables = [m.name for m in fake_projector.catalog.all]
+    assert {"accounts", "owners", "currencies"} <= set(tables)
+    row = params_of(doc, "/tables/{table}/{key}")
+    assert row["table"]["schema"]["enum"] == tables
+    assert row["min_version"]["schema"] == {"type": "integer", "minimum": 0}
+    assert row["timeout_ms"]["schema"] == {"type": "integer", "minimum": 0, "maximum": MAX_WAIT_MS, "default": 0}
+    listing = params_of(doc, "/tables/{table}")
+    assert listing["limit"]["schema"] == {"type": "integer", "minimum": 1, "default": 100}  # more is capped
+    assert listing["cursor"]["schema"] == listing["prefix"]["schema"] == {"type": "string"}
+    assert "maximum" not in params_of(doc, "/deadletters")["limit"]["schema"]
+    assert params_of(doc, "/aggregates/{id}/events")["from_version"]["schema"]["minimum"] == 1
+    control = params_of(doc, "/control")
+    assert control["timeout_ms"]["schema"]["maximum"] == MAX_WAIT_MS
+    assert MAX_LIMIT == openapi.MAX_LIMIT and MAX_WAIT_MS == openapi.MAX_WAIT_MS
+
+
+def test_contract_responses(doc: dict[str, Any]) -> None:
+    paths = doc["paths"]
+    row = paths["/tables/{table}/{key}"]["get"]["responses"]
+    assert {"200", "400", "401", "404", "503", "504"} <= set(row)
+    timeout = body_schema(doc, "/tables/{table}/{key}", "504")["allOf"][1]
+    assert timeout["required"] == ["error", "version"]
+    assert timeout["properties"]["version"]["anyOf"][1] == {"type": "null"}
+    not_found = body_schema(doc, "/tables/{table}/{key}", "404")["allOf"][1]["properties"]["error"]
+    assert set(not_found["enum"]) == {"not_found", "unknown_table"}
+    page = body_schema(doc, "/tables/{table}", "200")
+    assert page["required"] == ["rows", "next_cursor"]
+    assert resolve(doc, page["properties"]["rows"]["items"])["required"] == ["key", "version", "value"]
+    assert {"200", "400", "404"} <= set(paths["/tables/{table}"]["get"]["responses"])
+    assert body_schema(doc, "/aggregates/{id}/events", "200")["required"] == ["aggregate_id", "events", "next_version"]
+    for method in ("put", "delete"):
+        written = body_schema(doc, "/control/{key}", "202", method)
+        assert written["required"] == ["key", "offset"]
+        assert {"400", "401"} <= set(paths["/control/{key}"][method]["responses"])
+    assert "413" in paths["/control/{key}"]["put"]["responses"]
+    assert "504" in paths["/control"]["get"]["responses"]
+    assert "202" in paths["/aggregates/{id}/release"]["post"]["responses"]
+    assert set(resolve(doc, paths["/metrics"]["get"]["responses"]["200"])["content"]) == {"text/plain"}
+    assert set(resolve(doc, paths["/"]["get"]["responses"]["200"])["content"]) == {"text/html"}
+    assert body_schema(doc, "/status", "200")["type"] == "object"
+
+
+# --- every route projector.web serves is in the document, and nothing else -----------
+
+
+def served_routes(projector: Any) -> set[tuple[str, str]]:
+    app = web.Application()
+    install_routes(app, projector)
+    out = set()
+    for route in app.router.routes():
+        if route.method == "HEAD":  # aiohttp adds HEAD to every GET
+            continue
+        out.add((route.method.lower(), route.resource.canonical))
+    return out
+
+
+def test_every_served_route_is_documented(doc: dict[str, Any], fake_projector: Any) -> None:
+    served = served_routes(fake_projector)
+    documented = {(method, path) for path, method, _ in operations(doc)}
+    assert served - documented == set(), "routes served but missing from projector/openapi.py"
+    # "/" and "/status" come from projector/statuspage.py: check them only once it serves them.
+    phantom = documented - served
+    if ("get", "/status") not in served:
+        phantom -= {("get", "/"), ("get", "/status")}
+    assert phantom == set(), "operations documented but not served"
+
+
+def test_get_openapi_json_serves_the_document(doc: dict[str, Any], fake_projector: Any) -> None:
+    async def fetch() -> tuple[int, str, Any]:
+        app = web.Application()
+        openapi.install(app, fake_projector)
+        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+            r = await client.get("/openapi.json")
+            return r.status, r.content_type, orjson.loads(await r.read())
+
+    status, content_type, body = asyncio.run(fetch())
+    assert (status, content_type) == (200, "application/json")
+    assert body == doc
