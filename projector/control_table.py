@@ -88,6 +88,34 @@ class ControlTable(GlobalTable):
         self.control.apply(message.key, message.value, message.offset)
 
 
+def _control_consumer(settings: Settings, role: str) -> AIOKafkaConsumer:
+    """A group-less consumer for reading the control topic directly (``role`` names it to the broker)."""
+    return AIOKafkaConsumer(
+        bootstrap_servers=",".join(settings.bootstrap_servers),
+        client_id=f"{settings.app_id}-control-{role}",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        request_timeout_ms=15000,
+    )
+
+
+async def _apply_range(
+    consumer: AIOKafkaConsumer, tp: TopicPartition, state: ControlState, start: int, end: int, timeout: float
+) -> None:
+    """Read offsets ``[start, end)`` of ``tp`` into ``state``; the offsets found empty there are resolved."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    consumer.seek(tp, start)
+    while await consumer.position(tp) < end:
+        if loop.time() > deadline:
+            raise TimeoutError(f"reading {tp.topic} offsets {start}..{end - 1} took more than {timeout:.0f} s")
+        for record in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
+            if record.offset >= end:
+                break
+            state.apply(record.key, record.value, record.offset)
+    state.resolve(start, end)
+
+
 async def records_end(settings: Settings, topic: str) -> int:
     """One past the last record of partition 0 of ``topic`` (0 when it holds none).
 
@@ -98,13 +126,7 @@ async def records_end(settings: Settings, topic: str) -> int:
     """
     tp = TopicPartition(topic, 0)
     while True:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=",".join(settings.bootstrap_servers),
-            client_id=f"{settings.app_id}-control-probe",
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-            request_timeout_ms=15000,
-        )
+        consumer = _control_consumer(settings, "probe")
         try:
             await consumer.start()
             consumer.assign([tp])
@@ -135,27 +157,14 @@ async def read_control_topic(settings: Settings, timeout: float = 30.0) -> Contr
     """The control table as the topic holds it now: read from its beginning, the way a worker applies it."""
     state = ControlState()
     tp = TopicPartition(settings.control_topic, 0)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=",".join(settings.bootstrap_servers),
-        client_id=f"{settings.app_id}-control-reader",
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        request_timeout_ms=15000,
-    )
+    consumer = _control_consumer(settings, "reader")
     try:
         await consumer.start()
         consumer.assign([tp])
         end = (await consumer.end_offsets([tp]))[tp]
         state.target = end
-        consumer.seek(tp, (await consumer.beginning_offsets([tp]))[tp])
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while await consumer.position(tp) < end:
-            if loop.time() > deadline:
-                raise TimeoutError(f"reading {settings.control_topic} to offset {end} took more than {timeout:.0f}s")
-            for record in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
-                state.apply(record.key, record.value, record.offset)
-        state.resolve(0, end)  # read through: offsets not seen hold no record (compaction, markers)
+        await _apply_range(consumer, tp, state, (await consumer.beginning_offsets([tp]))[tp], end, timeout)
+        state.resolve(0, end)  # offsets below the log's start hold no record either
         return state
     finally:
         await consumer.stop()
@@ -202,7 +211,6 @@ class GapFiller:
         self.state = state
         self.position = position  # async () -> the worker consumer's position on the control partition, or None
         self.tp = TopicPartition(settings.control_topic, 0)
-        self.rereads = 0
 
     async def run(self) -> None:
         consumer: Optional[AIOKafkaConsumer] = None
@@ -225,10 +233,10 @@ class GapFiller:
                     continue
                 try:
                     if consumer is None:
-                        consumer = self._consumer()
+                        consumer = _control_consumer(self.settings, "filler")
                         await consumer.start()
                         consumer.assign([self.tp])
-                    await self._reread(consumer, missing[0][0], missing[-1][1])
+                    await _apply_range(consumer, self.tp, self.state, missing[0][0], missing[-1][1], 30.0)
                 except Exception as exc:
                     log.warning("re-reading control offsets %s failed (%r); retrying", missing, exc)
                     if consumer is not None:
@@ -237,26 +245,3 @@ class GapFiller:
         finally:
             if consumer is not None:
                 await consumer.stop()
-
-    def _consumer(self) -> AIOKafkaConsumer:
-        return AIOKafkaConsumer(
-            bootstrap_servers=",".join(self.settings.bootstrap_servers),
-            client_id=f"{self.settings.app_id}-control-filler",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            request_timeout_ms=15000,
-        )
-
-    async def _reread(self, consumer: AIOKafkaConsumer, start: int, end: int) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 30
-        consumer.seek(self.tp, start)
-        while await consumer.position(self.tp) < end:
-            if loop.time() > deadline:
-                raise TimeoutError(f"offsets {start}..{end - 1} not read in 30 s")
-            for record in (await consumer.getmany(self.tp, timeout_ms=1000)).get(self.tp, []):
-                if record.offset >= end:
-                    break
-                self.state.apply(record.key, record.value, record.offset)
-        self.state.resolve(start, end)
-        self.rereads += 1
