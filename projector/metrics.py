@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 BATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 #: The window events/s is measured over.
 RATE_WINDOW = 10.0
+#: Samples of ``records_seen`` kept, about one a second: 90 s (events/s, the status page's chart).
+THROUGHPUT_SAMPLES = 91
 
 
 @dataclass
@@ -28,23 +30,25 @@ class Metrics:
     phase_seconds: Counter = field(default_factory=Counter)
     # Fold batch latency (send, acks, RocksDB) as a histogram: counts per bucket of BATCH_BUCKETS, +Inf last.
     batch_buckets: list = field(default_factory=lambda: [0] * (len(BATCH_BUCKETS) + 1))
-    # (monotonic time, records_seen) about once a second, for events/s.
-    _samples: deque = field(default_factory=lambda: deque(maxlen=64))
+    # (unix time, records_seen) about once a second: events/s, and the status page's chart.
+    throughput: deque = field(default_factory=lambda: deque(maxlen=THROUGHPUT_SAMPLES))
 
     def observe_batch(self, seconds: float) -> None:
         self.batch_seconds_total += seconds
         self.batch_buckets[bisect.bisect_left(BATCH_BUCKETS, seconds)] += 1
-        self._sample(time.monotonic())
+        self.sample()
 
-    def _sample(self, now: float) -> None:
-        if not self._samples or now - self._samples[-1][0] >= 1.0:
-            self._samples.append((now, self.records_seen))
+    def sample(self, now: float | None = None) -> None:
+        """Note ``records_seen`` now, unless it was noted less than a second ago."""
+        now = time.time() if now is None else now
+        if not self.throughput or now - self.throughput[-1][0] >= 1.0:
+            self.throughput.append((round(now, 3), self.records_seen))
 
     def events_per_second(self, now: float | None = None) -> float:
         """Records handled per second over the last RATE_WINDOW seconds (0 when idle)."""
-        now = time.monotonic() if now is None else now
-        self._sample(now)
-        old = next(((t, n) for t, n in self._samples if now - t <= RATE_WINDOW), None)
+        now = time.time() if now is None else now
+        self.sample(now)
+        old = next(((t, n) for t, n in self.throughput if now - t <= RATE_WINDOW), None)
         if old is None or now - old[0] < 0.5:
             return 0.0
         return (self.records_seen - old[1]) / (now - old[0])

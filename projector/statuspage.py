@@ -58,12 +58,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from typing import TYPE_CHECKING, Any, Optional
 
 import aiohttp
 import orjson
 from aiohttp import web
+
+from projector.web import json_error, json_response
 
 if TYPE_CHECKING:
     from projector.app import Projector
@@ -74,25 +75,19 @@ log = logging.getLogger(__name__)
 PEER_TIMEOUT = 2.0
 #: How often the page polls (milliseconds).
 POLL_MS = 1500
-#: The worker samples ``records_total`` this often (seconds) ...
+#: The worker samples ``records_total`` this often (seconds), into ``Metrics.throughput`` (90 s).
 SAMPLE_EVERY = 1.0
-#: ... and keeps this many samples (90 s) for the throughput chart.
-SAMPLES = 91
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"", "0", "false", "no", "off"}
-
-
-def _json(body: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
 
 
 def _norm(url: Any) -> str:
     return str(url).rstrip("/")
 
 
-def worker_status(projector: "Projector", samples: Any = ()) -> dict[str, Any]:
-    """The ``GET /status`` answer for this worker (``samples``: its ``(time, records_total)`` history)."""
+def worker_status(projector: "Projector") -> dict[str, Any]:
+    """The ``GET /status`` answer for this worker."""
     p = projector
     events_topic = p.settings.events_topic
     ready, detail = p.readiness()
@@ -115,7 +110,7 @@ def worker_status(projector: "Projector", samples: Any = ()) -> dict[str, Any]:
         "records_total": m.records_seen,
         "deadletters": dict(m.deadletters),
         "control": p.control.snapshot(),
-        "throughput": [[t, n] for t, n in samples],
+        "throughput": [[t, n] for t, n in m.throughput],
         "time": time.time(),
     }
 
@@ -140,7 +135,6 @@ class StatusViews:
     def __init__(self, projector: "Projector") -> None:
         self.projector = projector
         self._session: Optional[aiohttp.ClientSession] = None
-        self.samples: deque[tuple[float, int]] = deque(maxlen=SAMPLES)
         self._sampler: Optional[asyncio.Task] = None
 
     @property
@@ -160,20 +154,20 @@ class StatusViews:
             await self._session.close()
 
     async def _sample_forever(self) -> None:
-        """Note ``records_total`` every second: the page draws records/s from these deltas."""
+        """Note ``records_total`` every second, idle or not: the page draws records/s from these deltas."""
         while True:
-            self.samples.append((round(time.time(), 3), self.projector.metrics.records_seen))
+            self.projector.metrics.sample()
             await asyncio.sleep(SAMPLE_EVERY)
 
     def mine(self) -> dict[str, Any]:
-        return worker_status(self.projector, self.samples)
+        return worker_status(self.projector)
 
     async def status(self, request: web.Request) -> web.Response:
         raw = request.query.get("all", "0").strip().lower()
         if raw not in _TRUE | _FALSE:
-            return _json({"error": "invalid", "detail": f"all must be 1 or 0, got {raw!r}"}, status=400)
+            return json_error(400, "invalid", detail=f"all must be 1 or 0, got {raw!r}")
         if raw in _FALSE:
-            return _json(self.mine())
+            return json_response(self.mine())
         me = self.projector.settings.url
         try:
             mine: dict[str, Any] = self.mine()
@@ -183,7 +177,7 @@ class StatusViews:
         auth = request.headers.get("Authorization")
         others = await asyncio.gather(*(self._peer(url, auth) for url in peer_urls(self.projector)))
         workers = sorted([mine, *others], key=lambda w: str(w.get("worker", "")))
-        return _json({"served_by": me, "time": time.time(), "workers": workers})
+        return json_response({"served_by": me, "time": time.time(), "workers": workers})
 
     async def _peer(self, url: str, auth: Optional[str]) -> dict[str, Any]:
         headers = {"Accept": "application/json"}

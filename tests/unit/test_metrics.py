@@ -23,7 +23,7 @@ def test_events_per_second_over_the_window():
     m = Metrics()
     m.events_per_second(now=100.0)  # first sample: 0 records
     m.records_seen = 3000
-    m._sample(101.0)
+    m.sample(101.0)
     m.records_seen = 6000
     assert m.events_per_second(now=102.0) == 3000.0  # 6000 records over the 2 s since the first sample
     # Idle for longer than the window: nothing in it moved.
