@@ -163,6 +163,14 @@ def _bearer(request: web.Request, token: str) -> bool:
     return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), f"Bearer {token}".encode())
 
 
+def _forwarded_headers(request: web.Request) -> dict[str, str]:
+    """Headers of a request one worker sends another on a client's behalf: marked, with its credentials."""
+    headers = {FORWARDED_HEADER: "1"}
+    if "Authorization" in request.headers:
+        headers["Authorization"] = request.headers["Authorization"]
+    return headers
+
+
 def _is_admin(request: web.Request, settings: Any) -> bool:
     return settings.admin_token is None or _bearer(request, settings.admin_token)
 
@@ -358,12 +366,9 @@ class Views:
             query = {"partitions": ",".join(map(str, partitions)), "prefix": prefix, "limit": str(limit)}
             if after is not None:
                 query["after"] = after
-            headers = {FORWARDED_HEADER: "1"}
-            if "Authorization" in request.headers:
-                headers["Authorization"] = request.headers["Authorization"]
             url = f"{owner.rstrip('/')}/internal/scan/{table}"
             try:
-                async with self.session.get(url, params=query, headers=headers) as r:
+                async with self.session.get(url, params=query, headers=_forwarded_headers(request)) as r:
                     if r.status != 200:
                         return None  # the owner moved meanwhile: ask again
                     rows.extend((await r.json())["rows"])
@@ -477,9 +482,7 @@ class Views:
     async def _forward(self, request: web.Request, owner: str, extra_timeout: float = 0.0) -> web.Response:
         """Send the request on to the owning worker, keeping its status, JSON body and headers."""
         url = owner.rstrip("/") + request.rel_url.path_qs
-        headers = {FORWARDED_HEADER: "1"}
-        if "Authorization" in request.headers:
-            headers["Authorization"] = request.headers["Authorization"]
+        headers = _forwarded_headers(request)
         timeout = aiohttp.ClientTimeout(total=FORWARD_TIMEOUT + extra_timeout)
         try:
             async with self.session.request(
