@@ -16,9 +16,10 @@ from projector.config import Settings
 from projector.control import ControlState
 from projector.control_table import ControlTable, GapFiller, records_end
 from projector.engine import INDEX, Engine, Plan, members_table
-from projector.metrics import Metrics
+from projector.metrics import LAG_PROBE_INTERVAL, Metrics
 from projector.readmodels import Catalog, load_catalog
 from projector.schemas import Schemas
+from projector.slicing import TimeSlice
 from projector.state import FaustStore, rocksdb_options
 from projector.topics import commands_topic_name, repartition_topic_name
 
@@ -38,6 +39,7 @@ class ProjectorApp(faust.App):
         await super().on_start()
         self.add_future(self.projector._unstick_control_recovery())
         self.add_future(self.projector.gap_filler.run())
+        self.add_future(self.projector._probe_loop_lag())
 
     def on_webserver_init(self, web: Any) -> None:
         from projector.web import install_routes
@@ -167,28 +169,20 @@ class Projector:
         records = [m for m in messages if m.topic != commands_topic]
         commands = [m for m in messages if m.topic == commands_topic]
         started = time.perf_counter()
-        steps = self.engine.plan_steps(records, commands)
-        paused = 0.0
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                plan = done.value
-                break
-            # Let HTTP requests in between steps: a large batch takes long to fold.
-            before = time.perf_counter()
-            await asyncio.sleep(0)
-            paused += time.perf_counter() - before
-        self.metrics.phase_seconds["plan"] += time.perf_counter() - started - paused
-        await self._execute(plan)
+        # Let HTTP requests in between steps: a large batch takes long to fold.
+        slice_ = TimeSlice()
+        plan = await slice_.run(self.engine.plan_steps(records, commands))
+        self.metrics.phase_seconds["plan"] += time.perf_counter() - started - slice_.paused
+        await self._execute(plan, slice_)
 
     async def _on_derived(self, messages: Sequence[Any]) -> None:
         started = time.perf_counter()
-        plan = self.engine.plan_derived(messages)
-        self.metrics.phase_seconds["plan_derived"] += time.perf_counter() - started
-        await self._execute(plan)
+        slice_ = TimeSlice()
+        plan = await slice_.run(self.engine.plan_derived_steps(messages))
+        self.metrics.phase_seconds["plan_derived"] += time.perf_counter() - started - slice_.paused
+        await self._execute(plan, slice_)
 
-    async def _execute(self, plan: Plan) -> None:
+    async def _execute(self, plan: Plan, slice_: TimeSlice) -> None:
         """Send the plan to Kafka and wait for it, then write RocksDB.
 
         Three rounds, each waiting for Kafka before the next: the messages
@@ -205,14 +199,14 @@ class Projector:
         second = {slot: items for slot, items in plan.writes.items() if slot[0] in guards}
         offsets: dict[tuple[str, int], int] = {}
         if plan.sends:
-            await self._send_and_wait({}, plan.sends, offsets)
-        await self._send_and_wait(first, [], offsets)
-        await self._send_and_wait(second, [], offsets)
+            await self._send_and_wait({}, plan.sends, offsets, slice_)
+        await self._send_and_wait(first, [], offsets, slice_)
+        await self._send_and_wait(second, [], offsets, slice_)
         acked = time.perf_counter()
         for writes in (first, second):
             for (table, partition), items in writes.items():
                 self.store.write(table, partition, items, offsets.get((table, partition)))
-                await asyncio.sleep(0)  # let requests in between RocksDB writes
+                await slice_.check()  # let requests in between RocksDB writes
         if self.row_waiters:
             self._wake_rows(plan.writes)
         done = time.perf_counter()
@@ -221,7 +215,7 @@ class Projector:
 
     async def _send_and_wait(
         self, writes: dict[tuple[str, int], dict[bytes, Optional[bytes]]], sends: Sequence[Any],
-        offsets: dict[tuple[str, int], int],
+        offsets: dict[tuple[str, int], int], slice_: TimeSlice,
     ) -> None:
         """Send changelog records for ``writes`` and the ``sends``; wait until Kafka has them all.
 
@@ -247,6 +241,7 @@ class Projector:
         for (topic, partition), records in outgoing.items():
             batch = producer.create_batch()
             for key, value, headers in records:
+                await slice_.check()
                 if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
                     pending.append(((topic, partition), batch.record_count(), await producer.send_batch(batch, topic, partition=partition)))
                     batch = producer.create_batch()
@@ -264,6 +259,14 @@ class Projector:
             table_slot = changelog_of.get(slot)
             if table_slot is not None:
                 offsets[table_slot] = max(offsets.get(table_slot, -1), meta.offset + count - 1)
+
+    async def _probe_loop_lag(self) -> None:
+        """Measure how late the event loop wakes a sleeping task (projector_event_loop_lag_seconds)."""
+        interval = LAG_PROBE_INTERVAL
+        while True:
+            started = time.perf_counter()
+            await asyncio.sleep(interval)
+            self.metrics.observe_lag(max(0.0, time.perf_counter() - started - interval))
 
     # --- read-your-writes: requests parked until a row changes -----------------------
 
@@ -395,7 +398,12 @@ class Projector:
 
     def owns(self, partition: int) -> bool:
         """True when this worker actively processes ``partition`` of the events topic."""
-        return TP(self.settings.events_topic, partition) in self.app.assignor.assigned_actives()
+        # The assignor keeps the set of active partitions from its last
+        # assignment; assigned_actives() would build a new set on every call.
+        actives = getattr(self.app.assignor, "_active_tps", None)
+        if actives is None:
+            actives = self.app.assignor.assigned_actives()
+        return TP(self.settings.events_topic, partition) in actives
 
     def owner_url(self, table: str, partition: int) -> Optional[str]:
         """The web URL of the worker that owns ``partition`` of ``table``, if known."""

@@ -30,6 +30,8 @@ from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode import Service
 
+from projector.slicing import TimeSlice
+
 BatchHandler = Callable[[Sequence[Any]], Awaitable[None]]
 
 
@@ -113,8 +115,11 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         inbound_time = self.app.monitor.stream_inbound_time
         for handler, messages in batches.items():
             await handler(messages)
-            for message in messages:
+            slice_ = TimeSlice()
+            for i, message in enumerate(messages):
                 self.ack(message)
+                if i % 64 == 63:
+                    await slice_.check()
             # Faust's liveness check ("stream has not started processing")
             # looks at when a stream last took an event of each partition.
             now = monotonic()

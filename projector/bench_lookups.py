@@ -122,6 +122,25 @@ async def _events_per_second(session: aiohttp.ClientSession, base: str) -> float
     return 0.0
 
 
+async def _loop_lag_buckets(session: aiohttp.ClientSession, base: str) -> dict[str, int]:
+    """The worker's cumulative event loop lag histogram: {upper bound: count}."""
+    async with session.get(f"{base}/metrics") as r:
+        text = await r.text()
+    return {line.split('"')[1]: int(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line.startswith("projector_event_loop_lag_seconds_bucket")}
+
+
+def _lag_quantiles(before: dict[str, int], after: dict[str, int]) -> dict[str, Any]:
+    """p50 and p99 of the loop lag between two snapshots, as the bucket bound (ms) they fall under."""
+    delta = {bound: after[bound] - before.get(bound, 0) for bound in after}
+    total = delta.get("+Inf", 0)
+    out: dict[str, Any] = {"samples": total}
+    for name, q in (("p50_ms_at_most", 0.5), ("p99_ms_at_most", 0.99)):
+        bound = next((b for b, n in delta.items() if total and n >= q * total), None)
+        out[name] = None if bound is None else ("inf" if bound == "+Inf" else float(bound) * 1000)
+    return out
+
+
 async def _classify(session: aiohttp.ClientSession, base: str, keys: list[str]) -> dict[str, list[str]]:
     """Keys worker 1 answers itself, and keys it forwards (the answer names the owner)."""
     out: dict[str, list[str]] = {"local": [], "forwarded": []}
@@ -215,7 +234,9 @@ async def _run(args: argparse.Namespace, settings: Settings, workdir: Path) -> d
                 await asyncio.sleep(0.5)
             fold_rate_before = await _events_per_second(session, urls[0])
             log(f"open loop: {args.rate} requests/s for {args.seconds} s while worker 1 folds")
+            lag_before = await _loop_lag_buckets(session, urls[0])
             under_load = await _open_loop(session, urls[0], keys, args.rate, args.seconds)
+            loop_lag = _lag_quantiles(lag_before, await _loop_lag_buckets(session, urls[0]))
             fold_rate_during = await _events_per_second(session, urls[0])
             log("closed loop: the request rate worker 1 sustains on local keys, while folding")
             sustained = await _closed_loop(session, urls[0], keys["local"], args.seconds, args.concurrency)
@@ -230,6 +251,7 @@ async def _run(args: argparse.Namespace, settings: Settings, workdir: Path) -> d
             "rate": args.rate, "seconds": args.seconds, "concurrency": args.concurrency,
             "open_loop": under_load,
             "sustained_local": sustained,
+            "worker1_event_loop_lag_during_open_loop": loop_lag,
             "worker1_events_per_second": [fold_rate_before, fold_rate_during, fold_rate_after],
             "worker2_events_per_second": idle_w2,
             "backlog": len(backlog),
@@ -268,6 +290,9 @@ def cmd_bench_lookups(args: argparse.Namespace) -> None:
           f"after the open loop {report['worker1_events_per_second'][1]:.0f}, "
           f"after the closed loop {report['worker1_events_per_second'][2]:.0f}; "
           f"worker 2: {report['worker2_events_per_second']:.0f}")
+    lag = report["worker1_event_loop_lag_during_open_loop"]
+    print(f"worker 1's event loop lag during the open loop: p50 <= {lag['p50_ms_at_most']} ms, "
+          f"p99 <= {lag['p99_ms_at_most']} ms ({lag['samples']} samples)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -134,13 +134,30 @@ class _Batch:
         return sorted(found.items())
 
     def finish(self) -> Plan:
+        return _run_steps(self.finish_steps())
+
+    def finish_steps(self, every: int = 64) -> Generator[None, None, Plan]:
+        """Encode every row kept as an object, yielding every ``every`` rows; returns the plan."""
         dumps = orjson.dumps
+        n = 0
         for slot, objects in self.objects.items():
             writes = self.plan.writes.setdefault(slot, {})
             for key, value in objects.items():
                 writes[key] = dumps(value)
+                n += 1
+                if n % every == 0:
+                    yield
         self.objects = {}
         return self.plan
+
+
+def _run_steps(steps: Generator[None, None, Any]) -> Any:
+    """Run a generator of steps to its end and return its value."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
 
 
 class _Pending:
@@ -215,19 +232,15 @@ class Engine:
         each aggregate's index entry and rows are read once, folded in memory
         through all its records, and written once.
         """
-        steps = self.plan_steps(records, commands)
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                return done.value
+        return _run_steps(self.plan_steps(records, commands))
 
     def plan_steps(
-        self, records: Iterable[Record], commands: Iterable[Record] = (), every: int = 256
+        self, records: Iterable[Record], commands: Iterable[Record] = (), every: int = 32
     ) -> Generator[None, None, Plan]:
-        """:meth:`plan` in steps: yields after about ``every`` records or aggregates, returns the Plan.
+        """:meth:`plan` in steps: yields after about ``every`` records, aggregates or rows; returns the Plan.
 
-        The worker gives its event loop back at each step, so a large batch
+        Each step is short (well under a millisecond), so the worker can give
+        its event loop back whenever a time slice is used up: a large batch
         does not hold up HTTP requests for the whole time it takes to fold.
         """
         batch = _Batch(self.store)
@@ -264,10 +277,10 @@ class Engine:
             self._fold(batch, touched, partition, aid, meta, pendings, replay=False)
         for record in commands:
             self._command_record(batch, touched, record)
-        self._emit_derived(batch, touched)
+            yield
+        yield from self._emit_derived(batch, touched, every)
         self.metrics.batches += 1
-        yield
-        return batch.finish()
+        return (yield from batch.finish_steps(every * 2))
 
     def _fold(
         self,
@@ -380,14 +393,23 @@ class Engine:
         if not replay:
             self._deadletter(batch, p.key, p.value, admission.outcome, error, p.source)
 
-    def _emit_derived(self, batch: _Batch, touched: dict[tuple[int, str], _Touched]) -> None:
+    def _emit_derived(
+        self, batch: _Batch, touched: dict[tuple[int, str], _Touched], every: int = 32
+    ) -> Generator[None, None, None]:
         """One repartition message per re-keyed model and group per batch, listing its members' changes."""
         by_group: dict[tuple[str, str], list[dict]] = {}
+        n = 0
         for (_, aid), t in touched.items():
+            n += 1
+            if n % every == 0:
+                yield
             for name, new in t.new.items():
                 for group, change in change_messages(t.old.get(name), new, aid, t.version):
                     by_group.setdefault((name, group), []).append(change)
         for (name, group), changes in by_group.items():
+            n += 1
+            if n % every == 0:
+                yield
             gkey = group.encode("utf-8")
             batch.plan.sends.append(
                 Send(
@@ -474,8 +496,16 @@ class Engine:
 
     def plan_derived(self, records: Iterable[Record]) -> Plan:
         """Plan a batch of repartition messages into the re-keyed models' rows."""
+        return _run_steps(self.plan_derived_steps(records))
+
+    def plan_derived_steps(self, records: Iterable[Record], every: int = 32) -> Generator[None, None, Plan]:
+        """:meth:`plan_derived` in steps, as :meth:`plan_steps`."""
         batch = _Batch(self.store)
+        n = 0
         for record in records:
+            n += 1
+            if n % every == 0:
+                yield
             model = self.derived_by_topic.get(record.topic)
             try:
                 if model is None:
@@ -509,4 +539,4 @@ class Engine:
             if row_changed:
                 row["offset"] = record.offset
                 batch.put_json(model.name, record.partition, record.key, row)
-        return batch.finish()
+        return (yield from batch.finish_steps(every * 2))

@@ -9,6 +9,10 @@ from dataclasses import dataclass, field
 
 #: Upper bounds (seconds) of the fold batch latency histogram's buckets.
 BATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+#: Upper bounds (seconds) of the event loop lag histogram's buckets.
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+#: How often the lag probe asks the event loop to wake it.
+LAG_PROBE_INTERVAL = 0.01
 #: The window events/s is measured over.
 RATE_WINDOW = 10.0
 #: Samples of ``records_seen`` kept, about one a second: 90 s (events/s, the status page's chart).
@@ -32,6 +36,13 @@ class Metrics:
     batch_buckets: list = field(default_factory=lambda: [0] * (len(BATCH_BUCKETS) + 1))
     # (unix time, records_seen) about once a second: events/s, and the status page's chart.
     throughput: deque = field(default_factory=lambda: deque(maxlen=THROUGHPUT_SAMPLES))
+    # How late the event loop woke a sleeping task: what a request waits before the loop reads it.
+    lag_buckets: list = field(default_factory=lambda: [0] * (len(LAG_BUCKETS) + 1))
+    lag_seconds_total: float = 0.0
+
+    def observe_lag(self, seconds: float) -> None:
+        self.lag_seconds_total += seconds
+        self.lag_buckets[bisect.bisect_left(LAG_BUCKETS, seconds)] += 1
 
     def observe_batch(self, seconds: float) -> None:
         self.batch_seconds_total += seconds
@@ -58,9 +69,9 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def _histogram(name: str, buckets: list, total: float) -> list[str]:
+def _histogram(name: str, buckets: list, total: float, bounds: tuple = BATCH_BUCKETS) -> list[str]:
     out, running = [], 0
-    for bound, count in zip([*BATCH_BUCKETS, "+Inf"], buckets):
+    for bound, count in zip([*bounds, "+Inf"], buckets):
         running += count
         out.append(f'{name}_bucket{{le="{bound}"}} {running}')
     out += [f"{name}_sum {total:.6f}", f"{name}_count {running}"]
@@ -120,6 +131,10 @@ def prometheus_text(projector) -> str:
         "# HELP projector_fold_batch_seconds Fold batch latency: Kafka sends until acked, then RocksDB.",
         "# TYPE projector_fold_batch_seconds histogram",
         *_histogram("projector_fold_batch_seconds", m.batch_buckets, m.batch_seconds_total),
+        "# HELP projector_event_loop_lag_seconds How late the worker's event loop woke a task that slept "
+        f"{LAG_PROBE_INTERVAL * 1000:g} ms: the wait a request sees before the worker reads it.",
+        "# TYPE projector_event_loop_lag_seconds histogram",
+        *_histogram("projector_event_loop_lag_seconds", m.lag_buckets, m.lag_seconds_total, LAG_BUCKETS),
         "# HELP projector_events_per_second Records of the events topic handled per second, over the last 10 s.",
         "# TYPE projector_events_per_second gauge",
         f"projector_events_per_second {m.events_per_second():.1f}",

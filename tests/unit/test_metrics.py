@@ -28,3 +28,19 @@ def test_events_per_second_over_the_window():
     assert m.events_per_second(now=102.0) == 3000.0  # 6000 records over the 2 s since the first sample
     # Idle for longer than the window: nothing in it moved.
     assert m.events_per_second(now=200.0) == 0.0
+
+
+def test_event_loop_lag_histogram_uses_its_own_buckets():
+    from projector.metrics import LAG_BUCKETS
+
+    m = Metrics()
+    for seconds in (0.0002, 0.003, 0.3):
+        m.observe_lag(seconds)
+    lines = _histogram("lag", m.lag_buckets, m.lag_seconds_total, LAG_BUCKETS)
+    buckets = {line.split('"')[1]: int(line.rsplit(" ", 1)[1]) for line in lines if "_bucket" in line}
+    assert list(buckets) == [str(b) for b in LAG_BUCKETS] + ["+Inf"]
+    assert buckets["0.001"] == 1
+    assert buckets["0.005"] == 2
+    assert buckets["0.25"] == 2
+    assert buckets["0.5"] == 3
+    assert "lag_count 3" in lines
