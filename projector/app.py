@@ -15,13 +15,14 @@ from projector.batching import BatchingTransport
 from projector.config import Settings
 from projector.control import ControlState
 from projector.control_table import ControlTable, GapFiller, records_end
-from projector.engine import INDEX, Engine, Plan, members_table
+from projector.engine import COMMANDS, INDEX, Engine, Plan, members_table
 from projector.metrics import LAG_PROBE_INTERVAL, Metrics
 from projector.readmodels import Catalog, load_catalog
 from projector.schemas import Schemas
 from projector.slicing import TimeSlice
 from projector.state import FaustStore, rocksdb_options
-from projector.topics import commands_topic_name, repartition_topic_name
+from projector.topics import command_topic_name, commands_topic_name, repartition_topic_name
+from projector.writer import Answer, decide_steps, settings_view
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,8 @@ class Projector:
 
         self.events_topic = topic(settings.events_topic)
         self.commands_topic = topic(commands_topic_name(settings), internal=True)
+        #: POST /commands: commands for the writer of each partition.
+        self.command_topic = topic(command_topic_name(settings), internal=True)
         self.repartition_topics = {
             d.name: topic(repartition_topic_name(settings, d.name), internal=True) for d in self.catalog.derived
         }
@@ -130,6 +133,7 @@ class Projector:
         for model in self.catalog.models:
             table(model.name, model.description)
         table(INDEX, "projector's aggregate index: versions, events and parked records per aggregate")
+        table(COMMANDS, "the command side's answers by command id, for retries")
         for d in self.catalog.derived:
             table(d.name, d.description)
             table(members_table(d), f"members of {d.name} and their last contributions")
@@ -146,6 +150,15 @@ class Projector:
         #: Requests parked until a row changes (read-your-writes), by (table, partition, key).
         self.row_waiters: dict[tuple[str, int, bytes], set[asyncio.Future]] = {}
         self.app.on_partitions_revoked.connect(self._on_revoked)
+        #: The writer's catch-up gate, per partition of the events topic: the
+        #: end it must fold to before deciding (set at the first command after
+        #: an assignment), the partitions it has caught up on, and the last
+        #: offset folded since the assignment.
+        self.writer_targets: dict[int, int] = {}
+        self.writer_open: set[int] = set()
+        self.folded_offsets: dict[int, int] = {}
+        #: Requests waiting for a command's answer, by command id.
+        self.command_waiters: dict[str, set[asyncio.Future]] = {}
         self.engine = Engine(
             self.catalog,
             self.store,
@@ -160,6 +173,8 @@ class Projector:
             self.events_topic.get_topic_name(): self._on_events,
             self.commands_topic.get_topic_name(): self._on_events,
             **{t.get_topic_name(): self._on_derived for t in self.repartition_topics.values()},
+            # Last: a fetch's events are folded before its commands are decided.
+            self.command_topic.get_topic_name(): self._on_commands,
         }
 
     # --- batch handlers ----------------------------------------------------------
@@ -168,6 +183,9 @@ class Projector:
         commands_topic = self.commands_topic.get_topic_name()
         records = [m for m in messages if m.topic != commands_topic]
         commands = [m for m in messages if m.topic == commands_topic]
+        for m in records:  # how far each partition is folded, for the writer's catch-up gate
+            if m.offset > self.folded_offsets.get(m.partition, -1):
+                self.folded_offsets[m.partition] = m.offset
         started = time.perf_counter()
         # Let HTTP requests in between steps: a large batch takes long to fold.
         slice_ = TimeSlice()
@@ -181,6 +199,121 @@ class Projector:
         plan = await slice_.run(self.engine.plan_derived_steps(messages))
         self.metrics.phase_seconds["plan_derived"] += time.perf_counter() - started - slice_.paused
         await self._execute(plan, slice_)
+
+    async def _on_commands(self, messages: Sequence[Any]) -> None:
+        """Decide a fetch's commands as the writer of their partitions, then answer them."""
+        for partition in {m.partition for m in messages}:
+            await self._check_writer_gate(partition)
+        started = time.perf_counter()
+        slice_ = TimeSlice()
+        control = self.control
+        plan, answers = await slice_.run(decide_steps(
+            self.engine, self.catalog, messages,
+            events_topic=self.events_topic.get_topic_name(),
+            settings=settings_view(control.entries, control.max_withdrawal, control.commands_enabled),
+            enabled=control.commands_enabled,
+            ready=self.writer_open.__contains__,
+        ))
+        self.metrics.phase_seconds["decide"] += time.perf_counter() - started - slice_.paused
+        await self._execute(plan, slice_)
+        self._deliver_answers(answers)
+
+    async def _check_writer_gate(self, partition: int) -> None:
+        """Open the writer's gate for ``partition`` once it has folded every event the partition held.
+
+        The end to reach is taken at the first command after an assignment.
+        Until the fold gets there, commands of the partition are answered
+        ``not_ready`` and sent again by the worker that took them.
+        """
+        if partition in self.writer_open:
+            return
+        tp = TP(self.events_topic.get_topic_name(), partition)
+        consumer = self.app.consumer
+        target = self.writer_targets.get(partition)
+        if target is None:
+            try:
+                target = (await consumer.highwaters(tp)).get(tp)
+            except Exception as exc:  # a rebalance under way, or the broker away: try at the next command
+                log.info("writer of partition %d: cannot read the events topic's end yet: %r", partition, exc)
+                return
+            if target is None:
+                return
+            self.writer_targets[partition] = target
+        folded = self.folded_offsets.get(partition)
+        if folded is not None:
+            next_offset = folded + 1
+        else:
+            # Nothing delivered since the assignment: Faust's read offset is
+            # still where it sought to (the committed offset, the next to read).
+            next_offset = consumer._read_offset.get(tp) or 0
+        if next_offset >= target:
+            self.writer_open.add(partition)
+            log.info("writer of partition %d: caught up with the events topic (offset %d); deciding commands",
+                     partition, target)
+
+    def _deliver_answers(self, answers: Sequence[Answer]) -> None:
+        """Hand each answer to the request waiting for it: here, or on the worker that took the command."""
+        remote: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for answer in answers:
+            if answer.reply_to is None or answer.reply_to == self.settings.url:
+                self.resolve_command(answer.command_id, answer.status, answer.body)
+            else:
+                remote[answer.reply_to].append(
+                    {"command_id": answer.command_id, "status": answer.status, "body": answer.body})
+        for url, items in remote.items():
+            self.app.add_future(self._post_answers(url, items))
+
+    async def _post_answers(self, url: str, items: list[dict[str, Any]]) -> None:
+        from projector.web import post_internal
+
+        try:
+            await post_internal(self, url, "/internal/command-answers", items)
+        except Exception as exc:  # that worker is gone: its clients retry with their command ids
+            log.warning("could not deliver %d command answers to %s: %r", len(items), url, exc)
+
+    def resolve_command(self, command_id: str, status: int, body: dict[str, Any]) -> None:
+        for waiter in self.command_waiters.pop(command_id, ()):
+            if not waiter.done():
+                waiter.set_result((status, body))
+
+    async def submit_command(self, command: dict[str, Any], timeout: float) -> tuple[int, dict[str, Any]]:
+        """Put a checked command on the command topic and wait for its writer's answer.
+
+        A writer that is still catching up answers ``not_ready``: the command
+        goes out again until the deadline. On timeout the answer is 504; the
+        command may still be decided, and the same command id tells later.
+        """
+        from projector.partitioning import partition_for
+        from projector.writer import encode_command
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        command_id = command["command_id"]
+        key = command["aggregate_id"].encode("utf-8")
+        partition = partition_for(key, self.partitions)
+        value = encode_command(command, self.settings.url)
+        topic = self.command_topic.get_topic_name()
+        while True:
+            waiter = loop.create_future()
+            self.command_waiters.setdefault(command_id, set()).add(waiter)
+            try:
+                fut = await self.app.producer.send(topic, key, value, partition, None, None)
+                await asyncio.wait_for(fut, max(0.001, deadline - loop.time()))
+                status, body = await asyncio.wait_for(waiter, max(0.001, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                return 504, {"error": "timeout", "command_id": command_id,
+                             "detail": "no answer from the aggregate's writer in time; send the same command_id "
+                                       "again to learn its outcome"}
+            finally:
+                waiters = self.command_waiters.get(command_id)
+                if waiters is not None:
+                    waiters.discard(waiter)
+                    if not waiters:
+                        del self.command_waiters[command_id]
+            if status == 503 and body.get("error") == "not_ready" and loop.time() + 0.05 < deadline:
+                await asyncio.sleep(0.05)
+                continue
+            return status, body
 
     async def _execute(self, plan: Plan, slice_: TimeSlice) -> None:
         """Send the plan to Kafka and wait for it, then write RocksDB.
@@ -198,6 +331,10 @@ class Projector:
         first = {slot: items for slot, items in plan.writes.items() if slot[0] not in guards}
         second = {slot: items for slot, items in plan.writes.items() if slot[0] in guards}
         offsets: dict[tuple[str, int], int] = {}
+        if plan.appends:
+            # The command side's events: in the events topic before any row,
+            # index entry or answer that counts them as applied.
+            await self._send_and_wait({}, plan.appends, offsets, slice_)
         if plan.sends:
             await self._send_and_wait({}, plan.sends, offsets, slice_)
         await self._send_and_wait(first, [], offsets, slice_)
@@ -295,7 +432,14 @@ class Projector:
                     waiter.set_result(None)
 
     async def _on_revoked(self, app: Any, revoked: Any, **kwargs: Any) -> None:
-        """Wake every parked request: the row may now be written by another worker."""
+        """Wake every parked request: the row may now be written by another worker.
+
+        The writer's catch-up gate starts over: whichever partitions this
+        worker gets next, it folds each to its end before deciding commands.
+        """
+        self.writer_targets.clear()
+        self.writer_open.clear()
+        self.folded_offsets.clear()
         waiters, self.row_waiters = self.row_waiters, {}
         for slot in waiters.values():
             for waiter in slot:

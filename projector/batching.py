@@ -113,7 +113,10 @@ class BatchingConsumer(faust_aiokafka.Consumer):
             await self.wait_first(self.callback(message), self.suspend_flow.wait())
             set_read_offset(tp, offset)
         inbound_time = self.app.monitor.stream_inbound_time
-        for handler, messages in batches.items():
+        # Handlers run in the order of app.batch_handlers: events are folded
+        # before the command side decides on the state they leave.
+        order = {h: i for i, h in enumerate(handlers.values())}
+        for handler, messages in sorted(batches.items(), key=lambda item: order.get(item[0], len(order))):
             await handler(messages)
             slice_ = TimeSlice()
             for i, message in enumerate(messages):

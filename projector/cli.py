@@ -131,6 +131,24 @@ def cmd_send(args: argparse.Namespace) -> None:
     print(f"{settings.events_topic}/{meta.partition}/{meta.offset}")
 
 
+def cmd_command(args: argparse.Namespace) -> None:
+    """POST one command to this machine's worker and print the answer (exit 1 unless 200)."""
+    import orjson
+
+    raw = sys.stdin.buffer.read() if args.data == "-" else args.data.encode("utf-8")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        sys.exit(f"projector: --data is not JSON: {exc}")
+    body: dict = {"aggregate_type": args.aggregate_type, "aggregate_id": args.aggregate_id,
+                  "type": args.type, "data": data}
+    if args.command_id:
+        body["command_id"] = args.command_id
+    if args.expected_version is not None:
+        body["expected_version"] = args.expected_version
+    _print_answer(*_api("POST", "/commands", body, timeout=40))
+
+
 def cmd_control(args: argparse.Namespace) -> None:
     """Read or write the control table: through this machine's worker, or straight on Kafka with --direct."""
     from urllib.parse import quote
@@ -245,10 +263,27 @@ def main(argv: list[str] | None = None) -> None:
     bench_lookups.add_arguments(p)
     p.set_defaults(func=bench_lookups.cmd_bench_lookups)
 
+    from projector import bench_commands
+
+    p = sub.add_parser("bench-commands", help="command round trip (POST /commands to 200) and how soon its row shows it")
+    bench_commands.add_arguments(p)
+    p.set_defaults(func=bench_commands.cmd_bench_commands)
+
     p = sub.add_parser("send", help="produce one record (key, JSON value) to the events topic")
     p.add_argument("key", help="the record key: the aggregate id")
     p.add_argument("value", help="the record value, e.g. one JSON envelope; - reads it from stdin")
     p.set_defaults(func=cmd_send)
+
+    p = sub.add_parser("command", help="send one command (POST /commands) through this machine's worker",
+                       description="Prints the writer's answer: the new version and events, or the error.")
+    p.add_argument("type", help="the command type, e.g. OpenAccount, Deposit, Withdraw, CloseAccount")
+    p.add_argument("aggregate_id")
+    p.add_argument("--data", default="{}", help="the command's data as JSON, e.g. '{\"amount\": 500}'; - reads stdin")
+    p.add_argument("--aggregate-type", default="account")
+    p.add_argument("--expected-version", type=int, default=None, metavar="N",
+                   help="only if the aggregate is at version N (else 409 version_conflict)")
+    p.add_argument("--command-id", default=None, help="an idempotency key: the same id again gives the first answer")
+    p.set_defaults(func=cmd_command)
 
     p = sub.add_parser("release", help="release a parked aggregate (needs PROJECTOR_ADMIN_TOKEN if the worker has one)")
     p.add_argument("aggregate_id")

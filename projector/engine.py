@@ -35,6 +35,8 @@ from projector.schemas import Schemas
 log = logging.getLogger(__name__)
 
 INDEX = "_index"
+#: The command side's answers, by command id: what a retry of the same command id gets.
+COMMANDS = "_commands"
 
 HEADER_REASON = "projector.reason"
 HEADER_ERROR = "projector.error"
@@ -78,9 +80,30 @@ class Send:
 class Plan:
     writes: dict[tuple[str, int], dict[bytes, Optional[bytes]]] = field(default_factory=dict)
     sends: list[Send] = field(default_factory=list)
+    #: Event records the command side appends to the events topic: in Kafka before anything else.
+    appends: list[Send] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.writes or self.sends)
+        return bool(self.writes or self.sends or self.appends)
+
+
+def command_id_of(events: Sequence[Event]) -> Optional[str]:
+    """The id of the command that decided these events (``metadata.command_id``), if any."""
+    command_id = events[0].metadata.get("command_id") if events and events[0].metadata else None
+    return command_id if isinstance(command_id, str) and command_id else None
+
+
+def accepted_answer(command_id: str, aggregate_id: str, envelopes: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The stored answer (status and body) of an accepted command, from the events it appended."""
+    return {
+        "status": 200,
+        "body": {
+            "command_id": command_id,
+            "aggregate_id": aggregate_id,
+            "version": envelopes[-1]["version"],
+            "events": list(envelopes),
+        },
+    }
 
 
 class _Batch:
@@ -221,7 +244,7 @@ class Engine:
         #: the two then leaves rows ahead of their guard (a replay skips them as
         #: duplicates), never a guard ahead of its rows (a replay would skip
         #: events the rows never got).
-        self.guard_tables = {INDEX, *(members_table(d) for d in self.derived)}
+        self.guard_tables = {INDEX, COMMANDS, *(members_table(d) for d in self.derived)}
 
     # --- events ------------------------------------------------------------------
 
@@ -307,6 +330,9 @@ class Engine:
         for p in pendings:
             admission = agg.admit(meta, p.events)
             self.metrics.duplicates += admission.duplicates
+            if admission.duplicates and command_id_of(p.originals) is not None:
+                # The command side applied these when it appended them: this is their echo.
+                self.metrics.command_echoes += admission.duplicates
             outcome = admission.outcome
             if outcome == agg.DUPLICATE:
                 continue
@@ -337,9 +363,17 @@ class Engine:
                 rows[name] = result.row
                 changed.add(name)
                 self.metrics.events_applied[name] += result.applied
-            for last, chunk in meta.append([e.to_dict() for e in fresh_originals]):
+            envelopes = [e.to_dict() for e in fresh_originals]
+            for last, chunk in meta.append(envelopes):
                 batch.put_json(INDEX, partition, agg.event_key(aid, last), chunk)
             meta_changed = True
+            command_id = command_id_of(p.originals)
+            if command_id is not None:
+                # The answer to the command that decided these events, kept with
+                # them: whoever folds them (the writer as it appends them, or any
+                # worker replaying the topic after a crash) records the same one.
+                batch.put_json(COMMANDS, partition, command_id.encode("utf-8"),
+                               accepted_answer(command_id, aid, envelopes))
         if meta_changed:
             batch.put_json(INDEX, partition, meta_key, meta.to_json())
         for name in changed:

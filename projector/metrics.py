@@ -24,6 +24,8 @@ class Metrics:
     events_applied: Counter = field(default_factory=Counter)  # by table
     duplicates: int = 0  # events at or below their aggregate's applied version
     duplicates_derived: int = 0  # repartition messages already applied
+    command_echoes: int = 0  # duplicates that are the command side's own events coming back
+    commands: Counter = field(default_factory=Counter)  # command answers by outcome
     deadletters: Counter = field(default_factory=Counter)  # by reason
     parked_aggregates: int = 0
     releases: int = 0
@@ -110,6 +112,13 @@ def prometheus_text(projector) -> str:
         "# HELP projector_duplicates_total Events skipped as duplicates (at or below the applied version).",
         "# TYPE projector_duplicates_total counter",
         f"projector_duplicates_total {m.duplicates}",
+        "# HELP projector_command_echoes_total Duplicates that are events the command side appended and "
+        "applied at once, read back from the events topic.",
+        "# TYPE projector_command_echoes_total counter",
+        f"projector_command_echoes_total {m.command_echoes}",
+        "# HELP projector_commands_total Commands this worker decided as the writer of their partition, by outcome.",
+        "# TYPE projector_commands_total counter",
+        *(f'projector_commands_total{{outcome="{_escape(k)}"}} {v}' for k, v in sorted(m.commands.items())),
         "# HELP projector_deadletter_total Records sent to the dead-letter topic, by reason.",
         "# TYPE projector_deadletter_total counter",
     ]

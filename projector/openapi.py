@@ -79,6 +79,40 @@ def _int(minimum: int, maximum: Optional[int] = None, default: Optional[int] = N
     return out
 
 
+#: Longest command id, aggregate type, aggregate id or command type, in bytes of UTF-8 (projector.writer.MAX_ID).
+MAX_COMMAND_ID = 256
+#: Default wait for a command's answer (projector.web.Views.post_command).
+COMMAND_WAIT_MS = 10000
+#: Largest JSON integer the API reads as an integer (orjson parses a larger one as a float).
+MAX_JSON_INT = 2**64 - 1
+
+_AMOUNT = {
+    "type": "integer",
+    "minimum": 1,
+    "maximum": 10**15,
+    "description": "Minor units: an integer from 1 to 10^15 (`5.0` counts as `5`).",
+}
+#: The ``data`` of the demo domain's commands, as tables/accounts.py's ``decide`` checks it
+#: (a field it does not name is ignored; a missing or ill-typed one is 400 ``invalid``).
+#: Any other command of a catalog is documented as taking any JSON object.
+COMMAND_DATA: dict[tuple[str, str], dict[str, Any]] = {
+    ("account", "OpenAccount"): {
+        "type": "object",
+        "required": ["owner", "currency"],
+        "properties": {
+            "owner": {"type": "string", "minLength": 1},
+            "currency": {"type": "string", "minLength": 1},
+            "initial_deposit": _nullable({
+                **_AMOUNT,
+                "description": "Opens and funds the account in one decision (two events). " + _AMOUNT["description"],
+            }),
+        },
+    },
+    ("account", "Deposit"): {"type": "object", "required": ["amount"], "properties": {"amount": _AMOUNT}},
+    ("account", "Withdraw"): {"type": "object", "required": ["amount"], "properties": {"amount": _AMOUNT}},
+    ("account", "CloseAccount"): {"type": "object", "description": "No fields: `{}`."},
+}
+
 UNAUTHORIZED = {"$ref": "#/components/responses/Unauthorized"}
 UNAVAILABLE = {"$ref": "#/components/responses/Unavailable"}
 INVALID = {"$ref": "#/components/responses/Invalid"}
@@ -111,6 +145,73 @@ def _operation(operation_id: str, summary: str, responses: dict[str, Any], *, ta
     return out
 
 
+def _command_schema(catalog: Any) -> tuple[dict[str, Any], Optional[dict[str, Any]]]:
+    """A ``POST /commands`` body as projector.writer.check_command takes it, and an example.
+
+    One alternative per command type of each aggregate of the catalog that takes
+    commands (``catalog.deciders``), each with its ``data``; an aggregate that
+    lists no command types takes any non-empty ``type``.
+    """
+
+    def text(description: str) -> dict[str, Any]:
+        # At most MAX_COMMAND_ID bytes of UTF-8: maxLength (in characters) is the bound for ASCII.
+        return {"type": "string", "minLength": 1, "maxLength": MAX_COMMAND_ID, "description": description}
+
+    common = {
+        "command_id": _nullable(text(
+            f"The command's id, at most {MAX_COMMAND_ID} bytes of UTF-8; absent or null: the worker makes "
+            "one up (a UUID). A command id seen before gets the answer it got then, and nothing is appended."
+        )),
+        "aggregate_id": text(f"The aggregate's id, at most {MAX_COMMAND_ID} bytes of UTF-8."),
+        "expected_version": _nullable({
+            "type": "integer",
+            "minimum": 0,
+            "maximum": 2**63 - 1,
+            "description": "Decide only if the aggregate is at this version (0: it has no event yet); "
+            "otherwise 409 `version_conflict`. Absent or null: no check.",
+        }),
+    }
+    required = ["aggregate_type", "aggregate_id", "type", "data"]
+    variants = []
+    for aggregate_type, model in sorted(catalog.deciders.items()):
+        for kind in list(model.commands) or [None]:
+            data = COMMAND_DATA.get((aggregate_type, kind)) or {
+                "type": "object",
+                "description": "The command's fields, as the aggregate's decider takes them.",
+            }
+            variants.append({
+                "type": "object",
+                "required": required,
+                "additionalProperties": False,
+                "properties": {
+                    "command_id": common["command_id"],
+                    "aggregate_type": {"type": "string", "const": aggregate_type},
+                    "aggregate_id": common["aggregate_id"],
+                    "type": {"type": "string", "const": kind} if kind else text("The command type."),
+                    "expected_version": common["expected_version"],
+                    "data": data,
+                },
+            })
+    if not variants:  # no aggregate of this catalog takes commands: every command is 400 `invalid`
+        return {
+            "type": "object",
+            "required": required,
+            "additionalProperties": False,
+            "properties": {
+                **common,
+                "aggregate_type": text("An aggregate type (none of this worker's catalog takes commands)."),
+                "type": text("The command type."),
+                "data": {"type": "object"},
+            },
+        }, None
+    example = None
+    if "Deposit" in getattr(catalog.deciders.get("account"), "commands", ()):
+        example = {"aggregate_type": "account", "aggregate_id": "acc-000001", "type": "Deposit",
+                   "data": {"amount": 100}}
+    schema = variants[0] if len(variants) == 1 else {"oneOf": variants}
+    return {**schema, "description": "A command: its aggregate, its type and its `data` (CONTRACT §5)."}, example
+
+
 # --- the document ------------------------------------------------------------------
 
 
@@ -136,6 +237,7 @@ def document(projector: Any) -> dict[str, Any]:
         "(writing such a key is 400 `invalid`). It may contain `/`.",
         example="commands.enabled",
     )
+    command_schema, command_example = _command_schema(projector.catalog)
     timeout_ms = _query(
         "timeout_ms",
         _int(0, MAX_WAIT_MS, default=0),
@@ -191,6 +293,7 @@ def document(projector: Any) -> dict[str, Any]:
                 "metadata": {"type": "object"},
             },
         },
+        "Command": command_schema,
         "DeadLetter": {
             "type": "object",
             "required": ["reason", "error", "source", "aggregate_id", "key"],
@@ -442,6 +545,135 @@ def document(projector: Any) -> dict[str, Any]:
             },
         )
     }
+    command_id = {"type": "string", "description": "The command's id (made up when the request had none)."}
+    command_body: dict[str, Any] = {"schema": _ref("Command")}
+    if command_example is not None:
+        command_body["example"] = command_example
+    paths["/commands"] = {
+        "post": _operation(
+            "postCommand",
+            "Have the writer of an aggregate decide a command, and answer with its decision",
+            {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": ["command_id", "aggregate_id", "version", "events"],
+                        "properties": {
+                            "command_id": command_id,
+                            "aggregate_id": {"type": "string"},
+                            "version": {
+                                "type": "integer",
+                                "minimum": 0,
+                                "description": "The aggregate's version after the command (its last event's).",
+                            },
+                            "events": {
+                                "type": "array",
+                                "items": _ref("Envelope"),
+                                "description": "The events the command appended, in order (none when the "
+                                "decider decided none).",
+                            },
+                        },
+                    },
+                    "Accepted: its events are in the events topic, and the writer's read-model rows include them.",
+                ),
+                "400": INVALID,
+                "409": _error(
+                    "`expected_version` is not the aggregate's version (final for this command id).",
+                    ["version_conflict"],
+                    required=("command_id", "expected_version", "actual_version"),
+                    command_id=command_id,
+                    expected_version={"type": "integer", "minimum": 0},
+                    actual_version={"type": "integer", "minimum": 0},
+                ),
+                "413": TOO_LARGE,
+                "422": _error(
+                    "The aggregate refuses the command. Final for this command id, but for `parked`, "
+                    "`fold_error`, `decide_error` and `invalid_event`, which are not recorded.",
+                    ["rejected"],
+                    required=("command_id", "reason", "detail"),
+                    command_id=command_id,
+                    reason={
+                        "type": "string",
+                        "description": "A short code. The demo domain's: `already_exists`, `not_open`, "
+                        "`insufficient_funds`, `over_limit`, `balance_not_zero`, `balance_limit` (a balance would pass 2^62). Projector's: `parked` (the "
+                        "aggregate waits for an operator's release), `fold_error` (a read model's fold refused "
+                        "the decided events), `decide_error` (the decider raised), `invalid_event` (it "
+                        "decided an event that is not a valid envelope).",
+                    },
+                    detail={"type": "string"},
+                ),
+                "503": _error(
+                    "`commands_disabled` (the control key `commands.enabled` is false), `not_ready` (this "
+                    "worker, or the aggregate's writer, is not ready), or `unavailable` (Kafka refused the "
+                    "command); retry with the same `command_id`.",
+                    ["commands_disabled", "not_ready", "unavailable"],
+                    command_id=command_id,
+                ),
+                "504": _error(
+                    "No answer within `timeout_ms`: the command may still be decided. Send the same "
+                    "`command_id` again to learn its outcome.",
+                    ["timeout"],
+                    required=("command_id", "detail"),
+                    command_id=command_id,
+                ),
+            },
+            tags=["commands"],
+            description="Any worker takes the command and puts it on the command topic, keyed by aggregate "
+            "id; the worker owning that partition decides it against the aggregate's state and version, "
+            "appends its events, and the answer comes back here. The writer's answers (200, 400, 409, 422) "
+            "carry the command id; 200, 409, 400 from the decider and 422 but for `parked`, `fold_error`, "
+            "`decide_error` and `invalid_event` are recorded for it, and the same command id gets the same "
+            "answer again without being decided twice. A 400 from checking the body carries the body's "
+            "`command_id` when that is a string; a bad `timeout_ms` or a body that is not JSON, none. The "
+            "body is at most 1 MiB.",
+            parameters=[
+                _query("timeout_ms", _int(1, MAX_WAIT_MS, default=COMMAND_WAIT_MS),
+                       f"How long to wait for the writer's answer, in milliseconds (1 to {MAX_WAIT_MS}, "
+                       f"default {COMMAND_WAIT_MS}); anything else is 400 `invalid`."),
+            ],
+            requestBody={"required": True, "content": {JSON: command_body}},
+        )
+    }
+    paths["/internal/command-answers"] = {
+        "post": _operation(
+            "internalCommandAnswers",
+            "Answers of commands this worker took (used between workers by POST /commands)",
+            {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": ["delivered"],
+                        "properties": {"delivered": {"type": "integer", "minimum": 0}},
+                    },
+                    "`delivered` answers were handed to the requests waiting for them (if any still waits).",
+                ),
+                "400": _error("The body is not a list of `{command_id, status, body}`.", ["invalid"]),
+                "413": TOO_LARGE,
+            },
+            tags=["internal"],
+            description="Worker to worker: the writer of an aggregate sends each command's answer to the "
+            "worker that took the command. Not a stable API.",
+            requestBody={
+                "required": True,
+                "content": {
+                    JSON: {
+                        "schema": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["command_id", "status", "body"],
+                                "properties": {
+                                    "command_id": {"type": "string"},
+                                    "status": {"type": "integer", "description": "The HTTP status of the answer."},
+                                    "body": {"type": "object", "description": "The answer's body."},
+                                },
+                            },
+                        }
+                    }
+                },
+            },
+        )
+    }
     paths["/control"] = {
         "get": _operation(
             "getControl",
@@ -585,12 +817,16 @@ def document(projector: Any) -> dict[str, Any]:
         "info": {
             "title": "projector",
             "version": __version__,
-            "description": "Read models of an event-sourced system on Kafka. Every worker answers every "
+            "description": "Read models of an event-sourced system on Kafka, and its command side "
+            "(`POST /commands`). Every worker answers every "
             "request (it forwards to the owner of the key's partition). Every body is JSON but "
             "`/metrics` and `/`; every error is `{\"error\": \"<code>\", ...}`; the only 5xx answers "
             "are 503 and 504.",
         },
-        "tags": [{"name": name} for name in ("tables", "aggregates", "control", "operations", "status", "internal")],
+        "tags": [
+            {"name": name}
+            for name in ("tables", "aggregates", "commands", "control", "operations", "status", "internal")
+        ],
         "security": [{"bearer": []}],
         "paths": paths,
         "components": {

@@ -12,6 +12,11 @@ A read model module defines:
 - optionally ``INITIAL``: the state before the first event (default ``None``);
 Its rows are keyed by aggregate id.
 
+Such a read model may also be the state of an aggregate that takes commands
+(``POST /commands``): it then declares ``AGGREGATE_TYPE`` (the commands'
+``aggregate_type``) and ``decide(state, command, settings)`` (see
+:mod:`projector.decider`), and optionally ``COMMANDS``, the command types.
+
 A *re-keyed* read model is declared over an aggregate-keyed one, the way a
 Kafka Streams ``groupBy(...).aggregate(adder, subtractor)`` is over a KTable:
 
@@ -80,6 +85,10 @@ class ReadModel:
     module: Optional[ModuleType] = None
     #: fold takes a third argument: the control table's read-only view.
     takes_control: bool = False
+    #: For the state of an aggregate that takes commands: its type and decider.
+    aggregate_type: Optional[str] = None
+    decide: Optional[Callable[[Any, dict, Any], Any]] = None
+    commands: tuple[str, ...] = ()
 
     @property
     def keyed_by_aggregate(self) -> bool:
@@ -123,6 +132,11 @@ class Catalog:
 
     def get(self, name: str) -> Any:
         return next((m for m in self.all if m.name == name), None)
+
+    @property
+    def deciders(self) -> dict[str, ReadModel]:
+        """Read models that are the state of an aggregate taking commands, by aggregate type."""
+        return {m.aggregate_type: m for m in self.models if m.decide is not None}
 
 
 def default_tables_dir() -> Path:
@@ -183,6 +197,17 @@ def read_model_from_module(module: ModuleType, origin: str = "") -> Any:
     key = getattr(module, "key", None)
     if key is not None and not callable(key):
         raise ReadModelError(f"{where}: key must be a function (event) -> str")
+    decide = getattr(module, "decide", None)
+    aggregate_type = getattr(module, "AGGREGATE_TYPE", None)
+    commands = getattr(module, "COMMANDS", ())
+    if decide is not None or aggregate_type is not None:
+        if not callable(decide) or not isinstance(aggregate_type, str) or not aggregate_type:
+            raise ReadModelError(
+                f"{where}: an aggregate that takes commands defines both AGGREGATE_TYPE (a string) "
+                "and decide(state, command, settings)"
+            )
+        if isinstance(commands, str) or not all(isinstance(c, str) for c in commands):
+            raise ReadModelError(f"{where}: COMMANDS must be a tuple of command type names")
     return ReadModel(
         name=name,
         description=description,
@@ -192,6 +217,9 @@ def read_model_from_module(module: ModuleType, origin: str = "") -> Any:
         key=key,
         module=module,
         takes_control=takes_control,
+        aggregate_type=aggregate_type,
+        decide=decide,
+        commands=tuple(commands),
     )
 
 
@@ -294,6 +322,14 @@ def load_catalog(directory: Optional[Path] = None) -> Catalog:
             raise ReadModelError(
                 f"{seen[d.name]}: SOURCE {d.source!r} is not an aggregate-keyed read model in {directory}"
             )
+    types: dict[str, str] = {}
+    for m in models:
+        if m.aggregate_type is not None:
+            if m.aggregate_type in types:
+                raise ReadModelError(
+                    f"{seen[m.name]}: AGGREGATE_TYPE {m.aggregate_type!r} is already decided by {types[m.aggregate_type]}"
+                )
+            types[m.aggregate_type] = m.name
     for m in models:
         if m.key is not None:
             raise ReadModelError(

@@ -33,6 +33,11 @@ def commands_topic_name(settings: Settings) -> str:
     return f"{settings.app_id}-engine-commands"
 
 
+def command_topic_name(settings: Settings) -> str:
+    """Commands of ``POST /commands``, keyed by aggregate id, co-partitioned with the events topic."""
+    return f"{settings.app_id}-commands"
+
+
 def repartition_topic_name(settings: Settings, model: str) -> str:
     return f"{settings.app_id}-{model}-repartition"
 
@@ -53,6 +58,7 @@ def projector_topics(settings: Settings, derived: list[str] = (), partitions: in
     ]
     if partitions is not None:
         specs.append(TopicSpec(commands_topic_name(settings), n))
+        specs.append(TopicSpec(command_topic_name(settings), n))
         specs.extend(TopicSpec(repartition_topic_name(settings, name), n) for name in derived)
     return specs
 

@@ -171,6 +171,21 @@ def _forwarded_headers(request: web.Request) -> dict[str, str]:
     return headers
 
 
+async def post_internal(projector: "Projector", url: str, path: str, body: Any) -> None:
+    """POST a JSON body to another worker's internal endpoint, with this deployment's API token."""
+    headers = {FORWARDED_HEADER: "1", "Content-Type": "application/json"}
+    if projector.settings.api_token is not None:
+        headers["Authorization"] = f"Bearer {projector.settings.api_token}"
+    session = getattr(projector, "internal_session", None)
+    if session is None or session.closed:
+        # One session (and its kept-alive connections) for all of this worker's internal calls.
+        session = projector.internal_session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT))
+    async with session.post(url.rstrip("/") + path, data=orjson.dumps(body), headers=headers) as r:
+        if r.status != 200:
+            raise RuntimeError(f"{url}{path} answered {r.status}: {(await r.read())[:200]!r}")
+
+
 def _is_admin(request: web.Request, settings: Any) -> bool:
     return settings.admin_token is None or _bearer(request, settings.admin_token)
 
@@ -463,6 +478,56 @@ class Views:
         meta = await fut
         return json_response({"aggregate_id": aid, "skip_to": skip_to, "offset": meta.offset}, status=202)
 
+    # --- the command side (CONTRACT §5, POST /commands) ----------------------------------
+
+    async def post_command(self, request: web.Request) -> web.Response:
+        """Take a command, have the writer of its aggregate decide it, and answer with the decision."""
+        from projector.decider import InvalidCommand
+        from projector.writer import check_command
+
+        p = self.projector
+        timeout_ms = _int_param(request, "timeout_ms", 10000, 1, MAX_WAIT_MS)
+        raw = await request.read()
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            return json_error(400, "invalid", detail=f"body is not JSON: {exc}")
+        try:
+            command = check_command(body, p.catalog)
+        except InvalidCommand as exc:
+            command_id = body.get("command_id") if isinstance(body, dict) else None
+            return json_error(400, "invalid", detail=str(exc),
+                              **({"command_id": command_id} if isinstance(command_id, str) else {}))
+        if not p.control.commands_enabled:
+            return json_error(503, "commands_disabled", command_id=command["command_id"],
+                              detail="commands.enabled is false in the control table")
+        ready, detail = p.readiness()
+        if not ready:
+            return json_error(503, "not_ready", command_id=command["command_id"], detail=detail)
+        try:
+            status, answer = await p.submit_command(command, timeout_ms / 1000)
+        except KafkaError as exc:
+            return json_error(503, "unavailable", command_id=command["command_id"],
+                              detail=f"writing the command topic failed: {exc!r}")
+        return json_response(answer, status=status)
+
+    async def internal_command_answers(self, request: web.Request) -> web.Response:
+        """Answers from the writers, for commands this worker took (see :meth:`Projector.submit_command`)."""
+        shape = "a JSON array of {command_id: string, status: integer, body: object}"
+        try:
+            items = orjson.loads(await request.read())
+        except orjson.JSONDecodeError as exc:
+            return json_error(400, "invalid", detail=f"body is not JSON: {exc}")
+        if not isinstance(items, list) or not all(
+            isinstance(i, dict) and isinstance(i.get("command_id"), str) and isinstance(i.get("body"), dict)
+            and isinstance(i.get("status"), int) and not isinstance(i.get("status"), bool) and 100 <= i["status"] <= 599
+            for i in items
+        ):
+            return json_error(400, "invalid", detail=f"expected {shape}")
+        for item in items:
+            self.projector.resolve_command(item["command_id"], item["status"], item["body"])
+        return json_response({"delivered": len(items)})
+
     async def deadletters(self, request: web.Request) -> web.Response:
         from projector.deadletters import read_recent
 
@@ -509,6 +574,8 @@ def install_routes(app: web.Application, projector: "Projector") -> None:
     app.router.add_get("/internal/scan/{table}", views.internal_scan)
     app.router.add_get("/aggregates/{id}/events", views.aggregate_events)
     app.router.add_post("/aggregates/{id}/release", views.release)
+    app.router.add_post("/commands", views.post_command)
+    app.router.add_post("/internal/command-answers", views.internal_command_answers)
     app.router.add_get("/control", views.get_control)
     app.router.add_get("/control/{key:.+}", views.get_control_key)
     app.router.add_put("/control/{key:.+}", views.put_control)

@@ -1,16 +1,23 @@
-"""The ``accounts`` read model of the demo domain (CONTRACT §4).
+"""The ``accounts`` read model and the ``account`` aggregate's decider (CONTRACT §4).
 
 Pure: it knows nothing of Faust or Kafka. One row per account id:
-``{owner, currency, balance, status, deposits, withdrawals}``.
+``{owner, currency, balance, status, deposits, withdrawals}``. The row is also
+the aggregate's state when :func:`decide` judges a command.
 
 The fold holds the domain's invariants: an event that would take a balance
 below zero, touch a closed account, or close one with money in it raises,
 and the engine rejects the record as ``fold_error``.
 """
 
+from projector.decider import InvalidCommand, Rejected
+
 NAME = "accounts"
 DESCRIPTION = "Bank accounts: owner, currency, balance, status and counts of deposits and withdrawals"
 HANDLES = ("AccountOpened", "MoneyDeposited", "MoneyWithdrawn", "AccountClosed")
+
+#: This read model is the state of the ``account`` aggregate, which takes commands.
+AGGREGATE_TYPE = "account"
+COMMANDS = ("OpenAccount", "Deposit", "Withdraw", "CloseAccount")
 
 
 class AccountFoldError(ValueError):
@@ -64,3 +71,81 @@ def fold(state, event):
             raise AccountFoldError(f"AccountClosed with a non-zero balance {state['balance']}")
         return {**state, "status": "closed"}
     return state
+
+
+# --- the decider: commands in, events out ------------------------------------------
+
+
+#: The largest amount one command moves (minor units): balances stay far from 64-bit limits.
+MAX_AMOUNT = 10**15
+MAX_BALANCE = 2**62
+
+
+def _command_amount(data) -> int:
+    amount = data.get("amount")
+    if isinstance(amount, float) and amount.is_integer():
+        amount = int(amount)  # JSON has one number type: 500.0 is the integer 500
+    if not isinstance(amount, int) or isinstance(amount, bool) or not 0 < amount <= MAX_AMOUNT:
+        raise InvalidCommand(f"amount must be an integer from 1 to {MAX_AMOUNT} (minor units), got {amount!r}")
+    return amount
+
+
+def _string(data, field) -> str:
+    value = data.get(field)
+    if not isinstance(value, str) or not value:
+        raise InvalidCommand(f"{field} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _must_be_open(state) -> None:
+    if state is None or state["status"] != "open":
+        raise Rejected("not_open", "the account is not open" if state is None else "the account is closed")
+
+
+def _max_withdrawal(settings):
+    limit = settings.get("accounts.max_withdrawal")
+    return limit if isinstance(limit, int) and not isinstance(limit, bool) else None
+
+
+def decide(state, command, settings):
+    """The events an account command produces, or :class:`Rejected`.
+
+    ``OpenAccount {owner, currency}`` may carry ``initial_deposit`` (an
+    integer > 0): it then opens and funds the account in one decision, two
+    events appended together or not at all. A ``Withdraw`` is checked in the
+    order ``not_open``, ``over_limit``, ``insufficient_funds``; a balance
+    never goes below zero.
+    """
+    kind, data = command["type"], command["data"]
+    if kind == "OpenAccount":
+        owner, currency = _string(data, "owner"), _string(data, "currency")
+        initial = data.get("initial_deposit")
+        if initial is not None:
+            initial = _command_amount({"amount": initial})
+        if state is not None:
+            raise Rejected("already_exists", "the account exists already")
+        events = [{"type": "AccountOpened", "data": {"owner": owner, "currency": currency}}]
+        if initial is not None:
+            events.append({"type": "MoneyDeposited", "data": {"amount": initial}})
+        return events
+    if kind == "Deposit":
+        amount = _command_amount(data)
+        _must_be_open(state)
+        if state["balance"] + amount > MAX_BALANCE:
+            raise Rejected("balance_limit", f"a balance may not exceed {MAX_BALANCE}")
+        return [{"type": "MoneyDeposited", "data": {"amount": amount}}]
+    if kind == "Withdraw":
+        amount = _command_amount(data)
+        _must_be_open(state)
+        limit = _max_withdrawal(settings)
+        if limit is not None and amount > limit:
+            raise Rejected("over_limit", f"withdrawals are limited to {limit}; asked for {amount}")
+        if amount > state["balance"]:
+            raise Rejected("insufficient_funds", f"the balance is {state['balance']}; asked for {amount}")
+        return [{"type": "MoneyWithdrawn", "data": {"amount": amount}}]
+    if kind == "CloseAccount":
+        _must_be_open(state)
+        if state["balance"] != 0:
+            raise Rejected("balance_not_zero", f"the balance is {state['balance']}; withdraw it first")
+        return [{"type": "AccountClosed", "data": {}}]
+    raise InvalidCommand(f"unknown command type {kind!r} for an account; one of {', '.join(COMMANDS)}")

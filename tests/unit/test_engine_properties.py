@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from enginekit import PARTITIONS, TABLES_DIR, Driver, Rec, group_by, opened, deposited, values
 from projector.demo import generate_histories
-from projector.engine import INDEX
+from projector.engine import COMMANDS, INDEX
 from projector.partitioning import partition_for
 from projector.readmodels import load_catalog
 
@@ -448,9 +448,9 @@ def test_a_crash_between_send_rounds_replays_to_the_same_state(history, cuts, ro
     assert d.deadletters == [] and read_models_state(d) == read_models_state(clean)
 
 
-def test_guard_tables_are_the_index_and_the_members_tables():
+def test_guard_tables_are_the_index_the_command_answers_and_the_members_tables():
     d = Driver(REPO_CATALOG)
-    assert d.engine.guard_tables == {INDEX, "_owners_members", "_currencies_members"}
+    assert d.engine.guard_tables == {INDEX, COMMANDS, "_owners_members", "_currencies_members"}
 
 
 @PROPS

@@ -1,0 +1,189 @@
+"""``projector bench-commands``: the command round trip, and how soon its result can be read.
+
+Two workers share a fresh events topic. Accounts are opened, then clients
+send deposits and withdrawals through random workers. For each command it
+measures:
+
+- the round trip: from ``POST /commands`` to its 200 (the command goes to the
+  command topic, the writer of its partition decides it, appends its events,
+  records them, and the answer comes back);
+- the visibility: from that 200 until ``GET /tables/accounts/{id}?min_version=<version>``
+  on a random worker (the other one half the time, so forwarded) shows the
+  new version.
+
+First one client, one command at a time (latency without queueing), then
+several clients at once (the rate the command side sustains).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+from projector.bench import BenchError, Kafka, free_port, log, machine_info, stop_process
+from projector.bench_lookups import _summary, _wait_ready
+from projector.config import Settings
+
+
+async def _round(session: aiohttp.ClientSession, urls: list[str], rng: random.Random, accounts: list[str],
+                 n: int, tag: str, out: dict[str, list[float]], errors: dict[str, int]) -> None:
+    aid = rng.choice(accounts)
+    kind = "Deposit" if rng.random() < 0.6 else "Withdraw"
+    command = {"command_id": f"{tag}-{n}", "aggregate_type": "account", "aggregate_id": aid, "type": kind,
+               "data": {"amount": rng.randint(1, 50)}}
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        async with session.post(f"{rng.choice(urls)}/commands", data=orjson.dumps(command)) as r:
+            body = orjson.loads(await r.read())
+            status = r.status
+    except (aiohttp.ClientError, asyncio.TimeoutError):
+        errors["command"] += 1
+        return
+    answered = loop.time()
+    if status == 422:  # insufficient funds: a decided command all the same, with nothing to read
+        out["command"].append(answered - started)
+        return
+    if status != 200:
+        errors["command"] += 1
+        return
+    out["command"].append(answered - started)
+    try:
+        url = f"{rng.choice(urls)}/tables/accounts/{aid}?min_version={body['version']}&timeout_ms=10000"
+        async with session.get(url) as r:
+            await r.read()
+            ok = r.status == 200
+    except (aiohttp.ClientError, asyncio.TimeoutError):
+        ok = False
+    if ok:
+        out["visible"].append(loop.time() - answered)
+    else:
+        errors["visible"] += 1
+
+
+async def _phase(urls: list[str], accounts: list[str], clients: int, count: int, seconds: float,
+                 tag: str) -> dict[str, Any]:
+    out: dict[str, list[float]] = {"command": [], "visible": []}
+    errors = {"command": 0, "visible": 0}
+    counter = iter(range(count))
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    end = began + seconds
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+
+        async def client(i: int) -> None:
+            rng = random.Random(i + 17)
+            for n in counter:
+                if loop.time() > end:
+                    return
+                await _round(session, urls, rng, accounts, n, tag, out, errors)
+
+        await asyncio.gather(*(client(i) for i in range(clients)))
+    took = loop.time() - began
+    return {"clients": clients, "command": _summary(out["command"], errors["command"], took),
+            "visible": _summary(out["visible"], errors["visible"], took)}
+
+
+async def _run(args: argparse.Namespace, settings: Settings, workdir: Path) -> dict[str, Any]:
+    tag = f"cm{uuid.uuid4().hex[:8]}"
+    topic = f"{tag}-events"
+    kafka = Kafka(settings.bootstrap_servers)
+    await kafka.start()
+    procs: list[subprocess.Popen] = []
+    try:
+        await kafka.create_topic(topic, args.partitions, 1)
+        urls = []
+        for name in ("w1", "w2"):
+            port = free_port()
+            env = dict(os.environ, PROJECTOR_BROKER=settings.broker, PROJECTOR_APP_ID=tag,
+                       PROJECTOR_EVENTS_TOPIC=topic, PROJECTOR_CONTROL_TOPIC=f"{tag}-control",
+                       PROJECTOR_DATA_DIR=str(workdir / name), PROJECTOR_WEB_PORT=str(port),
+                       PROJECTOR_WEB_HOST="127.0.0.1", PROJECTOR_PARTITIONS=str(args.partitions))
+            env.pop("PROJECTOR_API_TOKEN", None)
+            log_file = open(workdir / f"{name}.log", "wb")
+            procs.append(subprocess.Popen([sys.executable, "-m", "projector", "worker"], env=env,
+                                          stdout=log_file, stderr=subprocess.STDOUT))
+            urls.append(f"http://127.0.0.1:{port}")
+        accounts = [f"bench-{i:04d}" for i in range(args.accounts)]
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+            await _wait_ready(session, urls, workdir)
+            log(f"opening {len(accounts)} accounts through the command side")
+            for aid in accounts:
+                body = {"command_id": f"open-{aid}", "aggregate_type": "account", "aggregate_id": aid,
+                        "type": "OpenAccount", "data": {"owner": "bench", "currency": "EUR", "initial_deposit": 1000}}
+                for _ in range(100):  # a writer answers not_ready until it has caught up; the worker retries
+                    async with session.post(f"{urls[0]}/commands", data=orjson.dumps(body)) as r:
+                        if r.status == 200:
+                            break
+                    await asyncio.sleep(0.2)
+                else:
+                    raise BenchError(f"could not open {aid}")
+        log(f"one client, one command at a time: {args.commands} commands")
+        single = await _phase(urls, accounts, 1, args.commands, args.seconds * 4, f"{tag}-s")
+        log(f"{args.clients} clients for {args.seconds} s")
+        many = await _phase(urls, accounts, args.clients, 10**9, args.seconds, f"{tag}-m")
+        return {
+            "tool": "projector bench-commands",
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "machine": machine_info(),
+            "broker": settings.broker,
+            "partitions": args.partitions, "accounts": args.accounts,
+            "one_client": single,
+            "concurrent": many,
+        }
+    finally:
+        for proc in procs:
+            stop_process(proc)
+        try:
+            await kafka.delete_topics([n for n in await kafka.list_topics() if n.startswith(tag)])
+        finally:
+            await kafka.close()
+
+
+def cmd_bench_commands(args: argparse.Namespace) -> None:
+    settings = Settings.from_env({**os.environ, **({"PROJECTOR_BROKER": args.broker} if args.broker else {})})
+    workdir = Path(tempfile.mkdtemp(prefix="projector-commands-"))
+    try:
+        report = asyncio.run(_run(args, settings, workdir))
+    except BenchError as exc:
+        sys.exit(f"projector bench-commands: {exc}")
+    finally:
+        if not args.keep_data:
+            shutil.rmtree(workdir, ignore_errors=True)
+    out = Path(args.output or f"bench-results/commands-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"\ncommand round trip and visibility, two workers, {report['partitions']} partitions; report: {out}")
+    print(f"{'':>34} {'rate/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'errors':>7}")
+    for phase in ("one_client", "concurrent"):
+        r = report[phase]
+        for what, label in (("command", "POST /commands to 200"), ("visible", "200 to row at that version")):
+            row = r[what]
+            name = f"{label} (c={r['clients']})"
+            print(f"{name:>34} {row['rate']:>8} {row['p50_ms']!s:>8} {row['p99_ms']!s:>8} "
+                  f"{row['max_ms']!s:>8} {row['errors']:>7}")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--broker", default=None, help="bootstrap servers (default $PROJECTOR_BROKER); the broker must run")
+    p.add_argument("--partitions", type=int, default=8)
+    p.add_argument("--accounts", type=int, default=200)
+    p.add_argument("--commands", type=int, default=1000, help="commands of the one-client phase")
+    p.add_argument("--clients", type=int, default=16, help="clients of the concurrent phase")
+    p.add_argument("--seconds", type=float, default=15.0, help="length of the concurrent phase")
+    p.add_argument("--output", default=None)
+    p.add_argument("--keep-data", action="store_true")
