@@ -21,7 +21,7 @@ from projector.readmodels import Catalog, load_catalog
 from projector.schemas import Schemas
 from projector.slicing import TimeSlice
 from projector.state import FaustStore, rocksdb_options
-from projector.topics import command_topic_name, commands_topic_name, repartition_topic_name
+from projector.topics import replication_configs, command_topic_name, commands_topic_name, repartition_topic_name
 from projector.writer import Answer, decide_steps, settings_view
 
 log = logging.getLogger(__name__)
@@ -128,6 +128,8 @@ class Projector:
                 value_type=bytes,
                 options=rocksdb_options(),
                 help=help_,
+                # Changelogs are Faust's to create: give them the same durability as projector's topics.
+                extra_topic_configs=replication_configs(settings),
             )
 
         for model in self.catalog.models:

@@ -21,7 +21,7 @@ def cmd_worker(args: argparse.Namespace) -> None:
     from projector.app import Projector
     from projector.readmodels import ReadModelError, load_catalog
     from projector.schemas import SchemaError, Schemas
-    from projector.topics import TopicError, ensure_topics, projector_topics
+    from projector.topics import TopicError, ensure_topics, projector_topics, resolve_replication
 
     settings = _settings()
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
@@ -31,6 +31,7 @@ def cmd_worker(args: argparse.Namespace) -> None:
     except (ReadModelError, SchemaError) as exc:
         sys.exit(f"projector: {exc}")
     try:
+        settings = asyncio.run(resolve_replication(settings))
         partitions = asyncio.run(ensure_topics(settings))[settings.events_topic]
         # Internal topics must exist before Faust joins the group, or its first
         # assignment leaves them out; they share the events topic's partitions.

@@ -71,8 +71,12 @@ class Settings:
     web_port: int = 6066
     api_token: Optional[str] = None
     admin_token: Optional[str] = None
-    # Not in the contract: replication factor for topics projector creates.
+    # Not in the contract: replication factor for topics projector creates, and
+    # their min.insync.replicas. Unset (auto), a worker picks min(3, brokers), and
+    # 2 in-sync replicas once the factor is 3 (see topics.resolve_replication).
     replication_factor: int = 1
+    replication_auto: bool = True
+    min_insync_replicas: Optional[int] = None
 
     @classmethod
     def from_env(cls, env: Optional[Mapping[str, str]] = None) -> "Settings":
@@ -91,6 +95,8 @@ class Settings:
             api_token=env.get("PROJECTOR_API_TOKEN") or None,
             admin_token=env.get("PROJECTOR_ADMIN_TOKEN") or None,
             replication_factor=_int(env, "PROJECTOR_REPLICATION_FACTOR", 1),
+            replication_auto=not (env.get("PROJECTOR_REPLICATION_FACTOR") or "").strip(),
+            min_insync_replicas=_int(env, "PROJECTOR_MIN_INSYNC_REPLICAS", 0) or None,
         )
         if settings.web_port > 65535:
             raise ConfigError(f"PROJECTOR_WEB_PORT must be a TCP port, got {settings.web_port}")

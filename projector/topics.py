@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -85,6 +86,41 @@ async def connect_admin(settings: Settings, timeout: float = 60.0) -> AIOKafkaAd
             await asyncio.sleep(1.0)
 
 
+async def resolve_replication(settings: Settings) -> Settings:
+    """Settings with the replication factor and min.insync.replicas this cluster gets.
+
+    Unless PROJECTOR_REPLICATION_FACTOR is set, the factor is min(3, brokers):
+    1 on a laptop's single broker, 3 on a cluster. min.insync.replicas is
+    PROJECTOR_MIN_INSYNC_REPLICAS, else 2 once the factor is 3 or more (with
+    acks=all a write then survives one broker lost), else 1.
+    """
+    admin = await connect_admin(settings)
+    try:
+        brokers = len((await admin.describe_cluster())["brokers"])
+    except KafkaError as exc:
+        raise TopicError(f"Kafka admin request failed: {exc!r}") from exc
+    finally:
+        await admin.close()
+    factor = min(3, brokers) if settings.replication_auto else settings.replication_factor
+    if factor > brokers:
+        raise TopicError(
+            f"PROJECTOR_REPLICATION_FACTOR is {factor}, but the cluster at {settings.broker} has {brokers} "
+            f"broker{'s' if brokers != 1 else ''}"
+        )
+    insync = settings.min_insync_replicas or (2 if factor >= 3 else 1)
+    if insync > factor:
+        raise TopicError(f"PROJECTOR_MIN_INSYNC_REPLICAS is {insync}, above the replication factor {factor}")
+    log.info("%d broker(s): topics get replication factor %d, min.insync.replicas %d", brokers, factor, insync)
+    return dataclasses.replace(settings, replication_factor=factor, replication_auto=False,
+                               min_insync_replicas=insync)
+
+
+def replication_configs(settings: Settings) -> dict[str, str]:
+    """Topic configs for the replication settings (nothing to add on a single broker)."""
+    insync = settings.min_insync_replicas or 1
+    return {"min.insync.replicas": str(insync)} if insync > 1 else {}
+
+
 async def describe_partitions(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, int]:
     """Partition counts of the topics among ``names`` that exist."""
     out = {}
@@ -116,7 +152,8 @@ async def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None
         if missing:
             response = await admin.create_topics(
                 [
-                    NewTopic(s.name, s.partitions, settings.replication_factor, topic_configs=s.config)
+                    NewTopic(s.name, s.partitions, settings.replication_factor,
+                             topic_configs={**replication_configs(settings), **s.config})
                     for s in missing
                 ]
             )

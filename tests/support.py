@@ -59,6 +59,27 @@ def free_port(pair_offset: int = 0) -> int:
     raise RuntimeError("no free port pair found")
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_base(nodes: int) -> int:
+    """A base port for deploy/kafka/kafka.sh: base..base+nodes-1 and base+100.. free (client and controller ports)."""
+    import random
+
+    for _ in range(500):
+        base = random.randint(20000, 30000)
+        ports = [base + i for i in range(nodes)] + [base + 100 + i for i in range(nodes)]
+        if all(_port_free(p) for p in ports):
+            return base
+    raise RuntimeError("no free port range")
+
+
 def http(method: str, url: str, body: Any = None, token: Optional[str] = None, timeout: float = 20) -> tuple[int, Any]:
     """One HTTP request; returns (status, decoded JSON body)."""
     data = orjson.dumps(body) if body is not None else None

@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from projector.demo import generate_histories
-from support import fold_accounts, get, group_by, produce, read_topic, wait_for
+from support import free_base, fold_accounts, get, group_by, produce, read_topic, run_kafka_sh, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -42,6 +42,19 @@ def _rows(url: str, table: str) -> dict[str, Any]:
         cursor = body["next_cursor"]
         if cursor is None:
             return out
+
+
+def _expected(histories: list[dict]) -> dict[str, dict]:
+    accounts = fold_accounts(histories)
+    return {"accounts": {k: r["value"] for k, r in accounts.items()},
+            "owners": group_by(accounts, "owner"), "currencies": group_by(accounts, "currency")}
+
+
+def _equals_oracle(url: str, expected: dict[str, dict], versions: dict[str, int]) -> bool:
+    got = _rows(url, "accounts")
+    if {k: r["version"] for k, r in got.items()} != versions:
+        return False
+    return all({k: r["value"] for k, r in _rows(url, table).items()} == rows for table, rows in expected.items())
 
 
 def _ready(workers: list) -> None:
@@ -90,21 +103,10 @@ def test_workers_join_leave_crash_and_lose_state_under_load(worker_factory, name
     produce(kafka_bootstrap, names["events"], chunks[5])
     step("3 -> 1 worker", lambda: (w[2].stop(), w[3].stop(), _ready([w[1]])))
 
-    accounts = fold_accounts(histories)
-    expected = {"accounts": accounts, "owners": group_by(accounts, "owner"),
-                "currencies": group_by(accounts, "currency")}
-
-    def matches() -> bool:
-        got = _rows(w[1].url, "accounts")
-        if {k: r["version"] for k, r in got.items()} != {k: r["version"] for k, r in accounts.items()}:
-            return False
-        return all({k: r["value"] for k, r in _rows(w[1].url, t).items()} ==
-                   {k: (r["value"] if "value" in r else r) for k, r in rows.items()}
-                   for t, rows in expected.items())
-
-    wait_for(matches, 600, "every read model to equal the oracle", interval=3)
-    got = _rows(w[1].url, "accounts")
-    assert {k: r["value"] for k, r in got.items()} == {k: r["value"] for k, r in accounts.items()}
+    expected = _expected(histories)
+    versions = {k: r["version"] for k, r in fold_accounts(histories).items()}
+    wait_for(lambda: _equals_oracle(w[1].url, expected, versions), 600, "every read model to equal the oracle",
+             interval=3)
 
     dead = read_topic(kafka_bootstrap, f"{names['events']}.deadletter")
     # A poison record may be dead-lettered again after a crash (at-least-once), never anything else.
@@ -112,3 +114,63 @@ def test_workers_join_leave_crash_and_lose_state_under_load(worker_factory, name
     reasons = {dict(r.headers)["projector.reason"] for r in dead}
     assert reasons == {b"invalid_json"}
     print(f"\nfault steps (starting with {starting}): {steps}")
+
+
+async def _topic_replication(bootstrap: str, names: list[str]) -> dict[str, tuple[int, str]]:
+    """(replication factor, min.insync.replicas) of each topic."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        out = {}
+        for topic in await admin.describe_topics(names):
+            out[topic["topic"]] = [len(topic["partitions"][0]["replicas"])]
+        for response in await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, n) for n in names]):
+            for resource in response.resources:
+                configs = {c[0]: c[1] for c in resource[4]}
+                out[resource[3]].append(configs.get("min.insync.replicas"))
+        return {k: tuple(v) for k, v in out.items()}
+    finally:
+        await admin.close()
+
+
+def test_three_broker_cluster_with_a_broker_killed_and_restarted(worker_factory, names, tmp_path):
+    import asyncio
+
+    env = {"KAFKA_RUN_DIR": str(tmp_path / "cluster"), "KAFKA_PORT": str(free_base(3))}
+    run_kafka_sh("--mode", "cluster", "start", env=env)
+    try:
+        bootstrap = run_kafka_sh("--mode", "cluster", "bootstrap", env=env).stdout.strip()
+        histories = list(generate_histories(ACCOUNTS, EVENTS, seed=8))
+        records = [(e["aggregate_id"].encode(), orjson.dumps(e)) for e in histories]
+        size = len(records) // 6 + 1
+        chunks = [records[i:i + size] for i in range(0, len(records), size)]
+        extra = {"PROJECTOR_BROKER": bootstrap}
+        workers = [worker_factory(f"c{n}", partitions=PARTITIONS, extra_env=extra) for n in (1, 2)]
+        _ready(workers)
+        produce(bootstrap, names["events"], chunks[0])
+        produce(bootstrap, names["events"], chunks[1])
+        run_kafka_sh("--mode", "cluster", "kill", "2", env=env)  # kill -9, while the workers fold
+        produce(bootstrap, names["events"], chunks[2])
+        produce(bootstrap, names["events"], chunks[3])
+        run_kafka_sh("--mode", "cluster", "start-node", "2", env=env)
+        produce(bootstrap, names["events"], chunks[4])
+        produce(bootstrap, names["events"], chunks[5])
+        expected = _expected(histories)
+        versions = {k: r["version"] for k, r in fold_accounts(histories).items()}
+        for worker in workers:
+            wait_for(lambda: _equals_oracle(worker.url, expected, versions), 600,
+                     f"{worker.name}: every read model to equal the oracle", interval=3)
+        # Nothing was lost, nothing applied twice (the oracle above), and nothing dead-lettered.
+        assert read_topic(bootstrap, f"{names['events']}.deadletter") == []
+        # Internal topics and changelogs got the cluster's durability settings.
+        changelog = f"{names['app_id']}-accounts-changelog"
+        replication = asyncio.run(_topic_replication(
+            bootstrap, [names["events"], f"{names['app_id']}-commands", changelog]))
+        assert set(replication.values()) == {(3, "2")}, replication
+    finally:
+        for worker in list(locals().get("workers", [])):
+            worker.stop()
+        run_kafka_sh("--mode", "cluster", "stop", env=env, check=False)

@@ -3,34 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import random
 import socket
 from pathlib import Path
 
 import pytest
 
-from support import run_kafka_sh, wait_for
+from support import free_base, run_kafka_sh, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_base(nodes: int) -> int:
-    """A base port with base..base+nodes-1 and base+100.. free (client and controller ports)."""
-    for _ in range(500):
-        base = random.randint(20000, 30000)
-        ports = [base + i for i in range(nodes)] + [base + 100 + i for i in range(nodes)]
-        if all(_free(p) for p in ports):
-            return base
-    raise RuntimeError("no free port range")
 
 
 def listening(port: int) -> bool:

@@ -184,3 +184,17 @@ def test_events_and_control_topic_must_differ():
 
 def test_config_error_is_a_value_error():
     assert issubclass(ConfigError, ValueError)
+
+
+def test_replication_is_automatic_unless_set():
+    from projector.topics import replication_configs
+
+    auto = Settings.from_env({})
+    assert auto.replication_auto and auto.min_insync_replicas is None
+    assert replication_configs(auto) == {}
+    fixed = Settings.from_env({"PROJECTOR_REPLICATION_FACTOR": "3", "PROJECTOR_MIN_INSYNC_REPLICAS": "2"})
+    assert not fixed.replication_auto
+    assert (fixed.replication_factor, fixed.min_insync_replicas) == (3, 2)
+    assert replication_configs(fixed) == {"min.insync.replicas": "2"}
+    with pytest.raises(ConfigError):
+        Settings.from_env({"PROJECTOR_MIN_INSYNC_REPLICAS": "x"})
