@@ -18,6 +18,7 @@ from projector.control_table import ControlTable, GapFiller, records_end
 from projector.engine import COMMANDS, INDEX, Engine, Plan, members_table
 from projector.metrics import LAG_PROBE_INTERVAL, Metrics
 from projector.readmodels import Catalog, load_catalog
+from projector.recoveryprogress import RecoveryProgress
 from projector.schemas import Schemas
 from projector.slicing import TimeSlice
 from projector.state import FaustStore, rocksdb_options
@@ -41,6 +42,7 @@ class ProjectorApp(faust.App):
         self.add_future(self.projector._unstick_control_recovery())
         self.add_future(self.projector.gap_filler.run())
         self.add_future(self.projector._probe_loop_lag())
+        self.add_future(self.projector.recovery_progress.run())
 
     def on_webserver_init(self, web: Any) -> None:
         from projector.web import install_routes
@@ -152,6 +154,9 @@ class Projector:
         #: Requests parked until a row changes (read-your-writes), by (table, partition, key).
         self.row_waiters: dict[tuple[str, int, bytes], set[asyncio.Future]] = {}
         self.app.on_partitions_revoked.connect(self._on_revoked)
+        self.recovery_progress = RecoveryProgress(self.app.tables.recovery)
+        for t in tables.values():
+            self.recovery_progress.count(t)
         #: The writer's catch-up gate, per partition of the events topic: the
         #: end it must fold to before deciding (set at the first command after
         #: an assignment), the partitions it has caught up on, and the last

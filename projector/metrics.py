@@ -96,6 +96,22 @@ def _recovery_lines(projector) -> list[str]:
         remaining = {}
     for tp, n in sorted(remaining.items()):
         lines.append(f'projector_recovery_remaining{{topic="{_escape(tp.topic)}",partition="{tp.partition}"}} {max(0, n)}')
+    progress = getattr(projector, "recovery_progress", None)
+    if progress is not None:
+        lines += [
+            "# HELP projector_recovery_restored_total Changelog records restored into RocksDB (actives and standbys).",
+            "# TYPE projector_recovery_restored_total counter",
+            f"projector_recovery_restored_total {progress.restored_total}",
+            "# HELP projector_recovery_records_per_second Changelog records restored per second, last sample.",
+            "# TYPE projector_recovery_records_per_second gauge",
+            f"projector_recovery_records_per_second {progress.rate:.1f}",
+            "# HELP projector_recovery_eta_seconds Estimated seconds until an active partition is restored.",
+            "# TYPE projector_recovery_eta_seconds gauge",
+        ]
+        for p in progress.partitions:
+            if p.kind == "active" and p.eta_seconds is not None:
+                lines.append(f'projector_recovery_eta_seconds{{topic="{_escape(p.topic)}",partition="{p.partition}"}} '
+                             f"{p.eta_seconds:.1f}")
     return lines
 
 

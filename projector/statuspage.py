@@ -97,14 +97,29 @@ def worker_status(projector: "Projector") -> dict[str, Any]:
         log.debug("no assignment to show: %r", exc)
         actives = set()
     partitions = sorted(tp.partition for tp in actives if tp.topic == events_topic)
+    try:
+        standbys = sorted({tp.partition for tp in p.app.assignor.assigned_standbys()})
+    except Exception:  # no assignment yet
+        standbys = []
+    if partitions:
+        role = "active"
+    elif standbys or ready:
+        # More workers than partitions: this one only keeps standby replicas,
+        # ready to take over when another worker leaves.
+        role = "standby"
+    else:
+        role = "starting"
     lag = [{"partition": partition, "lag": n} for topic, partition, n in p.consumer_lag() if topic == events_topic]
     m = p.metrics
     return {
         "worker": p.settings.url,
         "ready": ready,
         "detail": detail,
+        "role": role,
         "partitions": partitions,
+        "standby_partitions": standbys,
         "partitions_total": p.partitions,
+        "recovery": [x.to_json() for x in p.recovery_progress.partitions if x.remaining > 0],
         "lag": lag,
         "events_applied": {model.name: m.events_applied[model.name] for model in p.catalog.all},
         "records_total": m.records_seen,
@@ -442,10 +457,18 @@ PAGE = r"""<!doctype html>
     var dl = w.deadletters || {}, dlTotal = Object.keys(dl).reduce(function (a, k) { return a + dl[k]; }, 0);
     return '<div class="card worker" data-worker="' + esc(w.worker) + '">' +
       '<h2><span class="dot" style="background:' + c + '"></span><span class="mono">' + esc(w.worker) + "</span>" +
-      (w.ready ? '<span class="badge ok">ready</span>' : '<span class="badge warn">not ready</span>') + "</h2>" +
+      (w.ready ? '<span class="badge ok">ready</span>' : '<span class="badge warn">not ready</span>') +
+      (w.role === "standby" ? '<span class="badge warn" title="more workers than partitions: standby replicas only">standby</span>' : "") +
+      "</h2>" +
       '<div class="detail">' + esc(w.detail) + " &middot; " + fmt(w.records_total) + " records handled &middot; lag " + fmt(totalLag) + "</div>" +
       "<h3>Partitions (" + (w.partitions || []).length + " of " + esc(w.partitions_total) + ") and lag</h3>" +
-      '<div class="chips partitions">' + (chips || '<span class="none">no partitions assigned</span>') + "</div>" +
+      '<div class="chips partitions">' + (chips || '<span class="none">' + (w.role === "standby"
+        ? "none active: a standby, holding replicas of " + (w.standby_partitions || []).length + " partitions"
+        : "no partitions assigned") + "</span>") + "</div>" +
+      ((w.recovery || []).length ? "<h3>Restoring from changelogs</h3>" + '<div class="mono">' + w.recovery.map(function (r) {
+        return esc(r.topic) + "[" + r.partition + "] " + esc(r.kind) + ": " + fmt(r.remaining) + " left, " + fmt(r.rate) +
+          "/s, ETA " + (r.eta_seconds === null ? "?" : fmt(r.eta_seconds) + " s");
+      }).join("<br>") + "</div>" : "") +
       '<div class="chartbox"><h3>Throughput</h3><div class="rate">' + (rate === null ? "&ndash;" : rateFmt(rate)) +
       " <small>records/s</small></div>" + chart(w.worker, h, w.time) + "</div>" +
       '<div class="cols"><section><h3>Events applied</h3>' + rows(w.events_applied, "no read models", "applied") + "</section>" +

@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from projector.demo import generate_histories
-from support import free_base, fold_accounts, get, group_by, produce, read_topic, run_kafka_sh, wait_for
+from support import free_base, fold_accounts, get, group_by, produce, prometheus, read_topic, run_kafka_sh, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -92,12 +92,17 @@ def test_workers_join_leave_crash_and_lose_state_under_load(worker_factory, name
     step("kill -9 and restart from the old data dir", lambda: (w[2].kill9(), w[2].start(), _ready([w[2]])))
     produce(kafka_bootstrap, names["events"], chunks[4])
 
+    restored: list[float] = []
+
     def wipe() -> None:
         w[3].stop()
         shutil.rmtree(w[3].data_dir)
         w[3].data_dir.mkdir(parents=True)
         w[3].start()
         _ready([w[3]])
+        # It rebuilt its tables from their changelogs, and counted what it restored.
+        restored.append(prometheus(w[3].url)["projector_recovery_restored_total"])
+        assert restored[-1] > 0
 
     step("restart with the data dir deleted", wipe)
     produce(kafka_bootstrap, names["events"], chunks[5])
@@ -113,7 +118,7 @@ def test_workers_join_leave_crash_and_lose_state_under_load(worker_factory, name
     assert {r.key for r in dead} == {k for k, _ in POISON}, [(r.key, r.value[:60]) for r in dead][:10]
     reasons = {dict(r.headers)["projector.reason"] for r in dead}
     assert reasons == {b"invalid_json"}
-    print(f"\nfault steps (starting with {starting}): {steps}")
+    print(f"\nfault steps (starting with {starting}): {steps}; restored after the wipe: {restored}")
 
 
 async def _topic_replication(bootstrap: str, names: list[str]) -> dict[str, tuple[int, str]]:
@@ -174,3 +179,27 @@ def test_three_broker_cluster_with_a_broker_killed_and_restarted(worker_factory,
         for worker in list(locals().get("workers", [])):
             worker.stop()
         run_kafka_sh("--mode", "cluster", "stop", env=env, check=False)
+
+
+def test_a_worker_beyond_the_partition_count_is_a_standby_and_takes_over(worker_factory, names, kafka_bootstrap):
+    histories = list(generate_histories(200, 4000, seed=9))
+    workers = [worker_factory(f"s{n}", partitions=2) for n in (1, 2, 3)]
+    _ready(workers)
+    produce(kafka_bootstrap, names["events"], [(e["aggregate_id"].encode(), orjson.dumps(e)) for e in histories])
+    versions = {k: r["version"] for k, r in fold_accounts(histories).items()}
+    expected = _expected(histories)
+    wait_for(lambda: _equals_oracle(workers[0].url, expected, versions), 180, "the read models", interval=2)
+
+    def roles() -> dict[str, str]:
+        return {w.name: get(f"{w.url}/status")[1]["role"] for w in workers if w.alive()}
+
+    wait_for(lambda: sorted(roles().values()) == ["active", "active", "standby"], 60, "two actives and a standby")
+    standby = next(w for w in workers if roles()[w.name] == "standby")
+    status = get(f"{standby.url}/status")[1]
+    assert status["partitions"] == [] and status["standby_partitions"], status
+    # An active worker leaves: the standby takes over its partition and answers from its own state.
+    leaving = next(w for w in workers if w is not standby)
+    leaving.stop()
+    wait_for(lambda: get(f"{standby.url}/status")[1]["role"] == "active", 120, "the standby to become active")
+    standby.wait_ready()
+    assert _equals_oracle(standby.url, expected, versions)
