@@ -155,6 +155,7 @@ class Projector:
         self.row_waiters: dict[tuple[str, int, bytes], set[asyncio.Future]] = {}
         self.app.on_partitions_revoked.connect(self._on_revoked)
         self.recovery_progress = RecoveryProgress(self.app.tables.recovery)
+        self._check_restore_offsets()
         for t in tables.values():
             self.recovery_progress.count(t)
         #: The writer's catch-up gate, per partition of the events topic: the
@@ -513,6 +514,52 @@ class Projector:
             self.settings.control_topic, key=key.encode("utf-8"), value=encode_value(value), partition=0
         )
         return meta.offset
+
+    def _check_restore_offsets(self) -> None:
+        """Rebuild a table partition whose local offset does not fit its changelog, instead of trusting it.
+
+        Faust restores a partition from the offset stored with it in RocksDB.
+        That offset must lie within the changelog: at least its first
+        record minus one, at most its last record. Past the end (the
+        changelog was deleted and created again), Faust would keep rows the
+        changelog no longer has; before the start (retention deleted the
+        records that followed it), it would silently skip them. In both
+        cases the worker says so and rebuilds the partition from the
+        changelog's first record.
+        """
+        recovery = self.app.tables.recovery
+        build = recovery._build_offsets
+        by_topic = {t.changelog_topic.get_topic_name(): name for name, t in self.tables.items()}
+
+        async def checked(consumer: Any, tps: Any, destination: Any, title: str) -> None:
+            stored = {tp: destination.get(tp) for tp in tps if destination.get(tp) is not None}
+            if stored:
+                try:
+                    earliest = await consumer.earliest_offsets(*stored)
+                    highwaters = await consumer.highwaters(*stored)
+                except Exception as exc:  # keep Faust's own behaviour if the broker cannot say
+                    log.warning("cannot check the stored changelog offsets: %r", exc)
+                    earliest, highwaters = {}, {}
+                for tp, offset in stored.items():
+                    first, end = earliest.get(tp), highwaters.get(tp)
+                    table = by_topic.get(tp.topic)
+                    if first is None or end is None or table is None:
+                        continue
+                    if offset >= end or offset < first - 1:
+                        why = (f"past the changelog's end ({end}): the changelog was deleted or replaced"
+                               if offset >= end else
+                               f"before the changelog's first record ({first}): records after it were deleted "
+                               "(retention)")
+                        deleted = self.store.clear_partition(table, tp.partition)
+                        log.error(
+                            "%s partition %d: the local state is at changelog offset %d, %s. Rebuilding it "
+                            "from the changelog's first record (%d local rows dropped).",
+                            table, tp.partition, offset, why, deleted,
+                        )
+                        destination[tp] = None
+            await build(consumer, tps, destination, title)
+
+        recovery._build_offsets = checked
 
     # --- state of the worker -----------------------------------------------------
 

@@ -21,7 +21,14 @@ def cmd_worker(args: argparse.Namespace) -> None:
     from projector.app import Projector
     from projector.readmodels import ReadModelError, load_catalog
     from projector.schemas import SchemaError, Schemas
-    from projector.topics import TopicError, ensure_topics, projector_topics, resolve_replication
+    from projector.topics import (
+        TopicError,
+        changelog_topic_name,
+        check_compacted,
+        ensure_topics,
+        projector_topics,
+        resolve_replication,
+    )
 
     settings = _settings()
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
@@ -37,6 +44,13 @@ def cmd_worker(args: argparse.Namespace) -> None:
         # assignment leaves them out; they share the events topic's partitions.
         derived = [d.name for d in catalog.derived]
         asyncio.run(ensure_topics(settings, projector_topics(settings, derived, partitions)))
+        # Changelogs Faust created on an earlier start, and the control topic, must be compacted.
+        from projector.engine import COMMANDS, INDEX, members_table
+
+        tables = [m.name for m in catalog.models] + [INDEX, COMMANDS] + [
+            name for d in catalog.derived for name in (d.name, members_table(d))]
+        asyncio.run(check_compacted(
+            settings, [settings.control_topic] + [changelog_topic_name(settings, t) for t in tables]))
     except TopicError as exc:
         sys.exit(f"projector: {exc}")
     projector = Projector(settings, catalog, partitions=partitions)

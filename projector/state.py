@@ -58,6 +58,22 @@ class FaustStore:
                 break
             yield key, value
 
+    def clear_partition(self, table: str, partition: int) -> int:
+        """Delete every row of one table partition, and its changelog offset; returns the rows deleted."""
+        store = self._store(table)
+        db = store._db_for_partition(partition)
+        deleted = 0
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        for key in db.keys():
+            batch.delete(key)
+            deleted += 1
+            store._key_index.pop(key, None)
+            if deleted % 10_000 == 0:
+                db.write(batch)
+                batch = rocksdict.WriteBatch(raw_mode=True)
+        db.write(batch)
+        return deleted
+
     def write(self, table: str, partition: int, items: dict[bytes, Optional[bytes]], changelog_offset: Optional[int]) -> None:
         """Write ``items`` (``None`` deletes) and the changelog offset they reach, atomically."""
         store = self._store(table)

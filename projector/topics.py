@@ -121,6 +121,46 @@ def replication_configs(settings: Settings) -> dict[str, str]:
     return {"min.insync.replicas": str(insync)} if insync > 1 else {}
 
 
+def changelog_topic_name(settings: Settings, table: str) -> str:
+    """The changelog Faust keeps for ``table``."""
+    return f"{settings.app_id}-{table}-changelog"
+
+
+async def check_compacted(settings: Settings, names: list[str]) -> None:
+    """Refuse topics among ``names`` that exist but are not compacted.
+
+    A changelog (or the control topic) that deletes old records by time or
+    size loses the only copy of rows that have not changed since: a worker
+    that restores from it rebuilds tables with rows missing.
+    """
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    admin = await connect_admin(settings)
+    try:
+        existing = await describe_partitions(admin, names)
+        if not existing:
+            return
+        responses = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, name) for name in sorted(existing)])
+    except KafkaError as exc:
+        raise TopicError(f"Kafka admin request failed: {exc!r}") from exc
+    finally:
+        await admin.close()
+    bad = []
+    for response in responses:
+        for resource in response.resources:
+            configs = {entry[0]: entry[1] for entry in resource[4]}
+            policy = configs.get("cleanup.policy") or ""
+            if "compact" not in policy.split(","):
+                bad.append(f"{resource[3]} (cleanup.policy={policy or '?'})")
+    if bad:
+        raise TopicError(
+            "these topics must be compacted, or a restore from them loses rows: " + ", ".join(sorted(bad))
+            + ". Fix each with: kafka-configs.sh --bootstrap-server <broker> --alter --entity-type topics "
+            "--entity-name <topic> --add-config cleanup.policy=compact"
+        )
+
+
 async def describe_partitions(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, int]:
     """Partition counts of the topics among ``names`` that exist."""
     out = {}

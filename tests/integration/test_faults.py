@@ -203,3 +203,64 @@ def test_a_worker_beyond_the_partition_count_is_a_standby_and_takes_over(worker_
     wait_for(lambda: get(f"{standby.url}/status")[1]["role"] == "active", 120, "the standby to become active")
     standby.wait_ready()
     assert _equals_oracle(standby.url, expected, versions)
+
+
+def test_local_state_past_a_replaced_changelog_is_rebuilt_not_trusted(worker_factory, names, kafka_bootstrap):
+    import asyncio
+
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    histories = list(generate_histories(50, 500, seed=10))
+    w = worker_factory("r1", partitions=2)
+    w.wait_ready()
+    produce(kafka_bootstrap, names["events"], [(e["aggregate_id"].encode(), orjson.dumps(e)) for e in histories])
+    versions = {k: r["version"] for k, r in fold_accounts(histories).items()}
+    wait_for(lambda: {k: r["version"] for k, r in _rows(w.url, "accounts").items()} == versions, 120, "the fold")
+    w.stop()
+    changelog = f"{names['app_id']}-accounts-changelog"
+
+    async def replace_changelog() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        await admin.start()
+        try:
+            await admin.delete_topics([changelog])
+            # Wait until it is gone: the worker creates it again, empty, when it starts.
+            for _ in range(100):
+                if changelog not in await admin.list_topics():
+                    return
+                await asyncio.sleep(0.2)
+            raise AssertionError(f"{changelog} was not deleted")
+        finally:
+            await admin.close()
+
+    asyncio.run(replace_changelog())
+    w.start()
+    w.wait_ready(timeout=120)  # it must not wait forever for offsets the new changelog never had
+    log = w.log_path.read_text(errors="replace")
+    assert "Rebuilding it from the changelog's first record" in log, w.log_tail(60)
+    assert "past the changelog's end" in log
+    # Rebuilt from the (empty) changelog: the stale rows are gone, the other tables untouched.
+    assert _rows(w.url, "accounts") == {}
+    assert get(f"{w.url}/aggregates/{histories[0]['aggregate_id']}/events")[0] == 200
+
+
+def test_a_changelog_that_is_not_compacted_stops_the_worker_with_the_fix(worker_factory, names, kafka_bootstrap):
+    import asyncio
+
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    changelog = f"{names['app_id']}-accounts-changelog"
+
+    async def create() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(changelog, 2, 1, topic_configs={"cleanup.policy": "delete"})])
+        finally:
+            await admin.close()
+
+    asyncio.run(create())
+    w = worker_factory("k1", partitions=2)
+    assert w.proc.wait(timeout=120) != 0
+    log = w.log_path.read_text(errors="replace")
+    assert f"{changelog} (cleanup.policy=delete)" in log and "cleanup.policy=compact" in log, log[-2000:]
