@@ -191,6 +191,8 @@ class Projector:
         commands_topic = self.commands_topic.get_topic_name()
         records = [m for m in messages if m.topic != commands_topic]
         commands = [m for m in messages if m.topic == commands_topic]
+        if records and not self.metrics.first_record_time:
+            self.metrics.first_record_time = time.time()
         for m in records:  # how far each partition is folded, for the writer's catch-up gate
             if m.offset > self.folded_offsets.get(m.partition, -1):
                 self.folded_offsets[m.partition] = m.offset

@@ -53,6 +53,10 @@ def cmd_worker(args: argparse.Namespace) -> None:
             settings, [settings.control_topic] + [changelog_topic_name(settings, t) for t in tables]))
     except TopicError as exc:
         sys.exit(f"projector: {exc}")
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        sys.exit(f"projector: cannot create PROJECTOR_DATA_DIR {settings.data_dir}: {exc}")
     projector = Projector(settings, catalog, partitions=partitions)
     from faust.worker import Worker
 
@@ -277,6 +281,12 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("bench-lookups", help="key-lookup latency (local, forwarded) while two workers fold a backlog")
     bench_lookups.add_arguments(p)
     p.set_defaults(func=bench_lookups.cmd_bench_lookups)
+
+    from projector import bench_scale
+
+    p = sub.add_parser("bench-scale", help="throughput with 1, 2, 4 workers; recovery; kill -9; rebalance pause")
+    bench_scale.add_arguments(p)
+    p.set_defaults(func=bench_scale.cmd_bench_scale)
 
     from projector import bench_commands
 

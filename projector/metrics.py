@@ -41,6 +41,8 @@ class Metrics:
     # How late the event loop woke a sleeping task: what a request waits before the loop reads it.
     lag_buckets: list = field(default_factory=lambda: [0] * (len(LAG_BUCKETS) + 1))
     lag_seconds_total: float = 0.0
+    #: Unix time this worker handled its first record of the events topic (0: none yet).
+    first_record_time: float = 0.0
 
     def observe_lag(self, seconds: float) -> None:
         self.lag_seconds_total += seconds
@@ -156,6 +158,10 @@ def prometheus_text(projector) -> str:
         "# HELP projector_fold_batch_seconds Fold batch latency: Kafka sends until acked, then RocksDB.",
         "# TYPE projector_fold_batch_seconds histogram",
         *_histogram("projector_fold_batch_seconds", m.batch_buckets, m.batch_seconds_total),
+        "# HELP projector_first_record_time_seconds Unix time of the first events-topic record this worker "
+        "handled (0: none yet).",
+        "# TYPE projector_first_record_time_seconds gauge",
+        f"projector_first_record_time_seconds {m.first_record_time:.3f}",
         "# HELP projector_event_loop_lag_seconds How late the worker's event loop woke a task that slept "
         f"{LAG_PROBE_INTERVAL * 1000:g} ms: the wait a request sees before the worker reads it.",
         "# TYPE projector_event_loop_lag_seconds histogram",
