@@ -9,8 +9,8 @@ changelogs):
 - **recovery**: the 1-worker run's worker restarted with its data dir deleted,
   so it restores every table from the changelogs: time to ready, changelog
   records restored and the rate;
-- **kill -9**: the same worker killed and restarted from its data dir: time to
-  ready;
+- **kill -9**: the same worker killed and restarted from its data dir, then
+  killed again and restarted without it: time to ready;
 - **rebalance pause**: 2 workers fold a fresh copy of the topic, and a 3rd one
   joins halfway; the longest stretch with no record handled by any worker.
 """
@@ -166,7 +166,7 @@ async def _run(args: argparse.Namespace, settings: Settings, workdir: Path) -> d
                     group.stop()
             report["throughput"] = throughput
             assert first is not None
-            log("recovery: restart with the data dir deleted")
+            log("recovery: SIGTERM, restart with the data dir deleted")
             first.stop("w1")
             shutil.rmtree(workdir / first.tag / "w1")
             started = time.monotonic()
@@ -186,6 +186,16 @@ async def _run(args: argparse.Namespace, settings: Settings, workdir: Path) -> d
             report["restart_after_kill_9_with_local_state"] = {"seconds_to_ready": round(ready, 1),
                                                                "changelog_records_restored": int(restored)}
             log(f"  {report['restart_after_kill_9_with_local_state']}")
+            log("kill -9, restart with the data dir deleted")
+            first.kill9("w1")
+            shutil.rmtree(workdir / first.tag / "w1")
+            started = time.monotonic()
+            first.start("w1")
+            ready = await first.ready(session, ["w1"]) - started
+            restored = (await first.metrics(session, ["w1"]))["w1"].get("projector_recovery_restored_total", 0)
+            report["restart_after_kill_9_without_local_state"] = {"seconds_to_ready": round(ready, 1),
+                                                                  "changelog_records_restored": int(restored)}
+            log(f"  {report['restart_after_kill_9_without_local_state']}")
             first.stop()
 
             log("rebalance pause: 2 workers fold, a 3rd joins halfway")
@@ -249,6 +259,9 @@ def cmd_bench_scale(args: argparse.Namespace) -> None:
           f"{r['changelog_records_restored']} changelog records restored")
     k = report["restart_after_kill_9_with_local_state"]
     print(f"  restart after kill -9 with local state: ready in {k['seconds_to_ready']} s")
+    k = report["restart_after_kill_9_without_local_state"]
+    print(f"  restart after kill -9 without local state: ready in {k['seconds_to_ready']} s, "
+          f"{k['changelog_records_restored']} changelog records restored")
     print(f"  rebalance when a 3rd worker joins 2: longest stretch without progress {report['rebalance_pause_seconds']} s")
 
 

@@ -264,3 +264,32 @@ def test_a_changelog_that_is_not_compacted_stops_the_worker_with_the_fix(worker_
     assert w.proc.wait(timeout=120) != 0
     log = w.log_path.read_text(errors="replace")
     assert f"{changelog} (cleanup.policy=delete)" in log and "cleanup.policy=compact" in log, log[-2000:]
+
+
+def test_sigterm_commits_and_leaves_the_group(worker_factory, names, kafka_bootstrap):
+    """A worker stopped with SIGTERM commits what it folded and leaves the group at once.
+
+    The worker that takes its partitions over reads nothing again, and the
+    stopped worker's log shows that it left the group (instead of its
+    partitions waiting for its session to time out).
+    """
+    histories = list(generate_histories(300, 6000, seed=12))
+    w1, w2 = worker_factory("t1", partitions=4), worker_factory("t2", partitions=4)
+    _ready([w1, w2])
+    produce(kafka_bootstrap, names["events"], [(e["aggregate_id"].encode(), orjson.dumps(e)) for e in histories])
+    versions = {k: r["version"] for k, r in fold_accounts(histories).items()}
+    wait_for(lambda: {k: r["version"] for k, r in _rows(w1.url, "accounts").items()} == versions, 180, "the fold")
+
+    def records(w) -> float:
+        return prometheus(w.url)["projector_records_total"]
+
+    before = records(w2)
+    assert get(f"{w1.url}/status")[1]["partitions"], "w1 owned no partition: nothing to hand over"
+    w1.stop()
+    assert w1.proc.returncode == 0, w1.log_tail()
+    assert "LeaveGroup request succeeded" in w1.log_path.read_text(errors="replace"), w1.log_tail(60)
+    wait_for(lambda: get(f"{w2.url}/status")[1]["partitions"] == [0, 1, 2, 3], 60, "w2 to own every partition")
+    w2.wait_ready()
+    # Every offset w1 folded was committed: w2 reads none of its records again.
+    assert records(w2) == before
+    assert _equals_oracle(w2.url, _expected(histories), versions)
