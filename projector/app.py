@@ -95,6 +95,9 @@ class Projector:
             broker_commit_interval=1.0,
             broker_heartbeat_interval=3.0,
             consumer_auto_offset_reset="earliest",
+            # A worker that takes over a partition from one that failed starts from
+            # its standby copy instead of replaying the whole changelog.
+            table_standby_replicas=settings.standby_replicas,
         )
         self.app.projector = self
 

@@ -77,6 +77,8 @@ class Settings:
     replication_factor: int = 1
     replication_auto: bool = True
     min_insync_replicas: Optional[int] = None
+    # Standby replicas of each table partition kept by other workers (Faust's table_standby_replicas).
+    standby_replicas: int = 1
 
     @classmethod
     def from_env(cls, env: Optional[Mapping[str, str]] = None) -> "Settings":
@@ -97,6 +99,7 @@ class Settings:
             replication_factor=_int(env, "PROJECTOR_REPLICATION_FACTOR", 1),
             replication_auto=not (env.get("PROJECTOR_REPLICATION_FACTOR") or "").strip(),
             min_insync_replicas=_int(env, "PROJECTOR_MIN_INSYNC_REPLICAS", 0) or None,
+            standby_replicas=_int(env, "PROJECTOR_STANDBY_REPLICAS", 1, minimum=0),
         )
         if settings.web_port > 65535:
             raise ConfigError(f"PROJECTOR_WEB_PORT must be a TCP port, got {settings.web_port}")

@@ -198,3 +198,10 @@ def test_replication_is_automatic_unless_set():
     assert replication_configs(fixed) == {"min.insync.replicas": "2"}
     with pytest.raises(ConfigError):
         Settings.from_env({"PROJECTOR_MIN_INSYNC_REPLICAS": "x"})
+
+
+def test_standby_replicas_default_to_one_and_may_be_zero():
+    assert Settings.from_env({}).standby_replicas == 1
+    assert Settings.from_env({"PROJECTOR_STANDBY_REPLICAS": "0"}).standby_replicas == 0
+    with pytest.raises(ConfigError):
+        Settings.from_env({"PROJECTOR_STANDBY_REPLICAS": "-1"})
