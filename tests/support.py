@@ -219,13 +219,18 @@ async def _read_topic(bootstrap: str, topic: str, timeout: float) -> list[Any]:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
     await consumer.start()
     try:
+        # Metadata for a topic can be missing for a moment (a fresh client, a broker
+        # that just restarted): ask again rather than report an empty topic.
+        deadline = time.monotonic() + min(timeout, 30)
         partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
+        while not partitions:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"topic {topic} has no partitions in the broker's metadata (does it exist?)")
             await consumer._client.force_metadata_update()
-            partitions = consumer.partitions_for_topic(topic) or set()
+            partitions = consumer.partitions_for_topic(topic)
+            if not partitions:
+                await asyncio.sleep(0.5)
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        if not tps:
-            return []
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
         await consumer.seek_to_beginning(*tps)
