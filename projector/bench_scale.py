@@ -166,36 +166,29 @@ async def _run(args: argparse.Namespace, settings: Settings, workdir: Path) -> d
                     group.stop()
             report["throughput"] = throughput
             assert first is not None
-            log("recovery: SIGTERM, restart with the data dir deleted")
-            first.stop("w1")
-            shutil.rmtree(workdir / first.tag / "w1")
-            started = time.monotonic()
-            first.start("w1")
-            ready = await first.ready(session, ["w1"]) - started
-            restored = (await first.metrics(session, ["w1"]))["w1"].get("projector_recovery_restored_total", 0)
-            report["restore_without_local_state"] = {
-                "seconds_to_ready": round(ready, 1), "changelog_records_restored": int(restored),
-                "records_per_second_including_startup": round(restored / ready) if ready else None}
-            log(f"  {report['restore_without_local_state']}")
-            log("kill -9, restart from the same data dir")
-            first.kill9("w1")
-            started = time.monotonic()
-            first.start("w1")
-            ready = await first.ready(session, ["w1"]) - started
-            restored = (await first.metrics(session, ["w1"]))["w1"].get("projector_recovery_restored_total", 0)
-            report["restart_after_kill_9_with_local_state"] = {"seconds_to_ready": round(ready, 1),
-                                                               "changelog_records_restored": int(restored)}
-            log(f"  {report['restart_after_kill_9_with_local_state']}")
-            log("kill -9, restart with the data dir deleted")
-            first.kill9("w1")
-            shutil.rmtree(workdir / first.tag / "w1")
-            started = time.monotonic()
-            first.start("w1")
-            ready = await first.ready(session, ["w1"]) - started
-            restored = (await first.metrics(session, ["w1"]))["w1"].get("projector_recovery_restored_total", 0)
-            report["restart_after_kill_9_without_local_state"] = {"seconds_to_ready": round(ready, 1),
-                                                                  "changelog_records_restored": int(restored)}
-            log(f"  {report['restart_after_kill_9_without_local_state']}")
+
+            async def restart(kill: bool, wipe: bool) -> dict[str, Any]:
+                """Stop (SIGTERM) or kill -9 the 1-worker run's worker, maybe delete its data, start it again."""
+                first.kill9("w1") if kill else first.stop("w1")
+                if wipe:
+                    shutil.rmtree(workdir / first.tag / "w1")
+                started = time.monotonic()
+                first.start("w1")
+                ready = await first.ready(session, ["w1"]) - started
+                restored = (await first.metrics(session, ["w1"]))["w1"].get("projector_recovery_restored_total", 0)
+                return {"seconds_to_ready": round(ready, 1), "changelog_records_restored": int(restored)}
+
+            for key, what, kill, wipe in (
+                ("restore_without_local_state", "SIGTERM, restart with the data dir deleted", False, True),
+                ("restart_after_kill_9_with_local_state", "kill -9, restart from the same data dir", True, False),
+                ("restart_after_kill_9_without_local_state", "kill -9, restart with the data dir deleted", True, True),
+            ):
+                log(what)
+                report[key] = await restart(kill, wipe)
+                log(f"  {report[key]}")
+            r = report["restore_without_local_state"]
+            r["records_per_second_including_startup"] = (
+                round(r["changelog_records_restored"] / r["seconds_to_ready"]) if r["seconds_to_ready"] else None)
             first.stop()
 
             log("rebalance pause: 2 workers fold, a 3rd joins halfway")
