@@ -216,7 +216,10 @@ def prometheus(url: str) -> dict[str, float]:
 async def _read_topic(bootstrap: str, topic: str, timeout: float) -> list[Any]:
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    # earliest: whatever offset reset the assignment starts, it cannot move the reader past
+    # records it has not read (a reset to "latest" racing seek_to_beginning).
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+                                auto_offset_reset="earliest")
     await consumer.start()
     try:
         # Metadata for a topic can be missing for a moment (a fresh client, a broker
