@@ -44,6 +44,20 @@ class ProjectorApp(faust.App):
         self.add_future(self.projector._probe_loop_lag())
         self.add_future(self.projector.recovery_progress.run())
 
+    async def _stop_consumer(self) -> None:
+        """On shutdown, let the batch being folded finish before Faust cancels the fetch loop.
+
+        Faust cancels the loop first and commits afterwards; a batch cut off
+        mid-fold is never acked, so its records would be read again by the
+        next owner (harmless, the folds are idempotent, but not a clean
+        hand-over).
+        """
+        consumer = self._consumer
+        if consumer is not None and hasattr(consumer, "finish_fetch"):
+            if not await consumer.finish_fetch(timeout=self.conf.broker_session_timeout / 2):
+                self.log.warning("the batch being folded did not finish in time; its records will be read again")
+        await super()._stop_consumer()
+
     def on_webserver_init(self, web: Any) -> None:
         from projector.web import install_routes
 

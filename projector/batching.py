@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import gc
 from time import monotonic
-from typing import Any, Awaitable, Callable, Sequence, cast
+from typing import Any, Awaitable, Callable, Optional, Sequence, cast
 
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -36,15 +36,47 @@ BatchHandler = Callable[[Sequence[Any]], Awaitable[None]]
 
 
 class BatchingConsumer(faust_aiokafka.Consumer):
+    #: Set while no fetch is being delivered (see :meth:`finish_fetch`).
+    _idle: Optional[asyncio.Event] = None
+    #: Set by :meth:`finish_fetch`: take no new fetch, the worker is stopping.
+    _no_more_fetches: bool = False
+
+    async def finish_fetch(self, timeout: float) -> bool:
+        """Take no new fetch, and wait until the one being delivered is folded and acked.
+
+        Faust stops a worker by cancelling its fetch loop and only then
+        committing what was acked: a batch being folded at that moment is cut
+        off, its records are never acked, and the worker that takes the
+        partition over reads them again. Called first on shutdown, this lets
+        that batch finish, so the final commit covers everything folded.
+        Returns False if the batch did not finish within ``timeout`` seconds.
+        """
+        self._no_more_fetches = True
+        idle = self._idle
+        if idle is None or idle.is_set():
+            return True
+        try:
+            await asyncio.wait_for(idle.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - exercised on real Kafka
         consumer_should_stop = cast(Service, self)._stopped.is_set
         fetcher_should_stop = cast(Service, fetcher)._stopped.is_set
+        if self._idle is None:
+            self._idle = asyncio.Event()
+            self._idle.set()
+        idle = self._idle
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
+                if self._no_more_fetches:
+                    await self.sleep(1.0)
+                    continue
                 self.diag.set_flag(CONSUMER_FETCHING)
                 ait = self.getmany(timeout=1.0)
                 await self.sleep(0)
-                if self.should_stop:
+                if self.should_stop or self._no_more_fetches:
                     continue
                 # Pause the cyclic collector for one fetch and its batch: they
                 # allocate tens of thousands of short-lived, acyclic objects,
@@ -52,9 +84,11 @@ class BatchingConsumer(faust_aiokafka.Consumer):
                 # cost more than the work itself. It runs again between fetches.
                 gc_was_enabled = gc.isenabled()
                 gc.disable()
+                idle.clear()
                 try:
                     await self._take_fetch(ait)
                 finally:
+                    idle.set()
                     if gc_was_enabled:
                         gc.enable()
                 self.diag.unset_flag(CONSUMER_FETCHING)
