@@ -76,14 +76,17 @@ class FaustStore:
 
     def write(self, table: str, partition: int, items: dict[bytes, Optional[bytes]], changelog_offset: Optional[int]) -> None:
         """Write ``items`` (``None`` deletes) and the changelog offset they reach, atomically."""
+        # Faust's per-key partition index (``store._key_index``, a locked LRU
+        # cache) serves only its own ``table[key]`` API, which projector never
+        # uses: every read names its partition. It is not kept up to date here.
         store = self._store(table)
         batch = rocksdict.WriteBatch(raw_mode=True)
+        put, delete = batch.put, batch.delete
         for key, value in items.items():
             if value is None:
-                batch.delete(key)
+                delete(key)
             else:
-                batch.put(key, value)
-            store._key_index[key] = partition
+                put(key, value)
         if changelog_offset is not None:
             batch.put(store.offset_key, str(changelog_offset).encode())
         store._db_for_partition(partition).write(batch)
