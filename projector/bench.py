@@ -1,18 +1,23 @@
-"""``projector bench``: end-to-end throughput, projector against a naive Faust agent.
+"""``projector bench``: end-to-end throughput, projector side by side with its peers.
 
 One run fills one topic with the demo workload
 (:func:`projector.demo.generate_histories`), then runs each contestant as a
 real subprocess, one after the other, each from offset 0 with its own consumer
-group, data dir and web port:
+group and data dir:
 
 - ``projector``: ``python -m projector worker``;
 - ``naive-faust``: ``python -m projector.bench_naive``, one Faust agent doing
-  ``table[key] = fold(table[key], event)`` per event.
+  ``table[key] = fold(table[key], event)`` per event;
+- ``quix``: ``python -m projector.bench_quix``, Quix Streams with its RocksDB
+  state and changelog, the same fold (:mod:`projector.bench_fold`);
+- ``raw-aiokafka`` and ``raw-confluent``: ``python -m projector.bench_raw``, a
+  plain consumer loop with orjson and a dict fold, no state store: the ceiling.
 
 A contestant is caught up when its consumer group's committed offsets reach the
-topic's end offsets on every partition. Its state is then checked over HTTP
-against rows folded here from the generated events, independently of both
-contestants. The report gives wall time (from process start, and from the
+topic's end offsets on every partition. Its state is then checked against rows
+folded here from the generated events, independently of every contestant:
+over HTTP for projector and the naive agent, and from the state file the
+others write when they are stopped. The report gives wall time (from process start, and from the
 first 200 on ``/readyz``), events/s, CPU seconds per million events and peak
 RSS, and the ratio of each contestant to projector. A contestant whose state is
 wrong is reported ``WRONG``, never fast.
@@ -48,12 +53,26 @@ from projector.config import ConfigError, parse_brokers, broker_reachable
 REPO = Path(__file__).resolve().parent.parent
 KAFKA_SH = REPO / "deploy" / "kafka" / "kafka.sh"
 DEFAULT_BROKER = "kafka://127.0.0.1:9092"
-CONTESTANTS = ("projector", "naive-faust")
+CONTESTANTS = ("projector", "naive-faust", "quix", "raw-aiokafka", "raw-confluent")
+#: Contestants whose state is read from the file they write when stopped.
+STATE_FILE_CONTESTANTS = ("quix", "raw-aiokafka", "raw-confluent")
 #: The state check reads at least this many accounts when it samples.
 MIN_SAMPLE = 500
 #: After the offsets are caught up, how long a wrong state may take to settle.
 STATE_GRACE = 15.0
 POLL = 0.2
+#: Issue 8's goals: projector's events/s over each peer's, measured in one run.
+GOALS = (("naive-faust", 8.0), ("quix", 2.0), ("raw-aiokafka", 0.40))
+#: The figures other commands measure (BENCHMARKS.md has a section for each).
+OTHER_FIGURES = (
+    ("restore rate from the changelog, time to ready after kill -9, rebalance pause, 1/2/4 workers",
+     "projector bench-scale", "Scale-out, recovery and rebalances"),
+    ("key-lookup latency, local and forwarded, while a worker folds", "projector bench-lookups",
+     "Key lookups while a worker folds"),
+    ("command round trip, and how soon the row shows it", "projector bench-commands", "Command round trip"),
+    ("control propagation to every worker",
+     "pytest tests/integration/test_control.py -k three_workers -s", "Control propagation"),
+)
 STOP_TIMEOUT = 30.0
 
 
@@ -62,7 +81,39 @@ class BenchError(RuntimeError):
 
 
 def log(msg: str) -> None:
+    Progress.clear_line()
     print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+class Progress:
+    """A progress bar on stderr for a long phase: redrawn in place on a terminal, a line every ``every`` s otherwise."""
+
+    _drawn = False  # a bar is on the terminal's last line
+
+    def __init__(self, label: str, total: int, every: float, unit: str = "events") -> None:
+        self.label, self.total, self.every, self.unit = label, max(total, 1), every, unit
+        self.started = time.monotonic()
+        self.last_line = self.started
+        self.tty = sys.stderr.isatty()
+
+    def update(self, done: int, extra: str = "") -> None:
+        now = time.monotonic()
+        frac = min(max(done / self.total, 0.0), 1.0)
+        text = f"{done:,}/{self.total:,} {self.unit} ({100 * frac:.0f}%) after {now - self.started:.0f}s{extra}"
+        if self.tty:
+            bar = "#" * int(frac * 30)
+            sys.stderr.write(f"\rbench: {self.label} [{bar:<30}] {text}\x1b[K")
+            sys.stderr.flush()
+            Progress._drawn = True
+        elif now - self.last_line >= self.every:
+            self.last_line = now
+            log(f"{self.label} {text}")
+
+    @staticmethod
+    def clear_line() -> None:
+        if Progress._drawn:
+            sys.stderr.write("\r\x1b[K")
+            Progress._drawn = False
 
 
 # --- configuration --------------------------------------------------------------
@@ -73,8 +124,8 @@ class BenchConfig:
     broker: str = field(default_factory=lambda: os.environ.get("PROJECTOR_BROKER") or DEFAULT_BROKER)
     topic: Optional[str] = None
     partitions: int = 8
-    events: int = 200_000
-    accounts: int = 5_000
+    events: int = 1_000_000
+    accounts: int = 10_000
     seed: int = 1
     timeout: float = 1800.0
     #: ``None``: check every account; N: check a random sample of max(N, 500).
@@ -184,7 +235,7 @@ def machine_info() -> dict[str, Any]:
     from importlib.metadata import PackageNotFoundError, version
 
     versions = {}
-    for dist in ("faust-streaming", "aiokafka", "rocksdict", "orjson"):
+    for dist in ("faust-streaming", "aiokafka", "rocksdict", "orjson", "quixstreams", "confluent-kafka"):
         try:
             versions[dist] = version(dist)
         except PackageNotFoundError:
@@ -251,6 +302,10 @@ class Contestant:
     row_url: Callable[[str], str]
     #: (status, body, key) -> the row as {"version", "value"}, or an error text.
     parse_row: Callable[[int, Any, str], Any]
+    #: Contestants without HTTP write their rows here when stopped (``{"rows": {key: row}}``).
+    state_file: Optional[Path] = None
+    #: ... and touch this file (content: ``time.time()``) at their first record.
+    ready_file: Optional[Path] = None
 
 
 def _projector_row(status: int, body: Any, key: str) -> Any:
@@ -382,7 +437,7 @@ async def produce_workload(bootstrap: str, topic: str, config: BenchConfig,
                                 linger_ms=20, max_batch_size=256 * 1024)
     await producer.start()
     n = 0
-    last_report = time.monotonic()
+    progress = Progress("producing", config.events, config.progress_every)
     try:
         pending = []
         for env in generate_histories(config.accounts, config.events, config.seed):
@@ -392,9 +447,7 @@ async def produce_workload(bootstrap: str, topic: str, config: BenchConfig,
             if len(pending) >= 20_000:
                 await asyncio.gather(*pending)
                 pending.clear()
-                if time.monotonic() - last_report >= config.progress_every:
-                    last_report = time.monotonic()
-                    log(f"produced {n}/{config.events} events")
+                progress.update(n)
         await asyncio.gather(*pending)
     finally:
         await producer.stop()
@@ -501,7 +554,7 @@ class Bench:
     # - contestants -
 
     def contestant(self, name: str, partitions: int) -> Contestant:
-        app_id = f"bench-{self.tag}-{'naive' if name == 'naive-faust' else 'projector'}"
+        app_id = f"bench-{self.tag}-{'naive' if name == 'naive-faust' else name}"
         self.app_ids.append(app_id)
         port = free_port()
         assert self.workdir is not None
@@ -533,11 +586,22 @@ class Bench:
             argv = [sys.executable, "-m", "projector", "worker"]
             return Contestant(name, app_id, argv, env, url, data_dir, log_path,
                               lambda key: f"{url}/tables/accounts/{quote(key, safe='')}", _projector_row)
-        argv = [sys.executable, "-m", "projector.bench_naive", "--broker", broker, "--topic", self.topic,
-                "--partitions", str(partitions), "--app-id", app_id, "--data-dir", str(data_dir),
-                "--web-port", str(port)]
-        return Contestant(name, app_id, argv, env, url, data_dir, log_path,
-                          lambda key: f"{url}/row/{quote(key, safe='')}", _naive_row)
+        if name == "naive-faust":
+            argv = [sys.executable, "-m", "projector.bench_naive", "--broker", broker, "--topic", self.topic,
+                    "--partitions", str(partitions), "--app-id", app_id, "--data-dir", str(data_dir),
+                    "--web-port", str(port)]
+            return Contestant(name, app_id, argv, env, url, data_dir, log_path,
+                              lambda key: f"{url}/row/{quote(key, safe='')}", _naive_row)
+        state_file = data_dir.parent / "state.json"
+        ready_file = data_dir.parent / "first-record"
+        common = ["--broker", broker, "--topic", self.topic, "--group", app_id,
+                  "--state-file", str(state_file), "--ready-file", str(ready_file)]
+        if name == "quix":
+            argv = [sys.executable, "-m", "projector.bench_quix", *common, "--data-dir", str(data_dir)]
+        else:
+            argv = [sys.executable, "-m", "projector.bench_raw", "--client", name.removeprefix("raw-"), *common]
+        return Contestant(name, app_id, argv, env, "", data_dir, log_path, lambda key: "", _naive_row,
+                          state_file=state_file, ready_file=ready_file)
 
     async def run_contestant(self, c: Contestant, partitions: int, begin: dict[int, int], end: dict[int, int],
                              expected: Optional[dict[str, dict[str, Any]]], sample: list[str]) -> Result:
@@ -548,7 +612,7 @@ class Bench:
         result = Result(c.name, events=total, group=c.group, log=str(c.log_path))
         log(f"[{c.name}] starting (group {c.group}, web {c.url}, log {c.log_path})")
         with open(c.log_path, "wb") as logf:
-            t0 = time.monotonic()
+            t0, wall_t0 = time.monotonic(), time.time()
             proc = subprocess.Popen(c.argv, env=c.env, stdout=logf, stderr=subprocess.STDOUT,
                                     cwd=str(c.data_dir.parent))
         self.procs.append(proc)
@@ -556,7 +620,7 @@ class Bench:
         deadline = t0 + cfg.timeout
         ready_at: Optional[float] = None
         caught_at: Optional[float] = None
-        last_progress = t0
+        progress = Progress(f"[{c.name}] committed", total, cfg.progress_every)
         done = 0
         last_error = ""
         timeout = aiohttp.ClientTimeout(total=10)
@@ -574,7 +638,11 @@ class Bench:
                         result.detail = (f"not caught up within --timeout {cfg.timeout:.0f}s: "
                                          f"{done}/{total} events committed")
                         break
-                    if ready_at is None:
+                    if ready_at is None and c.ready_file is not None:
+                        ready_at = _first_record_at(c.ready_file, t0, wall_t0)
+                        if ready_at is not None:
+                            log(f"[{c.name}] first record after {ready_at - t0:.1f}s")
+                    elif ready_at is None:
                         try:
                             async with session.get(f"{c.url}/readyz", timeout=aiohttp.ClientTimeout(total=2)) as r:
                                 if r.status == 200:
@@ -596,12 +664,8 @@ class Bench:
                                 break
                     except Exception as exc:  # the group may not exist yet; keep polling
                         last_error = f"{type(exc).__name__}: {exc}"
-                    if time.monotonic() - last_progress >= cfg.progress_every:
-                        last_progress = time.monotonic()
-                        elapsed = last_progress - t0
-                        extra = f" (offsets: {last_error})" if done == 0 and last_error else ""
-                        log(f"[{c.name}] {done}/{total} events committed ({100 * done / total:.0f}%) "
-                            f"after {elapsed:.0f}s{extra}")
+                    extra = f" (offsets: {last_error})" if done == 0 and last_error else ""
+                    progress.update(done, extra)
                     await asyncio.sleep(POLL)
 
                 if caught_at is not None:
@@ -620,17 +684,26 @@ class Bench:
                     if ready_at is not None:
                         result.ready_after = ready_at - t0
                         result.seconds_from_ready = max(caught_at - ready_at, 0.0)
-                    if expected is None:
+                    if c.state_file is not None:
+                        # Its rows are in the file it writes when stopped.
+                        result.cpu_seconds_at_stop = proc_cpu_seconds(proc.pid)
+                        result.peak_rss_mib = proc_peak_rss_mib(proc.pid)
+                        result.stopped = stop_process(proc)
+                        self.check_state_file(c, proc, expected, sample, result)
+                    elif expected is None:
                         result.state = "unchecked"
                     else:
                         await self.check_state(session, c, proc, expected, sample, caught_at, deadline, result)
         finally:
-            # Sample CPU and peak RSS just before stopping.
-            result.cpu_seconds_at_stop = proc_cpu_seconds(proc.pid)
+            if proc.poll() is None:
+                # Sample CPU and peak RSS just before stopping.
+                result.cpu_seconds_at_stop = proc_cpu_seconds(proc.pid)
+                result.peak_rss_mib = proc_peak_rss_mib(proc.pid)
+                result.stopped = stop_process(proc)
+            elif not result.stopped:
+                result.stopped = stop_process(proc)
             if result.cpu_seconds is None:
                 result.cpu_seconds = result.cpu_seconds_at_stop
-            result.peak_rss_mib = proc_peak_rss_mib(proc.pid)
-            result.stopped = stop_process(proc)
             self.procs.remove(proc)
         if result.state in ("ok", "unchecked") and result.seconds:
             result.events_per_s = total / result.seconds
@@ -673,6 +746,28 @@ class Bench:
                 return
             first_pass = False
             await asyncio.sleep(1.0)
+
+    def check_state_file(self, c: Contestant, proc: subprocess.Popen, expected: Optional[dict[str, dict[str, Any]]],
+                         sample: list[str], result: Result) -> None:
+        """Compare the rows a stopped contestant wrote to its state file with ``expected``."""
+        assert c.state_file is not None
+        try:
+            rows = orjson.loads(c.state_file.read_bytes())["rows"]
+        except (OSError, orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            result.state = "error"
+            result.detail = (f"no readable state file {c.state_file} after it stopped ({result.stopped}): "
+                             f"{type(exc).__name__}: {exc}; log tail:\n{_tail(c.log_path)}")
+            return
+        if expected is None:
+            result.state = "unchecked"
+            return
+        result.accounts_checked = len(sample)
+        bad = sorted(f"{k}: got {rows.get(k)}, expected {expected[k]}" for k in sample if rows.get(k) != expected[k])
+        result.mismatches = len(bad)
+        result.first_mismatches = bad[:5]
+        result.state = "WRONG" if bad else "ok"
+        if bad:
+            result.detail = f"{len(bad)} of {len(sample)} accounts differ from the expected state; first: {bad[:3]}"
 
     async def mismatches(self, session: Any, c: Contestant, expected: dict[str, dict[str, Any]],
                          sample: list[str]) -> list[str]:
@@ -752,9 +847,10 @@ class Bench:
 
     async def cleanup_topics(self) -> None:
         try:
-            prefixes = tuple(f"{a}-" for a in self.app_ids)
+            # Faust names its topics <app id>-*; Quix puts the group inside (changelog__<group>--...).
             names = [t for t in await self.kafka.list_topics()
-                     if t.startswith(prefixes) or t in self.extra_topics or (self.created_topic and t == self.topic)]
+                     if any(a in t for a in self.app_ids) or t in self.extra_topics
+                     or (self.created_topic and t == self.topic)]
             await self.kafka.delete_topics(names)
             log(f"deleted {len(names)} topics of this run")
         except Exception as exc:  # cleanup never hides the results
@@ -778,6 +874,16 @@ class Bench:
                 "peak_rss_mib": (r.peak_rss_mib / base.peak_rss_mib
                                  if r.peak_rss_mib and base.peak_rss_mib else None),
             }
+        goals = []
+        by_name = {r.contestant: r for r in results}
+        for peer, goal in GOALS:
+            r = by_name.get(peer)
+            if r is None:
+                continue
+            ratio = (base.events_per_s / r.events_per_s
+                     if base is not None and base.events_per_s and r.events_per_s else None)
+            goals.append({"peer": peer, "projector_over_peer": ratio, "goal": goal,
+                          "met": None if ratio is None else ratio >= goal})
         machine = dict(self.machine)
         machine["loadavg_at_end"] = list(os.getloadavg())
         return {
@@ -800,6 +906,9 @@ class Bench:
             "machine": machine,
             "results": [asdict(r) for r in results],
             "ratio_to_projector": ratios,
+            "goals": goals,
+            "other_figures": [{"measures": m, "command": c, "benchmarks_md_section": sec}
+                              for m, c, sec in OTHER_FIGURES],
             "notes": self.notes,
         }
 
@@ -831,6 +940,15 @@ class Bench:
         self.output.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
         report["output"] = str(self.output)
         return report
+
+
+def _first_record_at(ready_file: Path, t0: float, wall_t0: float) -> Optional[float]:
+    """When (on the monotonic clock of ``t0``) a contestant noted its first record, if it has."""
+    try:
+        noted = float(ready_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return t0 + max(noted - wall_t0, 0.0)
 
 
 def _tail(path: Path, lines: int = 25) -> str:
@@ -883,7 +1001,15 @@ def format_table(report: dict[str, Any]) -> str:
     head = (f"topic {report['topic']}: {report['events']} events, {report['partitions']} partitions, "
             f"broker {report['broker']}; machine: {m['nproc']} cpus, {m['memory_mib']} MiB, Python {m['python']}, "
             f"load average {m['loadavg_at_start'][0]:.1f} at start, {m['loadavg_at_end'][0]:.1f} at end")
-    out = [head, "", *lines]
+    out = [head, "", *lines, ""]
+    for g in report.get("goals", []):
+        ratio = g["projector_over_peer"]
+        verdict = "-" if ratio is None else ("met" if g["met"] else "NOT met")
+        out.append(f"goal: projector / {g['peer']} events/s = {'-' if ratio is None else f'{ratio:.2f}x'} "
+                   f"(goal >= {g['goal']:g}x): {verdict}")
+    out.append("other figures (BENCHMARKS.md has each, with its latest numbers):")
+    for f in report.get("other_figures", []):
+        out.append(f"  {f['measures']}: {f['command']}")
     for note in report["notes"]:
         out.append(f"note: {note}")
     return "\n".join(out)
@@ -899,8 +1025,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--topic", help="events topic (default: a fresh bench-<random>-events, deleted at the end); an "
                                    "existing topic with data is reused without producing")
     p.add_argument("--partitions", type=int, default=8, help="partitions of a topic the bench creates (default 8)")
-    p.add_argument("--events", type=int, default=200_000)
-    p.add_argument("--accounts", type=int, default=5_000)
+    p.add_argument("--events", type=int, default=BenchConfig.events)
+    p.add_argument("--accounts", type=int, default=BenchConfig.accounts)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--timeout", type=float, default=1800.0,
                    help="seconds each contestant may take to catch up (default 1800)")

@@ -31,44 +31,12 @@ from typing import Any, Optional
 import faust
 import orjson
 
+from projector.bench_fold import Skip, fold
+
 log = logging.getLogger("projector.bench_naive")
 
 TABLE = "accounts"
 MIB = 1024 * 1024
-
-
-class Skip(ValueError):
-    """An event that does not apply to the row as it stands."""
-
-
-def fold(row: Optional[dict[str, Any]], env: dict[str, Any]) -> dict[str, Any]:
-    """One event into one ``{"version", "value"}`` row (accounts semantics)."""
-    etype, data, version = env["type"], env.get("data") or {}, env["version"]
-    value = row["value"] if row is not None else None
-    if etype == "AccountOpened":
-        if value is not None:
-            raise Skip("already open")
-        value = {"owner": data["owner"], "currency": data["currency"], "balance": 0,
-                 "status": "open", "deposits": 0, "withdrawals": 0}
-    elif etype in ("MoneyDeposited", "MoneyWithdrawn", "AccountClosed"):
-        if value is None or value["status"] != "open":
-            raise Skip(f"{etype} for an account that is not open")
-        value = dict(value)
-        if etype == "MoneyDeposited":
-            value["balance"] += data["amount"]
-            value["deposits"] += 1
-        elif etype == "MoneyWithdrawn":
-            if data["amount"] > value["balance"]:
-                raise Skip("balance would go below zero")
-            value["balance"] -= data["amount"]
-            value["withdrawals"] += 1
-        else:
-            if value["balance"] != 0:
-                raise Skip("closing with a non-zero balance")
-            value["status"] = "closed"
-    elif value is None:
-        raise Skip(f"{etype} before the account was opened")
-    return {"version": version, "value": value}
 
 
 def build_app(args: argparse.Namespace) -> faust.App:

@@ -1,0 +1,58 @@
+"""The one fold every contestant of ``projector bench`` but projector uses.
+
+One event into one accounts row ``{"version", "value"}`` (CONTRACT §4), in
+plain Python with no Kafka or Faust import, so the naive Faust agent, Quix
+Streams and the raw clients all do the same work per event. An event at or
+below the row's version is a duplicate (see :func:`apply`); an event that does
+not apply raises :class:`Skip`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+
+class Skip(ValueError):
+    """An event that does not apply to the row as it stands."""
+
+
+def fold(row: Optional[dict[str, Any]], env: dict[str, Any]) -> dict[str, Any]:
+    """One event into one ``{"version", "value"}`` row (accounts semantics)."""
+    etype, data, version = env["type"], env.get("data") or {}, env["version"]
+    value = row["value"] if row is not None else None
+    if etype == "AccountOpened":
+        if value is not None:
+            raise Skip("already open")
+        value = {"owner": data["owner"], "currency": data["currency"], "balance": 0,
+                 "status": "open", "deposits": 0, "withdrawals": 0}
+    elif etype in ("MoneyDeposited", "MoneyWithdrawn", "AccountClosed"):
+        if value is None or value["status"] != "open":
+            raise Skip(f"{etype} for an account that is not open")
+        value = dict(value)
+        if etype == "MoneyDeposited":
+            value["balance"] += data["amount"]
+            value["deposits"] += 1
+        elif etype == "MoneyWithdrawn":
+            if data["amount"] > value["balance"]:
+                raise Skip("balance would go below zero")
+            value["balance"] -= data["amount"]
+            value["withdrawals"] += 1
+        else:
+            if value["balance"] != 0:
+                raise Skip("closing with a non-zero balance")
+            value["status"] = "closed"
+    elif value is None:
+        raise Skip(f"{etype} before the account was opened")
+    return {"version": version, "value": value}
+
+
+def apply(rows: dict[Any, dict[str, Any]], key: Any, env: dict[str, Any]) -> str:
+    """Fold ``env`` into ``rows[key]``; returns "ok", "duplicate" or "invalid"."""
+    row = rows.get(key)
+    try:
+        if row is not None and env["version"] <= row["version"]:
+            return "duplicate"
+        rows[key] = fold(row, env)
+    except (Skip, KeyError, TypeError):
+        return "invalid"
+    return "ok"

@@ -1,0 +1,161 @@
+"""The Quix Streams contestant for ``projector bench``, with its RocksDB state and changelog.
+
+This is what one would write with Quix Streams and no projector: one
+StreamingDataFrame over the events topic and one stateful ``update`` that, for
+every event, reads the account's row from Quix's RocksDB store with
+``state.get("row")``, folds the event into it (:func:`projector.bench_fold.fold`,
+the fold every contestant but projector uses) and writes it back with
+``state.set("row", ...)``. Quix batches the writes of a checkpoint, flushes
+them to RocksDB and produces them to its changelog topic when it commits:
+every 1 s or every 10,000 messages, projector's cadence. There is no output
+topic.
+
+The rows have projector's shape, ``{"version", "value"}``, with the same
+accounts semantics (CONTRACT §4): an event at or below the row's version is a
+duplicate and skipped; an event that does not apply is counted and skipped.
+
+Run as a subprocess by ``projector bench``::
+
+    python -m projector.bench_quix --broker 127.0.0.1:9092 --topic EVENTS \\
+        --group GROUP --data-dir DIR --state-file PATH [--ready-file PATH]
+
+The events topic must exist; Quix neither creates nor reconfigures it. Quix
+creates one topic of its own, the store's changelog
+``changelog__<GROUP>--<EVENTS>--default`` (compacted, as many partitions as
+EVENTS), so every topic it creates starts with ``changelog__<GROUP>--``.
+
+``--ready-file`` is written (``time.time()`` as text) when the first record has
+been processed. On SIGTERM or SIGINT Quix stops its poll loop and commits; the
+final rows are then read back, read-only, from the RocksDB store Quix leaves
+on disk, ``DIR/<GROUP>/default/<EVENTS>/<partition>/``, where a row's key is
+``<message key>|<JSON "row">`` and its value the row as JSON. They are written
+to ``--state-file`` as JSON ``{"rows": {id: row}, "counts": {"ok", "duplicate",
+"invalid"}}`` (through ``PATH.tmp`` and a rename).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import orjson
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+from quixstreams import Application, State
+from quixstreams.models.serializers import JSONDeserializer
+from quixstreams.state.manager import DEFAULT_STATE_STORE_NAME
+from quixstreams.state.metadata import SEPARATOR
+from quixstreams.state.rocksdb import RocksDBOptions
+from rocksdict import AccessType, Rdict
+
+from projector.bench_fold import Skip, fold
+
+ROW = "row"
+STORE_OPTIONS = RocksDBOptions()
+#: The tail of a row's RocksDB key: the state key, prefixed by the message key.
+ROW_SUFFIX = SEPARATOR + STORE_OPTIONS.dumps(ROW)
+COMMIT_INTERVAL = 1.0
+COMMIT_EVERY = 10_000
+METADATA_TIMEOUT = 15.0
+
+
+def check_topic(brokers: str, topic: str) -> None:
+    """Fail with a clear message when Kafka does not answer or ``topic`` is missing."""
+    admin = AdminClient({"bootstrap.servers": brokers})
+    try:
+        topics = admin.list_topics(timeout=METADATA_TIMEOUT).topics
+    except KafkaException as exc:
+        raise SystemExit(f"bench_quix: cannot reach Kafka at {brokers}: {exc.args[0]}") from exc
+    if topic not in topics:
+        raise SystemExit(f"bench_quix: topic {topic!r} does not exist on {brokers}")
+
+
+def build_app(args: argparse.Namespace, brokers: str, counts: dict[str, int]) -> tuple[Application, Path]:
+    """The Quix app, and the directory of its store (one RocksDB per partition)."""
+    app = Application(
+        broker_address=brokers,
+        consumer_group=args.group,
+        auto_offset_reset="earliest",
+        state_dir=args.data_dir,
+        commit_interval=COMMIT_INTERVAL,
+        commit_every=COMMIT_EVERY,
+        loglevel="WARNING",
+    )
+    topic = app.topic(args.topic, key_deserializer="bytes",
+                      value_deserializer=JSONDeserializer(loads=orjson.loads))
+    sdf = app.dataframe(topic)
+    ready: Optional[Path] = args.ready_file
+
+    def fold_event(env: dict[str, Any], state: State) -> None:
+        nonlocal ready
+        if ready is not None:
+            ready.write_text(repr(time.time()))
+            ready = None
+        row = state.get(ROW)
+        if row is not None and env["version"] <= row["version"]:
+            counts["duplicate"] += 1
+            return
+        try:
+            state.set(ROW, fold(row, env))
+        except (Skip, KeyError, TypeError):
+            counts["invalid"] += 1
+            return
+        counts["ok"] += 1
+
+    sdf.update(fold_event, stateful=True)
+    store_dir = Path(args.data_dir).absolute() / args.group / DEFAULT_STATE_STORE_NAME / sdf.stream_id
+    return app, store_dir
+
+
+def read_rows(store_dir: Path) -> dict[str, Any]:
+    """Every row in the RocksDB partitions under ``store_dir``, opened read-only."""
+    rows: dict[str, Any] = {}
+    options = STORE_OPTIONS.to_options()
+    for path in sorted(p for p in store_dir.iterdir() if p.is_dir()):
+        cfs = {name: options for name in Rdict.list_cf(str(path), options)}
+        db = Rdict(str(path), options=options, column_families=cfs, access_type=AccessType.read_only())
+        try:
+            for key, value in db.items():
+                if key.endswith(ROW_SUFFIX):
+                    rows[key[: -len(ROW_SUFFIX)].decode()] = STORE_OPTIONS.loads(value)
+        finally:
+            db.close()
+    return rows
+
+
+def write_state(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(orjson.dumps(state))
+    os.replace(tmp, path)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m projector.bench_quix", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--broker", required=True, help="[kafka://]host:port[,host:port]")
+    parser.add_argument("--topic", required=True, help="the events topic; it must exist")
+    parser.add_argument("--group", required=True, help="consumer group, also names the state dir and changelog")
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--state-file", type=Path, required=True)
+    parser.add_argument("--ready-file", type=Path)
+    args = parser.parse_args(argv)
+    from projector.config import ConfigError, parse_brokers
+
+    try:
+        brokers = ",".join(parse_brokers(args.broker))
+    except ConfigError as exc:
+        parser.error(str(exc))
+    check_topic(brokers, args.topic)
+    counts = {"ok": 0, "duplicate": 0, "invalid": 0}
+    app, store_dir = build_app(args, brokers, counts)
+    app.run()  # until SIGTERM or SIGINT, which Quix turns into app.stop()
+    if not store_dir.is_dir():
+        sys.exit(f"bench_quix: no state store at {store_dir}")
+    write_state(args.state_file, {"rows": read_rows(store_dir), "counts": counts})
+
+
+if __name__ == "__main__":
+    main()
