@@ -610,7 +610,8 @@ class Bench:
         cfg = self.config
         total = sum(end[p] - begin[p] for p in end)
         result = Result(c.name, events=total, group=c.group, log=str(c.log_path))
-        log(f"[{c.name}] starting (group {c.group}, web {c.url}, log {c.log_path})")
+        web = f"web {c.url}, " if c.url else ""
+        log(f"[{c.name}] starting (group {c.group}, {web}log {c.log_path})")
         with open(c.log_path, "wb") as logf:
             t0, wall_t0 = time.monotonic(), time.time()
             proc = subprocess.Popen(c.argv, env=c.env, stdout=logf, stderr=subprocess.STDOUT,
