@@ -27,9 +27,6 @@ from projector.writer import Answer, decide_steps, settings_view
 
 log = logging.getLogger(__name__)
 
-#: Largest fetch per partition (bytes): see ``consumer_max_fetch_size`` in :class:`Projector`.
-FETCH_BYTES_PER_PARTITION = 4 * 1024 * 1024
-
 
 class ProjectorApp(faust.App):
     """A Faust app that delivers projector's topics in batches and mounts its web views."""
@@ -112,11 +109,6 @@ class Projector:
             broker_commit_interval=1.0,
             broker_heartbeat_interval=3.0,
             consumer_auto_offset_reset="earliest",
-            # Bigger fetches fold faster: an aggregate's index entry and rows are
-            # read, folded and written once per batch however many of its events
-            # the batch holds. 4 MiB per partition (Faust: 1 MiB) is about 15,000
-            # demo events per partition; time slices keep HTTP answered meanwhile.
-            consumer_max_fetch_size=FETCH_BYTES_PER_PARTITION,
             # A worker that takes over a partition from one that failed starts from
             # its standby copy instead of replaying the whole changelog.
             table_standby_replicas=settings.standby_replicas,
