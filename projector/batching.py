@@ -4,14 +4,12 @@ Faust hands every fetched message to its conductor one at a time, through
 ``wait_first(callback(message), suspend_flow.wait())``, which creates tasks
 for each message; a no-op agent tops out near 9k events/s on this machine.
 :class:`BatchingConsumer` keeps Faust's fetch loop but, for the topics in
-``app.batch_handlers``, hands each fetched batch to the handler in one call,
-as the records aiokafka returned (no Faust ``Message`` per record). The batch
-is tracked as unacked while it is folded and its offsets are acked in bulk
-afterwards, with the bookkeeping Faust's ``ack`` does per message, so Faust's
-commit logic (commit the highest contiguous acked offset, flush the producer
-first), its rebalance handshake (wait until no message is unacked) and its
-offset bookkeeping all stay in charge. Topics without a batch handler go
-through Faust's usual path.
+``app.batch_handlers``, collects each fetched batch and calls the handler
+once with all of it. The messages are tracked before and acked after, exactly
+as a stream would do, so Faust's commit logic (commit the highest contiguous
+acked offset, flush the producer first), its rebalance handshake (wait until
+no message is unacked) and its offset bookkeeping all stay in charge. Topics
+without a batch handler go through Faust's usual path.
 
 Records of a global table's changelog (the control topic) also go to the
 table's applier in ``app.global_appliers`` as they are fetched, besides
@@ -30,9 +28,9 @@ from typing import Any, Awaitable, Callable, Optional, Sequence, cast
 
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types.tuples import ack_lock
 from mode import Service
-from mode.utils.futures import notify
+
+from projector.slicing import TimeSlice
 
 BatchHandler = Callable[[Sequence[Any]], Awaitable[None]]
 
@@ -76,6 +74,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
                     await self.sleep(1.0)
                     continue
                 self.diag.set_flag(CONSUMER_FETCHING)
+                ait = self.getmany(timeout=1.0)
                 await self.sleep(0)
                 if self.should_stop or self._no_more_fetches:
                     continue
@@ -87,7 +86,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
                 gc.disable()
                 idle.clear()
                 try:
-                    await self._take_fetch(timeout=1.0)
+                    await self._take_fetch(ait)
                 finally:
                     idle.set()
                     if gc_was_enabled:
@@ -109,136 +108,63 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         finally:
             self.diag.unset_flag(CONSUMER_FETCHING)
 
-    async def _take_fetch(self, timeout: float) -> None:
-        """Deliver one fetch: batch-handled topics in one call per handler, the rest one by one.
-
-        For batch-handled topics the records go to the handler as aiokafka
-        returned them (topic, partition, offset, key, value...), without a
-        Faust ``Message`` each; a stand-in object keeps the batch in Faust's
-        set of unacked messages while it is folded (so a rebalance waits for
-        it), and its offsets are acked in bulk afterwards, as
-        :meth:`faust.transport.consumer.Consumer.ack` would ack them one by one.
-        """
-        records, active_partitions = await self._wait_next_records(timeout)
-        if records is None or self.should_stop:
-            return
-        if not self.flow_active:
-            # As Faust's getmany: a rebalance stopped the flow; read again from the committed offsets.
-            try:
-                await self.perform_seek()
-            except Exception as exc:
-                self.log.warning(f"exception performing seek when flow not active {exc}")
-            return
-        app = self.app
-        handlers: dict[str, BatchHandler] = getattr(app, "batch_handlers", {})
-        appliers: dict[str, Callable[[Any], None]] = getattr(app, "global_appliers", {})
-        read_offset = self._read_offset
-        acks_enabled_for = app.topics.acks_enabled_for
+    async def _take_fetch(self, ait: Any) -> None:
+        """Deliver one fetch: batch-handled topics in one call per handler, the rest one by one."""
+        handlers: dict[str, BatchHandler] = getattr(self.app, "batch_handlers", {})
+        appliers: dict[str, Callable[[Any], None]] = getattr(self.app, "global_appliers", {})
+        get_read_offset = self._read_offset.__getitem__
+        set_read_offset = self._read_offset.__setitem__
+        acks_enabled_for = self.app.topics.acks_enabled_for
         commit_every = self._commit_every
-        generation_id = app.consumer_generation_id
-        buffered = self._buffered_partitions
-        batches: dict[BatchHandler, list[tuple[Any, list]]] = {}
-        for tp, recs in records.items():
-            if not self.flow_active or app.consumer_generation_id != generation_id:
-                break  # a rebalance started: what was fetched is read again from the committed offsets
-            if not recs or (active_partitions is not None and tp not in active_partitions and tp not in buffered):
-                continue
-            app.monitor.track_tp_end_offset(tp, self.highwater(tp))
-            r_offset = read_offset[tp]
-            if r_offset is not None and recs[0].offset < r_offset:
-                recs = [r for r in recs if r.offset >= r_offset]  # already read (Faust drops these too)
-                if not recs:
-                    continue
-            topic = tp.topic
-            handler = handlers.get(topic)
-            applier = appliers.get(topic)
-            if handler is None:
-                await self._take_one_by_one(tp, recs, applier)
-                continue
-            if acks_enabled_for(topic) and (
-                recs[-1].offset - recs[0].offset != len(recs) - 1 or (r_offset and recs[0].offset - r_offset > 1)
-            ):
-                # Offsets with holes (transaction markers, compaction): note the
-                # gaps, so the commit can move past them.
-                prev = r_offset
-                for r in recs:
-                    if prev and r.offset - prev > 1:
-                        await self._add_gap(tp, prev + 1, r.offset)
-                    prev = r.offset
-            if applier is not None:
-                for r in recs:
-                    applier(r)
-            read_offset[tp] = recs[-1].offset
-            batches.setdefault(handler, []).append((tp, recs))
-        inbound_time = app.monitor.stream_inbound_time
-        # Handlers run in the order of app.batch_handlers: events are folded
-        # before the command side decides on the state they leave.
-        order = {h: i for i, h in enumerate(handlers.values())}
-        for handler, parts in sorted(batches.items(), key=lambda item: order.get(item[0], len(order))):
-            in_flight = _InFlight()
-            self._unacked_messages.add(in_flight)
-            await handler([r for _, recs in parts for r in recs])
-            self._ack_all(parts)
-            in_flight.acked = True
-            self._unacked_messages.discard(in_flight)
-            # Faust's liveness check ("stream has not started processing")
-            # looks at when a stream last took an event of each partition.
-            now = monotonic()
-            for tp, _ in parts:
-                inbound_time[tp] = now
-        if batches and commit_every is not None and self._n_acked >= commit_every:
-            self._n_acked = 0
-            await self.commit()
-
-    async def _take_one_by_one(self, tp: Any, recs: list, applier: Optional[Callable[[Any], None]]) -> None:
-        """Faust's own path, for topics without a batch handler (a global table's changelog)."""
-        read_offset = self._read_offset
-        acks_enabled = self.app.topics.acks_enabled_for(tp.topic)
-        commit_every = self._commit_every
-        to_message = self._to_message
-        for record in recs:
-            offset = record.offset
-            r_offset = read_offset[tp]
+        batches: dict[BatchHandler, list] = {}
+        num_since_yield = 0
+        async for tp, message in ait:
+            num_since_yield += 1
+            if num_since_yield > 100:
+                await asyncio.sleep(0)
+                num_since_yield = 0
+            offset = message.offset
+            r_offset = get_read_offset(tp)
             if r_offset is not None and offset < r_offset:
-                continue
-            if acks_enabled and r_offset and offset - r_offset > 1:
+                continue  # already read (Faust drops these too)
+            gap = offset - (r_offset or 0)
+            if gap > 1 and r_offset and acks_enabled_for(message.topic):
                 await self._add_gap(tp, r_offset + 1, offset)
-            message = to_message(tp, record)
+            applier = appliers.get(message.topic)
             if applier is not None:
                 applier(message)
+            handler = handlers.get(message.topic)
+            if handler is not None:
+                # track_message() without its per-message sensor calls: projector
+                # keeps its own counters per batch.
+                self._unacked_messages.add(message)
+                batches.setdefault(handler, []).append(message)
+                set_read_offset(tp, offset)
+                continue
             if commit_every is not None and self._n_acked >= commit_every:
                 self._n_acked = 0
                 await self.commit()
             await self.wait_first(self.callback(message), self.suspend_flow.wait())
-            read_offset[tp] = offset
-
-    def _ack_all(self, parts: list[tuple[Any, list]]) -> None:
-        """Ack every record of ``parts`` at once: Faust's ``ack`` bookkeeping, in bulk."""
-        with ack_lock:
-            for tp, recs in parts:
-                if not self.app.topics.acks_enabled_for(tp.topic):
-                    continue
-                committed = self._committed_offset[tp]
-                acked_index = self._acked_index[tp]
-                offsets = [r.offset for r in recs]
-                if committed is not None and offsets[0] < committed:
-                    offsets = [o for o in offsets if o >= committed]
-                if acked_index and not acked_index.isdisjoint(offsets):
-                    offsets = [o for o in offsets if o not in acked_index]
-                acked_index.update(offsets)
-                self._acked[tp].extend(offsets)
-                self._n_acked += len(offsets)
-        notify(self._waiting_for_ack)
-
-
-class _InFlight:
-    """Stands for a batch being folded in Faust's set of unacked messages (a WeakSet)."""
-
-    __slots__ = ("acked", "refcount", "__weakref__")
-
-    def __init__(self) -> None:
-        self.acked = False
-        self.refcount = 1
+            set_read_offset(tp, offset)
+        inbound_time = self.app.monitor.stream_inbound_time
+        # Handlers run in the order of app.batch_handlers: events are folded
+        # before the command side decides on the state they leave.
+        order = {h: i for i, h in enumerate(handlers.values())}
+        for handler, messages in sorted(batches.items(), key=lambda item: order.get(item[0], len(order))):
+            await handler(messages)
+            slice_ = TimeSlice()
+            for i, message in enumerate(messages):
+                self.ack(message)
+                if i % 64 == 63:
+                    await slice_.check()
+            # Faust's liveness check ("stream has not started processing")
+            # looks at when a stream last took an event of each partition.
+            now = monotonic()
+            for tp in {m.tp for m in messages}:
+                inbound_time[tp] = now
+        if batches and commit_every is not None and self._n_acked >= commit_every:
+            self._n_acked = 0
+            await self.commit()
 
 
 class BatchingTransport(faust_aiokafka.Transport):
