@@ -54,8 +54,6 @@ REPO = Path(__file__).resolve().parent.parent
 KAFKA_SH = REPO / "deploy" / "kafka" / "kafka.sh"
 DEFAULT_BROKER = "kafka://127.0.0.1:9092"
 CONTESTANTS = ("projector", "naive-faust", "quix", "raw-aiokafka", "raw-confluent")
-#: Contestants whose state is read from the file they write when stopped.
-STATE_FILE_CONTESTANTS = ("quix", "raw-aiokafka", "raw-confluent")
 #: The state check reads at least this many accounts when it samples.
 MIN_SAMPLE = 500
 #: After the offsets are caught up, how long a wrong state may take to settle.
@@ -289,6 +287,21 @@ class Result:
     def ok(self) -> bool:
         return self.state in ("ok", "unchecked")
 
+    def checked(self, bad: list[str], sample: list[str]) -> None:
+        """Record a state check of ``sample``: ``bad`` lists the accounts that differ from the expected rows."""
+        self.accounts_checked = len(sample)
+        self.mismatches = len(bad)
+        self.first_mismatches = bad[:5]
+        self.state = "WRONG" if bad else "ok"
+        if bad:
+            self.detail = f"{len(bad)} of {len(sample)} accounts differ from the expected state; first: {bad[:3]}"
+
+    def stop(self, proc: subprocess.Popen) -> None:
+        """Sample the contestant's CPU and peak RSS, then stop it (only it, by PID)."""
+        self.cpu_seconds_at_stop = proc_cpu_seconds(proc.pid)
+        self.peak_rss_mib = proc_peak_rss_mib(proc.pid)
+        self.stopped = stop_process(proc)
+
 
 @dataclass
 class Contestant:
@@ -299,9 +312,10 @@ class Contestant:
     url: str
     data_dir: Path
     log_path: Path
-    row_url: Callable[[str], str]
-    #: (status, body, key) -> the row as {"version", "value"}, or an error text.
-    parse_row: Callable[[int, Any, str], Any]
+    #: Over HTTP (projector, the naive agent): a row's URL, and (status, body, key) -> the
+    #: row as {"version", "value"}, or an error text.
+    row_url: Optional[Callable[[str], str]] = None
+    parse_row: Optional[Callable[[int, Any, str], Any]] = None
     #: Contestants without HTTP write their rows here when stopped (``{"rows": {key: row}}``).
     state_file: Optional[Path] = None
     #: ... and touch this file (content: ``time.time()``) at their first record.
@@ -600,7 +614,7 @@ class Bench:
             argv = [sys.executable, "-m", "projector.bench_quix", *common, "--data-dir", str(data_dir)]
         else:
             argv = [sys.executable, "-m", "projector.bench_raw", "--client", name.removeprefix("raw-"), *common]
-        return Contestant(name, app_id, argv, env, "", data_dir, log_path, lambda key: "", _naive_row,
+        return Contestant(name, app_id, argv, env, "", data_dir, log_path,
                           state_file=state_file, ready_file=ready_file)
 
     async def run_contestant(self, c: Contestant, partitions: int, begin: dict[int, int], end: dict[int, int],
@@ -687,9 +701,7 @@ class Bench:
                         result.seconds_from_ready = max(caught_at - ready_at, 0.0)
                     if c.state_file is not None:
                         # Its rows are in the file it writes when stopped.
-                        result.cpu_seconds_at_stop = proc_cpu_seconds(proc.pid)
-                        result.peak_rss_mib = proc_peak_rss_mib(proc.pid)
-                        result.stopped = stop_process(proc)
+                        result.stop(proc)
                         self.check_state_file(c, proc, expected, sample, result)
                     elif expected is None:
                         result.state = "unchecked"
@@ -697,10 +709,7 @@ class Bench:
                         await self.check_state(session, c, proc, expected, sample, caught_at, deadline, result)
         finally:
             if proc.poll() is None:
-                # Sample CPU and peak RSS just before stopping.
-                result.cpu_seconds_at_stop = proc_cpu_seconds(proc.pid)
-                result.peak_rss_mib = proc_peak_rss_mib(proc.pid)
-                result.stopped = stop_process(proc)
+                result.stop(proc)
             elif not result.stopped:
                 result.stopped = stop_process(proc)
             if result.cpu_seconds is None:
@@ -722,15 +731,12 @@ class Bench:
                           deadline: float, result: Result) -> None:
         """Compare ``sample`` rows with ``expected``; give a wrong state STATE_GRACE s to settle."""
         grace_end = min(caught_at + STATE_GRACE, deadline)
-        result.accounts_checked = len(sample)
         first_pass = True
         while True:
             started = time.monotonic()
             bad = await self.mismatches(session, c, expected, sample)
+            result.checked(bad, sample)
             if not bad:
-                result.state = "ok"
-                result.mismatches = 0
-                result.first_mismatches = []
                 if not first_pass:
                     # The offsets were committed before the rows were right:
                     # time the contestant by the check that passed.
@@ -739,10 +745,6 @@ class Bench:
                     if result.seconds_from_ready is not None:
                         result.seconds_from_ready += started - caught_at
                 return
-            result.state = "WRONG"
-            result.mismatches = len(bad)
-            result.first_mismatches = bad[:5]
-            result.detail = f"{len(bad)} of {len(sample)} accounts differ from the expected state; first: {bad[:3]}"
             if time.monotonic() >= grace_end or proc.poll() is not None:
                 return
             first_pass = False
@@ -762,32 +764,29 @@ class Bench:
         if expected is None:
             result.state = "unchecked"
             return
-        result.accounts_checked = len(sample)
-        bad = sorted(f"{k}: got {rows.get(k)}, expected {expected[k]}" for k in sample if rows.get(k) != expected[k])
-        result.mismatches = len(bad)
-        result.first_mismatches = bad[:5]
-        result.state = "WRONG" if bad else "ok"
-        if bad:
-            result.detail = f"{len(bad)} of {len(sample)} accounts differ from the expected state; first: {bad[:3]}"
+        result.checked(sorted(f"{k}: got {rows.get(k)}, expected {expected[k]}"
+                              for k in sample if rows.get(k) != expected[k]), sample)
 
     async def mismatches(self, session: Any, c: Contestant, expected: dict[str, dict[str, Any]],
                          sample: list[str]) -> list[str]:
         import aiohttp
 
+        assert c.row_url is not None and c.parse_row is not None
+        row_url, parse_row = c.row_url, c.parse_row
         sem = asyncio.Semaphore(8)
         bad: list[str] = []
 
         async def one(key: str) -> None:
             async with sem:
                 try:
-                    async with session.get(c.row_url(key)) as r:
+                    async with session.get(row_url(key)) as r:
                         raw = await r.read()
                         status = r.status
                     body = orjson.loads(raw) if raw else None
                 except (aiohttp.ClientError, asyncio.TimeoutError, OSError, orjson.JSONDecodeError) as exc:
                     bad.append(f"{key}: {type(exc).__name__}: {exc}")
                     return
-                row = c.parse_row(status, body, key)
+                row = parse_row(status, body, key)
                 if row != expected[key]:
                     bad.append(f"{key}: got {row}, expected {expected[key]}")
 

@@ -169,7 +169,10 @@ async def _run(args: argparse.Namespace, settings: Settings, workdir: Path) -> d
 
             async def restart(kill: bool, wipe: bool) -> dict[str, Any]:
                 """Stop (SIGTERM) or kill -9 the 1-worker run's worker, maybe delete its data, start it again."""
-                first.kill9("w1") if kill else first.stop("w1")
+                if kill:
+                    first.kill9("w1")
+                else:
+                    first.stop("w1")
                 if wipe:
                     shutil.rmtree(workdir / first.tag / "w1")
                 started = time.monotonic()
