@@ -1,15 +1,24 @@
-"""The one fold every contestant of ``projector bench`` but projector uses.
+"""What every contestant of ``projector bench`` but projector shares: the fold and the files.
 
 One event into one accounts row ``{"version", "value"}`` (CONTRACT §4), in
 plain Python with no Kafka or Faust import, so the naive Faust agent, Quix
 Streams and the raw clients all do the same work per event. An event at or
-below the row's version is a duplicate (see :func:`apply`); an event that does
+below the row's version is a duplicate (see :func:`step`); an event that does
 not apply raises :class:`Skip`.
+
+Contestants without HTTP note their first record in a ready file
+(:func:`note_first_record`) and leave their rows in a state file when stopped
+(:func:`write_state`); ``projector bench`` reads both.
 """
 
 from __future__ import annotations
 
+import os
+import time
+from pathlib import Path
 from typing import Any, Optional
+
+import orjson
 
 
 class Skip(ValueError):
@@ -46,13 +55,35 @@ def fold(row: Optional[dict[str, Any]], env: dict[str, Any]) -> dict[str, Any]:
     return {"version": version, "value": value}
 
 
-def apply(rows: dict[Any, dict[str, Any]], key: Any, env: dict[str, Any]) -> str:
-    """Fold ``env`` into ``rows[key]``; returns "ok", "duplicate" or "invalid"."""
-    row = rows.get(key)
+def step(row: Optional[dict[str, Any]], env: dict[str, Any]) -> tuple[str, Optional[dict[str, Any]]]:
+    """``env`` against ``row``: ("ok", the new row), or ("duplicate" or "invalid", None)."""
     try:
         if row is not None and env["version"] <= row["version"]:
-            return "duplicate"
-        rows[key] = fold(row, env)
+            return "duplicate", None
+        return "ok", fold(row, env)
     except (Skip, KeyError, TypeError):
-        return "invalid"
-    return "ok"
+        return "invalid", None
+
+
+def apply(rows: dict[Any, dict[str, Any]], key: Any, env: dict[str, Any]) -> str:
+    """Fold ``env`` into ``rows[key]``; returns "ok", "duplicate" or "invalid"."""
+    outcome, row = step(rows.get(key), env)
+    if row is not None:
+        rows[key] = row
+    return outcome
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def note_first_record(path: Path) -> None:
+    """Write the ready file: when the first record arrived (``time.time()``)."""
+    _write_atomic(path, repr(time.time()).encode())
+
+
+def write_state(path: Path, rows: dict[str, Any], counts: dict[str, int]) -> None:
+    """Write the state file, ``{"rows": {id: row}, "counts": {...}}``, through ``PATH.tmp`` and a rename."""
+    _write_atomic(path, orjson.dumps({"rows": rows, "counts": counts}))

@@ -36,9 +36,7 @@ to ``--state-file`` as JSON ``{"rows": {id: row}, "counts": {"ok", "duplicate",
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -52,7 +50,7 @@ from quixstreams.state.metadata import SEPARATOR
 from quixstreams.state.rocksdb import RocksDBOptions
 from rocksdict import AccessType, Rdict
 
-from projector.bench_fold import Skip, fold
+from projector.bench_fold import note_first_record, step, write_state
 
 ROW = "row"
 STORE_OPTIONS = RocksDBOptions()
@@ -93,18 +91,12 @@ def build_app(args: argparse.Namespace, brokers: str, counts: dict[str, int]) ->
     def fold_event(env: dict[str, Any], state: State) -> None:
         nonlocal ready
         if ready is not None:
-            ready.write_text(repr(time.time()))
+            note_first_record(ready)
             ready = None
-        row = state.get(ROW)
-        if row is not None and env["version"] <= row["version"]:
-            counts["duplicate"] += 1
-            return
-        try:
-            state.set(ROW, fold(row, env))
-        except (Skip, KeyError, TypeError):
-            counts["invalid"] += 1
-            return
-        counts["ok"] += 1
+        outcome, row = step(state.get(ROW), env)
+        if row is not None:
+            state.set(ROW, row)
+        counts[outcome] += 1
 
     sdf.update(fold_event, stateful=True)
     store_dir = Path(args.data_dir).absolute() / args.group / DEFAULT_STATE_STORE_NAME / sdf.stream_id
@@ -125,12 +117,6 @@ def read_rows(store_dir: Path) -> dict[str, Any]:
         finally:
             db.close()
     return rows
-
-
-def write_state(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(orjson.dumps(state))
-    os.replace(tmp, path)
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -154,7 +140,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     app.run()  # until SIGTERM or SIGINT, which Quix turns into app.stop()
     if not store_dir.is_dir():
         sys.exit(f"bench_quix: no state store at {store_dir}")
-    write_state(args.state_file, {"rows": read_rows(store_dir), "counts": counts})
+    write_state(args.state_file, read_rows(store_dir), counts)
 
 
 if __name__ == "__main__":

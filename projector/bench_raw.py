@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import signal
 import sys
 import time
@@ -39,7 +38,7 @@ from typing import Any, Iterable, Optional, Protocol
 
 import orjson
 
-from projector.bench_fold import apply
+from projector.bench_fold import apply, note_first_record, write_state
 from projector.config import ConfigError, parse_brokers
 
 MIB = 1024 * 1024
@@ -193,12 +192,6 @@ def fold_records(rows: dict[str, dict[str, Any]], counts: dict[str, int], record
     return n
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 async def wait_for_topic(client: Client, topic: str, brokers: list[str]) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while topic not in await client.topics():
@@ -223,7 +216,7 @@ async def run(args: argparse.Namespace, brokers: list[str]) -> None:
         while not stop.requested:
             records, positions = await client.poll()
             if positions and not ready:
-                write_atomic(args.ready_file, str(time.time()).encode())
+                note_first_record(args.ready_file)
                 ready = True
             since_commit += fold_records(rows, counts, records)
             uncommitted.update(positions)
@@ -233,7 +226,7 @@ async def run(args: argparse.Namespace, brokers: list[str]) -> None:
                 uncommitted, since_commit, last_commit = {}, 0, time.monotonic()
         if uncommitted:
             await client.commit(uncommitted)
-        write_atomic(args.state_file, orjson.dumps({"rows": rows, "counts": counts}))
+        write_state(args.state_file, rows, counts)
     finally:
         await client.close()
 
