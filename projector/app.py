@@ -16,6 +16,7 @@ from projector.config import Settings
 from projector.control import ControlState
 from projector.control_table import ControlTable, GapFiller, records_end
 from projector.engine import COMMANDS, INDEX, Engine, Plan, members_table
+from projector.kafka import faust_credentials
 from projector.metrics import LAG_PROBE_INTERVAL, Metrics
 from projector.readmodels import Catalog, load_catalog
 from projector.recoveryprogress import RecoveryProgress
@@ -83,11 +84,12 @@ class Projector:
         self.app = ProjectorApp(
             settings.app_id,
             broker=settings.faust_broker,
+            broker_credentials=faust_credentials(settings),
             store="rocksdb://",
             datadir=str(settings.data_dir),
             autodiscover=False,
             web_enabled=True,
-            web_bind=settings.web_host,
+            web_bind=settings.bind_address,
             web_host=settings.web_host,
             web_port=settings.web_port,
             canonical_url=settings.url,
@@ -112,6 +114,11 @@ class Projector:
             # A worker that takes over a partition from one that failed starts from
             # its standby copy instead of replaying the whole changelog.
             table_standby_replicas=settings.standby_replicas,
+            # Faust's leader election (for on_leader timers) is unused: no topic for it.
+            topic_disable_leader=True,
+            # projector creates every topic before Faust starts (projector.topics), with
+            # the settings each needs; Faust only uses them.
+            topic_allow_declare=False,
         )
         self.app.projector = self
 

@@ -19,16 +19,11 @@ def _settings() -> Settings:
 
 def cmd_worker(args: argparse.Namespace) -> None:
     from projector.app import Projector
+    from projector.engine import COMMANDS, INDEX, members_table
+    from projector.kafka import BrokerError
     from projector.readmodels import ReadModelError, load_catalog
     from projector.schemas import SchemaError, Schemas
-    from projector.topics import (
-        TopicError,
-        changelog_topic_name,
-        check_compacted,
-        ensure_topics,
-        projector_topics,
-        resolve_replication,
-    )
+    from projector.topics import TopicError, prepare_worker_topics
 
     settings = _settings()
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
@@ -37,22 +32,18 @@ def cmd_worker(args: argparse.Namespace) -> None:
         Schemas.from_modules(catalog.modules)
     except (ReadModelError, SchemaError) as exc:
         sys.exit(f"projector: {exc}")
+    log = logging.getLogger("projector.worker")
+    log.info("Kafka at %s (%s)", settings.broker, settings.security.describe())
+    # Every topic must exist, with the events topic's partition count, before
+    # Faust joins the group, or its first assignment leaves some out.
+    tables = [m.name for m in catalog.models] + [INDEX, COMMANDS] + [
+        name for d in catalog.derived for name in (d.name, members_table(d))]
     try:
-        settings = asyncio.run(resolve_replication(settings))
-        partitions = asyncio.run(ensure_topics(settings))[settings.events_topic]
-        # Internal topics must exist before Faust joins the group, or its first
-        # assignment leaves them out; they share the events topic's partitions.
-        derived = [d.name for d in catalog.derived]
-        asyncio.run(ensure_topics(settings, projector_topics(settings, derived, partitions)))
-        # Changelogs Faust created on an earlier start, and the control topic, must be compacted.
-        from projector.engine import COMMANDS, INDEX, members_table
-
-        tables = [m.name for m in catalog.models] + [INDEX, COMMANDS] + [
-            name for d in catalog.derived for name in (d.name, members_table(d))]
-        asyncio.run(check_compacted(
-            settings, [settings.control_topic] + [changelog_topic_name(settings, t) for t in tables]))
-    except TopicError as exc:
+        settings, partitions = asyncio.run(prepare_worker_topics(settings, [d.name for d in catalog.derived], tables))
+    except (BrokerError, TopicError) as exc:
         sys.exit(f"projector: {exc}")
+    except ConfigError as exc:
+        sys.exit(f"projector: configuration error: {exc}")
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -66,6 +57,9 @@ def cmd_worker(args: argparse.Namespace) -> None:
 
 def cmd_produce_demo(args: argparse.Namespace) -> None:
     from projector.demo import generate_histories, produce_events
+    from aiokafka.errors import KafkaError
+
+    from projector.kafka import BrokerError
     from projector.topics import TopicError, ensure_topics
 
     settings = _settings()
@@ -73,7 +67,7 @@ def cmd_produce_demo(args: argparse.Namespace) -> None:
         asyncio.run(ensure_topics(settings))
         envelopes = list(generate_histories(args.accounts, args.events, args.seed))
         n = asyncio.run(produce_events(settings, envelopes))
-    except (TopicError, ValueError) as exc:
+    except (BrokerError, TopicError, KafkaError, ValueError) as exc:
         sys.exit(f"projector: {exc}")
     print(f"produced {n} events for {args.accounts} accounts to {settings.events_topic}")
 
@@ -130,13 +124,20 @@ def cmd_send(args: argparse.Namespace) -> None:
     from aiokafka import AIOKafkaProducer
     from aiokafka.errors import KafkaError
 
+    from projector.kafka import BrokerError, client_options
+    from projector.topics import TopicError, existing_topics
+
     settings = _settings()
     # aiokafka logs every retry while a broker is down; the outcome is what matters here.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     value = sys.stdin.buffer.read() if args.value == "-" else args.value.encode("utf-8")
 
     async def send() -> object:
-        producer = AIOKafkaProducer(bootstrap_servers=",".join(settings.bootstrap_servers), acks="all")
+        # A producer would wait for a missing topic until its timeout: say so at once instead.
+        if settings.events_topic not in await existing_topics(settings, [settings.events_topic]):
+            raise TopicError(f"the topic does not exist (PROJECTOR_EVENTS_TOPIC={settings.events_topic!r}); "
+                             "a worker or `projector produce-demo` creates it")
+        producer = AIOKafkaProducer(**client_options(settings), acks="all")
         await producer.start()
         try:
             return await producer.send_and_wait(settings.events_topic, value, key=args.key.encode("utf-8"))
@@ -145,7 +146,7 @@ def cmd_send(args: argparse.Namespace) -> None:
 
     try:
         meta = asyncio.run(send())
-    except KafkaError as exc:
+    except (KafkaError, BrokerError, TopicError) as exc:
         sys.exit(f"projector: sending to {settings.events_topic} at {settings.broker} failed: {exc}")
     print(f"{settings.events_topic}/{meta.partition}/{meta.offset}")
 
@@ -220,14 +221,15 @@ def _control_direct(args: argparse.Namespace, value: object) -> None:
     from aiokafka.errors import KafkaError
 
     from projector.control_table import read_control_topic, write_control_topic
-    from projector.topics import TopicError, ensure_topics, existing_topics, projector_topics
+    from projector.kafka import BrokerError
+    from projector.topics import TopicError, base_topics, ensure_topics, existing_topics
 
     settings = _settings()
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
 
     async def run() -> tuple[int, object]:
         if args.action in ("set", "delete"):
-            await ensure_topics(settings, [s for s in projector_topics(settings) if s.name == settings.control_topic])
+            await ensure_topics(settings, [s for s in base_topics(settings) if s.name == settings.control_topic])
         elif settings.control_topic not in await existing_topics(settings, [settings.control_topic]):
             raise TopicError(f"the topic does not exist (PROJECTOR_CONTROL_TOPIC={settings.control_topic!r})")
         if args.action in ("set", "delete"):
@@ -242,7 +244,7 @@ def _control_direct(args: argparse.Namespace, value: object) -> None:
 
     try:
         _print_answer(*asyncio.run(run()))
-    except (KafkaError, TopicError, TimeoutError) as exc:
+    except (KafkaError, BrokerError, TopicError, TimeoutError) as exc:
         sys.exit(f"projector: control topic {settings.control_topic} at {settings.broker}: {exc}")
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import os
-from dataclasses import dataclass
+import ssl
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional
 
@@ -59,6 +61,125 @@ def parse_brokers(raw: str) -> list[str]:
     return hosts
 
 
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+def _readable_file(env: Mapping[str, str], name: str) -> Optional[str]:
+    """The path in ``name``, which must be a readable file; None when unset."""
+    path = (env.get(name) or "").strip()
+    if not path:
+        return None
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{name}={path}: cannot read it ({exc.strerror or exc})") from None
+    return path
+
+
+@functools.lru_cache(maxsize=None)
+def tls_context(cafile: Optional[str], certfile: Optional[str], keyfile: Optional[str]) -> ssl.SSLContext:
+    """The TLS context of every Kafka connection; ConfigError when a file is not what it should be."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    try:
+        if cafile:
+            context.load_verify_locations(cafile=cafile)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"PROJECTOR_BROKER_SSL_CAFILE={cafile} is not a PEM file of CA certificates: {exc}") from None
+    try:
+        if certfile:
+            context.load_cert_chain(certfile, keyfile)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(
+            f"PROJECTOR_BROKER_SSL_CERTFILE={certfile} and PROJECTOR_BROKER_SSL_KEYFILE={keyfile or '(unset)'} are "
+            f"not a PEM certificate and its unencrypted private key: {exc}") from None
+    return context
+
+
+@dataclass(frozen=True)
+class BrokerSecurity:
+    """How every Kafka client of projector authenticates and encrypts (Kafka's ``security.protocol``).
+
+    The password is left out of ``repr`` and of :meth:`describe`: it is never logged or shown.
+    """
+
+    protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = "PLAIN"
+    sasl_username: Optional[str] = None
+    sasl_password: Optional[str] = field(default=None, repr=False)
+    ssl_cafile: Optional[str] = None
+    ssl_certfile: Optional[str] = None
+    ssl_keyfile: Optional[str] = None
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.protocol.startswith("SASL_")
+
+    @property
+    def uses_ssl(self) -> bool:
+        return self.protocol in ("SSL", "SASL_SSL")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "BrokerSecurity":
+        protocol = (env.get("PROJECTOR_BROKER_SECURITY_PROTOCOL") or cls.protocol).strip().upper()
+        if protocol not in SECURITY_PROTOCOLS:
+            raise ConfigError(
+                f"PROJECTOR_BROKER_SECURITY_PROTOCOL must be one of {', '.join(SECURITY_PROTOCOLS)}, got {protocol!r}")
+        mechanism = (env.get("PROJECTOR_BROKER_SASL_MECHANISM") or cls.sasl_mechanism).strip().upper()
+        if mechanism not in SASL_MECHANISMS:
+            raise ConfigError(
+                f"PROJECTOR_BROKER_SASL_MECHANISM must be one of {', '.join(SASL_MECHANISMS)}, got {mechanism!r}")
+        username = env.get("PROJECTOR_BROKER_SASL_USERNAME") or None
+        password = env.get("PROJECTOR_BROKER_SASL_PASSWORD") or None
+        password_file = _readable_file(env, "PROJECTOR_BROKER_SASL_PASSWORD_FILE")
+        if password is not None and password_file is not None:
+            raise ConfigError("set PROJECTOR_BROKER_SASL_PASSWORD or PROJECTOR_BROKER_SASL_PASSWORD_FILE, not both")
+        if password_file is not None:
+            with open(password_file, encoding="utf-8") as f:
+                # A file written by `echo` ends in a newline; a Kubernetes Secret's does not.
+                password = f.read().rstrip("\r\n")
+            if not password:
+                raise ConfigError(f"PROJECTOR_BROKER_SASL_PASSWORD_FILE={password_file} is empty")
+        sasl_given = [name for name, value in (("PROJECTOR_BROKER_SASL_USERNAME", username),
+                                               ("PROJECTOR_BROKER_SASL_PASSWORD", password)) if value]
+        if protocol.startswith("SASL_"):
+            missing = [n for n in ("PROJECTOR_BROKER_SASL_USERNAME", "PROJECTOR_BROKER_SASL_PASSWORD")
+                       if n not in sasl_given]
+            if missing:
+                raise ConfigError(f"PROJECTOR_BROKER_SECURITY_PROTOCOL={protocol} needs {' and '.join(missing)} "
+                                  "(or PROJECTOR_BROKER_SASL_PASSWORD_FILE)")
+        elif sasl_given:
+            raise ConfigError(f"{sasl_given[0]} is set, but PROJECTOR_BROKER_SECURITY_PROTOCOL is {protocol}: "
+                              "use SASL_SSL (or SASL_PLAINTEXT) to log in with a user name and password")
+        cafile = _readable_file(env, "PROJECTOR_BROKER_SSL_CAFILE")
+        certfile = _readable_file(env, "PROJECTOR_BROKER_SSL_CERTFILE")
+        keyfile = _readable_file(env, "PROJECTOR_BROKER_SSL_KEYFILE")
+        ssl_given = [name for name, value in (("PROJECTOR_BROKER_SSL_CAFILE", cafile),
+                                              ("PROJECTOR_BROKER_SSL_CERTFILE", certfile),
+                                              ("PROJECTOR_BROKER_SSL_KEYFILE", keyfile)) if value]
+        if ssl_given and protocol not in ("SSL", "SASL_SSL"):
+            raise ConfigError(f"{ssl_given[0]} is set, but PROJECTOR_BROKER_SECURITY_PROTOCOL is {protocol}: "
+                              "use SSL or SASL_SSL to connect with TLS")
+        if keyfile and not certfile:
+            raise ConfigError("PROJECTOR_BROKER_SSL_KEYFILE is set without PROJECTOR_BROKER_SSL_CERTFILE "
+                              "(the client certificate for mutual TLS)")
+        if protocol in ("SSL", "SASL_SSL"):
+            tls_context(cafile, certfile, keyfile)  # unusable files fail here, with the variable's name
+        return cls(protocol, mechanism, username, password, cafile, certfile, keyfile)
+
+    def describe(self) -> str:
+        """What a log line or /status may say about it: never the password."""
+        parts = [self.protocol]
+        if self.uses_sasl:
+            parts.append(f"{self.sasl_mechanism} as {self.sasl_username}")
+        if self.uses_ssl:
+            parts.append(f"CA {self.ssl_cafile or 'the system CAs'}")
+            if self.ssl_certfile:
+                parts.append(f"client certificate {self.ssl_certfile}")
+        return ", ".join(parts)
+
+
 @dataclass(frozen=True)
 class Settings:
     broker: str = "kafka://127.0.0.1:9092"
@@ -69,6 +190,9 @@ class Settings:
     data_dir: Path = Path("./data")
     web_host: str = "127.0.0.1"
     web_port: int = 6066
+    #: The address the HTTP server listens on (PROJECTOR_WEB_BIND); None: web_host.
+    web_bind: Optional[str] = None
+    security: BrokerSecurity = BrokerSecurity()
     api_token: Optional[str] = None
     admin_token: Optional[str] = None
     # Not in the contract: replication factor for topics projector creates, and
@@ -94,6 +218,8 @@ class Settings:
             data_dir=Path(env.get("PROJECTOR_DATA_DIR") or cls.data_dir),
             web_host=env.get("PROJECTOR_WEB_HOST") or cls.web_host,
             web_port=_int(env, "PROJECTOR_WEB_PORT", cls.web_port),
+            web_bind=(env.get("PROJECTOR_WEB_BIND") or "").strip() or None,
+            security=BrokerSecurity.from_env(env),
             api_token=env.get("PROJECTOR_API_TOKEN") or None,
             admin_token=env.get("PROJECTOR_ADMIN_TOKEN") or None,
             replication_factor=_int(env, "PROJECTOR_REPLICATION_FACTOR", 1),
@@ -118,6 +244,11 @@ class Settings:
     @property
     def deadletter_topic(self) -> str:
         return f"{self.events_topic}.deadletter"
+
+    @property
+    def bind_address(self) -> str:
+        """Where the HTTP server listens: PROJECTOR_WEB_BIND, else the advertised host."""
+        return self.web_bind or self.web_host
 
     @property
     def url(self) -> str:

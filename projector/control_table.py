@@ -51,6 +51,7 @@ from faust.tables.globaltable import GlobalTable
 
 from projector.config import Settings
 from projector.control import ControlState
+from projector.kafka import client_options
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ class ControlTable(GlobalTable):
 def _control_consumer(settings: Settings, role: str) -> AIOKafkaConsumer:
     """A group-less consumer for reading the control topic directly (``role`` names it to the broker)."""
     return AIOKafkaConsumer(
-        bootstrap_servers=",".join(settings.bootstrap_servers),
+        **client_options(settings),
         client_id=f"{settings.app_id}-control-{role}",
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -177,7 +178,7 @@ async def write_control_topic(settings: Settings, key: str, value: Any) -> int:
     from projector.control import check_entry, encode_value
 
     check_entry(key, value)
-    producer = AIOKafkaProducer(bootstrap_servers=",".join(settings.bootstrap_servers), acks="all")
+    producer = AIOKafkaProducer(**client_options(settings), acks="all")
     try:
         await producer.start()
         meta = await producer.send_and_wait(

@@ -9,6 +9,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from projector.config import Settings
 from projector.engine import HEADER_ERROR, HEADER_REASON, HEADER_SOURCE
+from projector.kafka import client_options
 
 
 def _text(raw: Optional[bytes]) -> Optional[str]:
@@ -44,7 +45,7 @@ def describe(key: Optional[bytes], headers: Any, value: Optional[bytes] = None) 
 async def read_recent(settings: Settings, limit: int, timeout: float = 10.0) -> list[dict[str, Any]]:
     """The newest ``limit`` dead letters, newest first, across all partitions of the topic."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=",".join(settings.bootstrap_servers),
+        **client_options(settings),
         enable_auto_commit=False,
         group_id=None,
         request_timeout_ms=int(timeout * 1000),

@@ -12,6 +12,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from projector.config import Settings
+from projector.kafka import client_options
 
 CURRENCIES = ("EUR", "USD", "GBP", "CHF")
 _NAMESPACE = uuid.UUID("6f1c7c1e-2b1a-4f7e-9d57-2b9a0c1c0a11")
@@ -82,7 +83,7 @@ def generate_histories(accounts: int, events: int, seed: int = 42) -> Iterator[d
 async def produce_events(settings: Settings, envelopes: list[dict[str, Any]], progress: bool = False) -> int:
     """Produce envelopes to the events topic, keyed by aggregate id, in order per key."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=",".join(settings.bootstrap_servers),
+        **client_options(settings),
         acks="all",
         enable_idempotence=True,
         linger_ms=20,

@@ -1,4 +1,13 @@
-"""Creating and inspecting projector's topics with the Kafka admin API."""
+"""projector's topics: which it needs, creating the missing ones, and refusing those that cannot serve.
+
+Nothing here asks about a topic in a way that creates it (see
+:mod:`projector.kafka`): on a broker with ``auto.create.topics.enable=true``
+a worker behaves as on one without. The events topic, when it exists, is used
+as it is; every topic derived from it (the command topics, repartition topics
+and changelogs) has its partition count. A topic that exists but cannot serve
+stops the worker with an error naming it and the fix; projector never alters
+or deletes a topic.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +16,33 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any, Iterable, Optional
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaError
 
 from projector.config import Settings
+from projector.kafka import (
+    BrokerError,
+    TopicInfo,
+    acl_command,
+    client_options,
+    describe_topics,
+    group_operations,
+    principal,
+    wait_for_broker,
+)
 
 log = logging.getLogger(__name__)
 
 TOPIC_ALREADY_EXISTS = 36
+TOPIC_AUTHORIZATION_FAILED = 29
+#: A worker that cannot start (broker unreachable, refused login, missing ACL) stops within this many seconds.
+STARTUP_TIMEOUT = 50.0
+#: What a worker does on each of its topics, and on its consumer group.
+TOPIC_OPERATIONS = frozenset({"DESCRIBE", "DESCRIBE_CONFIGS", "READ", "WRITE"})
+GROUP_OPERATIONS = frozenset({"READ"})
 
 
 class TopicError(RuntimeError):
@@ -27,6 +54,10 @@ class TopicSpec:
     name: str
     partitions: int
     config: dict[str, str] = field(default_factory=dict)
+    #: A changelog or the control topic: must be compacted, or a restore from it loses rows.
+    compacted: bool = False
+    #: Derived from the events topic: must have its partition count.
+    co_partitioned: bool = False
 
 
 def commands_topic_name(settings: Settings) -> str:
@@ -43,50 +74,56 @@ def repartition_topic_name(settings: Settings, model: str) -> str:
     return f"{settings.app_id}-{model}-repartition"
 
 
-def projector_topics(settings: Settings, derived: list[str] = (), partitions: int | None = None) -> list[TopicSpec]:
-    """The topics a worker needs before Faust starts (Faust creates the changelogs).
+def changelog_topic_name(settings: Settings, table: str) -> str:
+    """The changelog Faust keeps for ``table``."""
+    return f"{settings.app_id}-{table}-changelog"
 
-    ``partitions`` is the events topic's real partition count, which the
-    internal topics must share to be co-partitioned with it.
-    """
+
+def base_topics(settings: Settings) -> list[TopicSpec]:
+    """The topics every projector client may create: events, control, dead letters."""
     forever = {"retention.ms": "-1", "retention.bytes": "-1"}
-    n = partitions or settings.partitions
-    specs = [
+    return [
         # The event store: never expire events.
         TopicSpec(settings.events_topic, settings.partitions, forever),
-        TopicSpec(settings.control_topic, 1, {"cleanup.policy": "compact"}),
+        TopicSpec(settings.control_topic, 1, {"cleanup.policy": "compact"}, compacted=True),
         TopicSpec(settings.deadletter_topic, 1, forever),
     ]
-    if partitions is not None:
-        specs.append(TopicSpec(commands_topic_name(settings), n))
-        specs.append(TopicSpec(command_topic_name(settings), n))
-        specs.extend(TopicSpec(repartition_topic_name(settings, name), n) for name in derived)
+
+
+def worker_topics(settings: Settings, partitions: int, derived: Iterable[str] = (),
+                  tables: Iterable[str] = ()) -> list[TopicSpec]:
+    """Every topic a worker uses, the derived ones with the events topic's real ``partitions``.
+
+    ``derived`` names the re-keyed read models (a repartition topic each),
+    ``tables`` every table with a changelog. projector creates the changelogs
+    itself, as Faust would (compacted, the table's partitions), so that what
+    the log says was created is what was created.
+    """
+    specs = [dataclasses.replace(s, partitions=partitions) if s.name == settings.events_topic else s
+             for s in base_topics(settings)]
+    specs.append(TopicSpec(commands_topic_name(settings), partitions, co_partitioned=True))
+    specs.append(TopicSpec(command_topic_name(settings), partitions, co_partitioned=True))
+    specs.extend(TopicSpec(repartition_topic_name(settings, name), partitions, co_partitioned=True)
+                 for name in derived)
+    specs.extend(TopicSpec(changelog_topic_name(settings, table), partitions, {"cleanup.policy": "compact"},
+                           compacted=True, co_partitioned=True) for table in tables)
     return specs
 
 
-async def connect_admin(settings: Settings, timeout: float = 60.0) -> AIOKafkaAdminClient:
-    """An admin client, retrying until the broker answers or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        admin = AIOKafkaAdminClient(
-            bootstrap_servers=",".join(settings.bootstrap_servers),
-            client_id=f"{settings.app_id}-admin",
-            request_timeout_ms=15000,
-        )
-        try:
-            await admin.start()
-            return admin
-        except KafkaConnectionError as exc:
-            await admin.close()
-            if time.monotonic() > deadline:
-                raise TopicError(
-                    f"cannot reach Kafka at {settings.broker} after {timeout:.0f}s: {exc}. "
-                    "Is the broker running? (deploy/kafka/kafka.sh start)"
-                ) from exc
-            await asyncio.sleep(1.0)
+async def connect_admin(settings: Settings, timeout: float = STARTUP_TIMEOUT) -> AIOKafkaAdminClient:
+    """An admin client, once a broker answers (:class:`~projector.kafka.BrokerError` if none does in time)."""
+    await wait_for_broker(settings, time.monotonic() + timeout)
+    admin = AIOKafkaAdminClient(client_id=f"{settings.app_id}-admin", request_timeout_ms=15000,
+                                **client_options(settings))
+    try:
+        await admin.start()
+    except KafkaError as exc:
+        await admin.close()
+        raise BrokerError("unreachable", f"cannot reach Kafka at {settings.broker}: {exc}") from exc
+    return admin
 
 
-async def resolve_replication(settings: Settings) -> Settings:
+async def _replication(admin: AIOKafkaAdminClient, settings: Settings) -> Settings:
     """Settings with the replication factor and min.insync.replicas this cluster gets.
 
     Unless PROJECTOR_REPLICATION_FACTOR is set, the factor is min(3, brokers):
@@ -94,13 +131,9 @@ async def resolve_replication(settings: Settings) -> Settings:
     PROJECTOR_MIN_INSYNC_REPLICAS, else 2 once the factor is 3 or more (with
     acks=all a write then survives one broker lost), else 1.
     """
-    admin = await connect_admin(settings)
-    try:
-        brokers = len((await admin.describe_cluster())["brokers"])
-    except KafkaError as exc:
-        raise TopicError(f"Kafka admin request failed: {exc!r}") from exc
-    finally:
-        await admin.close()
+    if not settings.replication_auto and settings.min_insync_replicas:
+        return settings
+    brokers = len((await admin.describe_cluster())["brokers"])
     factor = min(3, brokers) if settings.replication_auto else settings.replication_factor
     if factor > brokers:
         raise TopicError(
@@ -121,109 +154,241 @@ def replication_configs(settings: Settings) -> dict[str, str]:
     return {"min.insync.replicas": str(insync)} if insync > 1 else {}
 
 
-def changelog_topic_name(settings: Settings, table: str) -> str:
-    """The changelog Faust keeps for ``table``."""
-    return f"{settings.app_id}-{table}-changelog"
+async def _create(admin: AIOKafkaAdminClient, settings: Settings, specs: list[TopicSpec]) -> tuple[list[str], list[str]]:
+    """Create ``specs``; returns (created, refused for lack of the CREATE permission)."""
+    if not specs:
+        return [], []
+    response = await admin.create_topics([
+        NewTopic(s.name, s.partitions, settings.replication_factor,
+                 topic_configs={**replication_configs(settings), **s.config})
+        for s in specs
+    ])
+    created, refused = [], []
+    for name, code, message in _topic_errors(response):
+        if code == 0:
+            created.append(name)
+        elif code == TOPIC_AUTHORIZATION_FAILED:
+            refused.append(name)
+        elif code != TOPIC_ALREADY_EXISTS:  # made meanwhile by another worker: checked like any existing one
+            raise TopicError(f"creating topic {name!r} failed: error {code} {message or ''}".strip())
+    return created, refused
 
 
-async def check_compacted(settings: Settings, names: list[str]) -> None:
-    """Refuse topics among ``names`` that exist but are not compacted.
+async def _wait_visible(admin: AIOKafkaAdminClient, names: list[str], deadline: float) -> dict[str, TopicInfo]:
+    """Metadata can lag creation for a moment: describe ``names`` until every one exists."""
+    while True:
+        infos = await describe_topics(admin, names)
+        missing = [n for n, info in infos.items() if not info.exists]
+        if not missing:
+            return infos
+        if time.monotonic() > deadline:
+            raise TopicError(f"topics {missing} not visible after creation")
+        await asyncio.sleep(0.2)
 
-    A changelog (or the control topic) that deletes old records by time or
-    size loses the only copy of rows that have not changed since: a worker
-    that restores from it rebuilds tables with rows missing.
-    """
-    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-    admin = await connect_admin(settings)
-    try:
-        existing = await describe_partitions(admin, names)
-        if not existing:
-            return
-        responses = await admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, name) for name in sorted(existing)])
-    except KafkaError as exc:
-        raise TopicError(f"Kafka admin request failed: {exc!r}") from exc
-    finally:
-        await admin.close()
-    bad = []
+async def _configs(admin: AIOKafkaAdminClient, names: list[str]) -> tuple[dict[str, dict[str, str]], list[str]]:
+    """Each topic's configs in effect; and the topics whose configs this principal may not describe."""
+    responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, n) for n in names])
+    out: dict[str, dict[str, str]] = {}
+    refused: list[str] = []
     for response in responses:
         for resource in response.resources:
-            configs = {entry[0]: entry[1] for entry in resource[4]}
-            policy = configs.get("cleanup.policy") or ""
+            code, name = resource[0], resource[3]
+            if code == TOPIC_AUTHORIZATION_FAILED:
+                refused.append(name)
+            elif code == 0:
+                out[name] = {entry[0]: entry[1] for entry in resource[4]}
+            else:
+                raise TopicError(f"describing the configs of topic {name!r} failed: error {code} {resource[1] or ''}")
+    return out, refused
+
+
+def _summary(info: TopicInfo, configs: dict[str, str]) -> str:
+    shown = [f"{info.partitions} partition{'s' if info.partitions != 1 else ''}",
+             f"replication factor {info.replication}"]
+    for key in ("cleanup.policy", "retention.ms", "retention.bytes", "min.insync.replicas"):
+        if key in configs:
+            shown.append(f"{key}={configs[key]}")
+    return ", ".join(shown)
+
+
+def _shape_problems(settings: Settings, specs: list[TopicSpec], infos: dict[str, TopicInfo],
+                    configs: dict[str, dict[str, str]], partitions: int) -> list[str]:
+    """Why existing topics cannot serve, each with its fix."""
+    bootstrap = settings.bootstrap_servers[0]
+    problems = []
+    for spec in specs:
+        info = infos.get(spec.name)
+        if info is None or not info.exists:
+            continue
+        if spec.name == settings.control_topic and info.partitions != 1:
+            problems.append(
+                f"the control topic {spec.name!r} has {info.partitions} partitions; it must have exactly 1, so that "
+                "every worker reads it whole and in order. Point PROJECTOR_CONTROL_TOPIC at a topic that does not "
+                "exist yet (projector creates it), or recreate this one with 1 partition and cleanup.policy=compact")
+        elif spec.co_partitioned and info.partitions != partitions:
+            problems.append(
+                f"topic {spec.name!r} has {info.partitions} partitions, but the events topic "
+                f"{settings.events_topic!r} has {partitions}: a topic derived from the events topic must have as "
+                "many. It was made for another events topic, or with another PROJECTOR_PARTITIONS. Use a new "
+                "PROJECTOR_APP_ID (its read models are built from the events topic), or, to rebuild this app's "
+                f"read models, delete it: kafka-topics.sh --bootstrap-server {bootstrap} --delete --topic {spec.name}")
+        if spec.compacted and spec.name in configs:
+            policy = configs[spec.name].get("cleanup.policy") or ""
             if "compact" not in policy.split(","):
-                bad.append(f"{resource[3]} (cleanup.policy={policy or '?'})")
-    if bad:
-        raise TopicError(
-            "these topics must be compacted, or a restore from them loses rows: " + ", ".join(sorted(bad))
-            + ". Fix each with: kafka-configs.sh --bootstrap-server <broker> --alter --entity-type topics "
-            "--entity-name <topic> --add-config cleanup.policy=compact"
-        )
+                problems.append(
+                    f"topic {spec.name!r} must be compacted, or a restore from it loses rows "
+                    f"(cleanup.policy={policy or '?'}). Fix it with: kafka-configs.sh --bootstrap-server {bootstrap} "
+                    f"--alter --entity-type topics --entity-name {spec.name} --add-config cleanup.policy=compact")
+    return problems
 
 
-async def describe_partitions(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, int]:
-    """Partition counts of the topics among ``names`` that exist."""
-    out = {}
-    for topic in await admin.describe_topics(names):
-        if topic["error_code"] == 0:
-            out[topic["topic"]] = len(topic["partitions"])
+def _access_error(settings: Settings, missing: dict[tuple[str, str], set[str]],
+                  allowed: dict[tuple[str, str], Optional[frozenset[str]]]) -> BrokerError:
+    who = principal(settings)
+    lines = []
+    for (kind, name), ops in sorted(missing.items()):
+        has = allowed.get((kind, name))
+        lines.append(f"- {', '.join(sorted(ops))} on {kind} {name!r} (allowed now: "
+                     f"{', '.join(sorted(has)) if has else 'nothing'})")
+    grants = sorted({acl_command(settings, kind, name, needed)
+                     for (kind, name), needed in _grants(settings, missing).items()})
+    return BrokerError(
+        "authorization",
+        f"Kafka at {settings.broker} does not allow {who} what a worker needs:\n" + "\n".join(lines)
+        + "\nGrant it (as a Kafka admin) with:\n" + "\n".join(f"  {g}" for g in grants))
+
+
+def _grants(settings: Settings, missing: dict[tuple[str, str], set[str]]) -> dict[tuple[str, str], set[str]]:
+    """The whole set of operations to grant on each resource that lacks some (one kafka-acls line each)."""
+    out: dict[tuple[str, str], set[str]] = {}
+    for kind, name in missing:
+        base = set(GROUP_OPERATIONS) if kind == "group" else set(TOPIC_OPERATIONS)
+        out[(kind, name)] = base | missing[(kind, name)]
     return out
 
 
+async def prepare_worker_topics(settings: Settings, derived: Iterable[str], tables: Iterable[str],
+                                check_access: bool = True) -> tuple[Settings, int]:
+    """Everything a worker needs of Kafka before Faust starts; returns (settings, events partitions).
+
+    Reaches the broker (:class:`~projector.kafka.BrokerError` when it cannot:
+    unreachable, a refused login, a TLS problem), resolves the replication
+    settings, creates the missing topics, logs each topic's real settings,
+    refuses topics that cannot serve (:class:`TopicError`), and checks that
+    this principal may do what a worker does on every topic and on its
+    consumer group (a ``BrokerError`` of kind ``authorization`` naming each
+    missing operation and the ``kafka-acls.sh`` lines that grant it).
+    """
+    derived, tables = list(derived), list(tables)
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    admin = await connect_admin(settings, timeout=STARTUP_TIMEOUT)
+    try:
+        settings = await _replication(admin, settings)
+        # Every name that can be known before the events topic's partition count.
+        specs = worker_topics(settings, settings.partitions, derived, tables)
+        infos = await describe_topics(admin, [s.name for s in specs])
+        events = infos[settings.events_topic]
+        partitions = events.partitions if events.exists else settings.partitions
+        specs = worker_topics(settings, partitions, derived, tables)
+        missing_ops: dict[tuple[str, str], set[str]] = {}
+        allowed: dict[tuple[str, str], Optional[frozenset[str]]] = {}
+        for info in infos.values():
+            if info.hidden:  # may not even describe it: whether it exists is unknown
+                missing_ops.setdefault(("topic", info.name), set()).add("DESCRIBE")
+                allowed[("topic", info.name)] = frozenset()
+        if missing_ops:
+            raise _access_error(settings, missing_ops, allowed)
+        problems = _shape_problems(settings, specs, infos, {}, partitions)
+        if problems:
+            raise TopicError("\n".join(problems))
+        created, refused = await _create(admin, settings, [s for s in specs if not infos[s.name].exists])
+        for name in refused:
+            missing_ops[("topic", name)] = {"CREATE"}
+            allowed[("topic", name)] = infos[name].allowed
+        if missing_ops:
+            raise _access_error(settings, missing_ops, allowed)
+        infos = await _wait_visible(admin, [s.name for s in specs], deadline)
+        configs, refused = await _configs(admin, [s.name for s in specs])
+        for spec in specs:
+            info = infos[spec.name]
+            if spec.name in configs:
+                verb = "created topic" if spec.name in created else "using topic"
+                log.info("%s %s: %s", verb, spec.name, _summary(info, configs[spec.name]))
+        problems = _shape_problems(settings, specs, infos, configs, partitions)
+        if problems:
+            raise TopicError("\n".join(problems))
+        if check_access:
+            for name in refused:
+                missing_ops.setdefault(("topic", name), set()).add("DESCRIBE_CONFIGS")
+            for spec in specs:
+                info = infos[spec.name]
+                allowed[("topic", spec.name)] = info.allowed
+                lacking = TOPIC_OPERATIONS - info.allowed if info.allowed is not None else set()
+                if lacking:
+                    missing_ops.setdefault(("topic", spec.name), set()).update(lacking)
+            group_ops = await group_operations(admin, settings.app_id, deadline)
+            allowed[("group", settings.app_id)] = group_ops
+            if group_ops is not None and GROUP_OPERATIONS - group_ops:
+                missing_ops[("group", settings.app_id)] = set(GROUP_OPERATIONS - group_ops)
+            if missing_ops:
+                raise _access_error(settings, missing_ops, allowed)
+        return settings, partitions
+    except KafkaError as exc:
+        raise TopicError(f"Kafka admin request failed: {exc!r}") from exc
+    finally:
+        await admin.close()
+
+
 async def existing_topics(settings: Settings, names: list[str]) -> dict[str, int]:
-    """Partition counts of the topics among ``names`` that exist."""
+    """Partition counts of the topics among ``names`` that exist (asking creates none)."""
     admin = await connect_admin(settings)
     try:
-        return await describe_partitions(admin, names)
+        infos = await describe_topics(admin, names)
     except KafkaError as exc:
         raise TopicError(f"Kafka admin request failed: {exc!r}") from exc
     finally:
         await admin.close()
+    return {name: info.partitions for name, info in infos.items() if info.exists}
 
 
-async def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> dict[str, int]:
-    """Create the missing topics of ``specs``; return each topic's partition count."""
-    specs = projector_topics(settings) if specs is None else specs
+async def ensure_topics(settings: Settings, specs: Optional[list[TopicSpec]] = None) -> dict[str, int]:
+    """Create the missing topics of ``specs`` (default: events, control, dead letters); return partition counts.
+
+    For the tools that write before any worker runs (``produce-demo``,
+    ``control --direct``, the demo): the events topic they create is the one
+    a worker will use. An existing topic is used as it is.
+    """
+    specs = base_topics(settings) if specs is None else specs
     admin = await connect_admin(settings)
     try:
+        settings = await _replication(admin, settings)
         names = [s.name for s in specs]
-        existing = await describe_partitions(admin, names)
-        missing = [s for s in specs if s.name not in existing]
-        if missing:
-            response = await admin.create_topics(
-                [
-                    NewTopic(s.name, s.partitions, settings.replication_factor,
-                             topic_configs={**replication_configs(settings), **s.config})
-                    for s in missing
-                ]
-            )
-            for name, code, message in _topic_errors(response):
-                if code not in (0, TOPIC_ALREADY_EXISTS):
-                    raise TopicError(f"creating topic {name!r} failed: error {code} {message or ''}".strip())
-            for s in missing:
-                log.info("created topic %s (%d partitions)", s.name, s.partitions)
-        # Metadata can lag creation for a moment; wait until every topic is visible.
-        deadline = time.monotonic() + 30
-        while True:
-            existing = await describe_partitions(admin, names)
-            if len(existing) == len(names):
-                break
-            if time.monotonic() > deadline:
-                raise TopicError(f"topics {sorted(set(names) - set(existing))} not visible after creation")
-            await asyncio.sleep(0.2)
-        control = next((s for s in specs if s.name == settings.control_topic), None)
-        if control and existing[control.name] != 1:
-            raise TopicError(
-                f"control topic {control.name!r} has {existing[control.name]} partitions; it must have exactly 1"
-            )
-        return existing
+        infos = await describe_topics(admin, names)
+        hidden = [n for n, info in infos.items() if info.hidden]
+        if hidden:
+            raise BrokerError("authorization", f"Kafka at {settings.broker} does not allow {principal(settings)} "
+                              f"to DESCRIBE topic {hidden[0]!r}: "
+                              + acl_command(settings, "topic", hidden[0], TOPIC_OPERATIONS))
+        created, refused = await _create(admin, settings, [s for s in specs if not infos[s.name].exists])
+        if refused:
+            raise BrokerError("authorization", f"Kafka at {settings.broker} does not allow {principal(settings)} "
+                              f"to CREATE topic {refused[0]!r}. Create it as an admin, or grant: "
+                              + acl_command(settings, "topic", refused[0], {"CREATE"}))
+        infos = await _wait_visible(admin, names, time.monotonic() + 30)
+        for name in created:
+            log.info("created topic %s: %s", name, _summary(infos[name], {}))
+        problems = _shape_problems(settings, specs, infos, {}, infos[names[0]].partitions or 0)
+        if problems:
+            raise TopicError("\n".join(problems))
+        return {name: info.partitions for name, info in infos.items()}
     except KafkaError as exc:
         raise TopicError(f"Kafka admin request failed: {exc!r}") from exc
     finally:
         await admin.close()
 
 
-def _topic_errors(response) -> list[tuple[str, int, str]]:
+def _topic_errors(response: Any) -> list[tuple[str, int, str]]:
     obj = response.to_object()
     rows = obj.get("topic_errors") or obj.get("topics") or []
     return [(r.get("topic") or r.get("name"), r["error_code"], r.get("error_message")) for r in rows]

@@ -118,7 +118,6 @@ inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
 log.dirs=$dir/data
 num.partitions=1
-auto.create.topics.enable=false
 default.replication.factor=$rf
 min.insync.replicas=$isr
 offsets.topic.replication.factor=$rf
