@@ -16,7 +16,7 @@ from projector.config import Settings
 from projector.control import ControlState
 from projector.control_table import ControlTable, GapFiller, records_end
 from projector.engine import COMMANDS, INDEX, Engine, Plan, members_table
-from projector.kafka import faust_credentials
+from projector.kafka import KAFKA_WRITE_TIMEOUT, BrokerWatch, faust_credentials, quiet_repeated_client_logs
 from projector.metrics import LAG_PROBE_INTERVAL, Metrics
 from projector.readmodels import Catalog, load_catalog
 from projector.recoveryprogress import RecoveryProgress
@@ -44,6 +44,7 @@ class ProjectorApp(faust.App):
         self.add_future(self.projector.gap_filler.run())
         self.add_future(self.projector._probe_loop_lag())
         self.add_future(self.projector.recovery_progress.run())
+        self.add_future(self.projector.broker.run())
 
     async def _stop_consumer(self) -> None:
         """On shutdown, let the batch being folded finish before Faust cancels the fetch loop.
@@ -81,6 +82,9 @@ class Projector:
         self.schemas = Schemas.from_modules(self.catalog.modules)
         self.partitions = partitions or settings.partitions
         self.metrics = Metrics()
+        #: Whether Kafka answers now, and since when (/readyz, /status, /metrics).
+        self.broker = BrokerWatch(settings)
+        quiet_repeated_client_logs()
         self.app = ProjectorApp(
             settings.app_id,
             broker=settings.faust_broker,
@@ -331,13 +335,12 @@ class Projector:
             waiter = loop.create_future()
             self.command_waiters.setdefault(command_id, set()).add(waiter)
             try:
-                fut = await self.app.producer.send(topic, key, value, partition, None, None)
-                await asyncio.wait_for(fut, max(0.001, deadline - loop.time()))
+                await self.produce(topic, key, value, partition, max(0.001, deadline - loop.time()))
                 status, body = await asyncio.wait_for(waiter, max(0.001, deadline - loop.time()))
             except asyncio.TimeoutError:
                 return 504, {"error": "timeout", "command_id": command_id,
-                             "detail": "no answer from the aggregate's writer in time; send the same command_id "
-                                       "again to learn its outcome"}
+                             "detail": "no answer from the aggregate's writer in time: the outcome is unknown. "
+                                       "Send the same command_id again to learn it (it is never applied twice)"}
             finally:
                 waiters = self.command_waiters.get(command_id)
                 if waiters is not None:
@@ -530,16 +533,29 @@ class Projector:
                 )
                 recovery.active_offsets[tp] = highwater
 
-    async def write_control(self, key: str, value: Any) -> int:
-        """Write one control entry (``None``: delete it); returns the record's offset."""
+    async def write_control(self, key: str, value: Any, timeout: float = KAFKA_WRITE_TIMEOUT) -> int:
+        """Write one control entry (``None``: delete it); returns the record's offset.
+
+        ``asyncio.TimeoutError`` when Kafka has not acknowledged it within
+        ``timeout`` seconds: it may still be written later.
+        """
         from projector.control import check_entry, encode_value
 
         check_entry(key, value)
-        producer = self.app.producer._ensure_producer()
-        meta = await producer.send_and_wait(
-            self.settings.control_topic, key=key.encode("utf-8"), value=encode_value(value), partition=0
-        )
+        meta = await self.produce(self.settings.control_topic, key.encode("utf-8"), encode_value(value), 0, timeout)
         return meta.offset
+
+    async def produce(self, topic: str, key: bytes, value: bytes, partition: int, timeout: float) -> Any:
+        """Send one record with the app's producer and wait until Kafka has it; its RecordMetadata.
+
+        Bounded by ``timeout`` seconds (``asyncio.TimeoutError``), the wait for
+        room in the producer's buffer included: with the broker away, Faust's
+        producer would otherwise wait for its request timeout (20 minutes).
+        """
+        async def send() -> Any:
+            return await (await self.app.producer.send(topic, key, value, partition, None, None))
+
+        return await asyncio.wait_for(send(), timeout)
 
     def _check_restore_offsets(self) -> None:
         """Rebuild a table partition whose local offset does not fit its changelog, instead of trusting it.

@@ -42,6 +42,9 @@ from projector.config import BrokerSecurity, Settings, tls_context
 
 log = logging.getLogger(__name__)
 
+#: How long a control write, a release or a command's first send waits for Kafka before answering 504.
+KAFKA_WRITE_TIMEOUT = 10.0
+
 
 # --- no topic is ever created by a metadata request ------------------------------------
 
@@ -400,6 +403,50 @@ def acl_command(settings: Settings, kind: str, name: str, ops: Iterable[str], pr
             f"--add --allow-principal {who} {operations_} {resource}{pattern}")
 
 
+def _describe(exc: BaseException) -> str:
+    """``Class: message``, once (aiokafka's errors already start with their class name)."""
+    name, text = type(exc).__name__, str(exc)
+    return text if text.startswith(name) else f"{name}: {text}" if text else name
+
+
+class RepeatFilter(logging.Filter):
+    """Lets each message of a logger through at most once every ``every`` seconds.
+
+    With the broker away, aiokafka logs the same few errors many times a
+    second (every reconnect attempt of every client); one line each per
+    period, with the number of lines held back, says as much.
+    """
+
+    def __init__(self, every: float = 30.0) -> None:
+        super().__init__()
+        self.every = every
+        self._seen: dict[tuple[str, Any], list[float]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, record.msg)
+        now = record.created
+        seen = self._seen.get(key)
+        if seen is None or now - seen[0] >= self.every:
+            if seen is not None and seen[1]:
+                record.msg = f"{record.msg} [and {int(seen[1])} more like it in the last {now - seen[0]:.0f} s]"
+            self._seen[key] = [now, 0]
+            if len(self._seen) > 1000:
+                self._seen.clear()
+            return True
+        seen[1] += 1
+        return False
+
+
+def quiet_repeated_client_logs(every: float = 30.0) -> None:
+    """Put a :class:`RepeatFilter` on every aiokafka logger (call after aiokafka is imported)."""
+    repeat = RepeatFilter(every)
+    names = [n for n in logging.root.manager.loggerDict if n == "aiokafka" or n.startswith("aiokafka.")]
+    for name in names:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RepeatFilter) for f in logger.filters):
+            logger.addFilter(repeat)
+
+
 class BrokerWatch:
     """Whether this worker can reach Kafka now, and since when (``/readyz``, ``/status``, ``/metrics``).
 
@@ -456,7 +503,7 @@ class BrokerWatch:
             if self._client is not None and not isinstance(exc, asyncio.TimeoutError):
                 client, self._client = self._client, None
                 await client.close()
-            self._note(False, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+            self._note(False, _describe(exc))
             return False
         self._note(True)
         return True

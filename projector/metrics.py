@@ -181,6 +181,17 @@ def prometheus_text(projector) -> str:
     for topic, partition, lag in projector.consumer_lag():
         lines.append(f'projector_consumer_lag{{topic="{_escape(topic)}",partition="{partition}"}} {lag}')
     lines += _recovery_lines(projector)
+    broker = projector.broker
+    lines += [
+        "# HELP projector_broker_reachable 1 while this worker reaches Kafka, 0 while it cannot (it then serves "
+        "reads from local state).",
+        "# TYPE projector_broker_reachable gauge",
+        f"projector_broker_reachable {int(broker.reachable)}",
+        "# HELP projector_broker_reachable_changed_timestamp_seconds Unix time Kafka last became reachable or "
+        "unreachable (or the worker started).",
+        "# TYPE projector_broker_reachable_changed_timestamp_seconds gauge",
+        f"projector_broker_reachable_changed_timestamp_seconds {broker.since:.3f}",
+    ]
     control = projector.control
     lines += [
         "# HELP projector_control_offset Offset of the last control record this worker applied (-1: none).",

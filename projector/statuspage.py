@@ -15,6 +15,7 @@ every route but ``/healthz``):
          "records_total": 5000,                # events-topic records handled since it started
          "deadletters": {"version_gap": 1},    # dead letters sent, by reason
          "control": {"offset": 3, "entries": {...}},  # the control table as GET /control
+         "broker": {"reachable": true, "since": "2026-01-01T00:00:00Z"},  # as /readyz: Kafka reachable now, since when
          "throughput": [[1767225510.0, 0], ...],      # [unix time, records_total], one a second,
                                                # the last 90 s, oldest first
          "time": 1767225600.123}               # unix seconds when the answer was made
@@ -125,6 +126,7 @@ def worker_status(projector: "Projector") -> dict[str, Any]:
         "records_total": m.records_seen,
         "deadletters": dict(m.deadletters),
         "control": p.control.snapshot(),
+        "broker": p.broker.snapshot(),
         "throughput": [[t, n] for t, n in m.throughput],
         "time": time.time(),
     }
@@ -459,6 +461,8 @@ PAGE = r"""<!doctype html>
       '<h2><span class="dot" style="background:' + c + '"></span><span class="mono">' + esc(w.worker) + "</span>" +
       (w.ready ? '<span class="badge ok">ready</span>' : '<span class="badge warn">not ready</span>') +
       (w.role === "standby" ? '<span class="badge warn" title="more workers than partitions: standby replicas only">standby</span>' : "") +
+      (w.broker && !w.broker.reachable ? '<span class="badge warn broker" title="' + esc(w.broker.error || "") +
+        '">Kafka unreachable since ' + esc(w.broker.since) + "</span>" : "") +
       "</h2>" +
       '<div class="detail">' + esc(w.detail) + " &middot; " + fmt(w.records_total) + " records handled &middot; lag " + fmt(totalLag) + "</div>" +
       "<h3>Partitions (" + (w.partitions || []).length + " of " + esc(w.partitions_total) + ") and lag</h3>" +

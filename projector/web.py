@@ -19,6 +19,7 @@ import orjson
 from aiohttp import web
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
+from projector.kafka import KAFKA_WRITE_TIMEOUT
 from projector.partitioning import partition_for
 
 if TYPE_CHECKING:
@@ -36,6 +37,8 @@ MAX_KEY_PARAM = 1024
 FAUST_KEY = b"__faust\x00"
 #: Longest a request may wait for a version or offset (CONTRACT §5: timeout_ms <= 30000).
 MAX_WAIT_MS = 30000
+#: Longest GET /deadletters reads the dead-letter topic before it answers 503.
+DEADLETTERS_TIMEOUT = 15.0
 #: How long a key lookup keeps retrying while its partition has no owner (rebalance).
 ROUTE_DEADLINE = 10.0
 FORWARD_TIMEOUT = 15.0
@@ -171,6 +174,22 @@ def _forwarded_headers(request: web.Request) -> dict[str, str]:
     return headers
 
 
+def _broker_unreachable(projector: "Projector", **extra: Any) -> Optional[web.Response]:
+    """503 before anything is written, while this worker cannot reach Kafka; None when it can."""
+    broker = projector.broker
+    if broker.reachable:
+        return None
+    snapshot = broker.snapshot()
+    return json_error(503, "broker_unreachable", broker=snapshot, **extra,
+                      detail=f"Kafka at {projector.settings.broker} is unreachable since {snapshot['since']}: "
+                             "nothing was written; retry once it is back")
+
+
+def _write_timeout(what: str, hint: str) -> web.Response:
+    return json_error(504, "timeout", detail=f"Kafka did not acknowledge {what} within {KAFKA_WRITE_TIMEOUT:g} s: "
+                                             f"the outcome is unknown, it may still be written ({hint})")
+
+
 async def post_internal(projector: "Projector", url: str, path: str, body: Any) -> None:
     """POST a JSON body to another worker's internal endpoint, with this deployment's API token."""
     headers = {FORWARDED_HEADER: "1", "Content-Type": "application/json"}
@@ -210,9 +229,11 @@ class Views:
         # Where this worker stands on the control topic: applied offset, and
         # the records it had to read before it could be ready.
         progress = {"offset": control.offset, "target": control.target}
+        # Losing the broker does not make a ready worker unready: it still serves reads.
+        broker = self.projector.broker.snapshot()
         if ready:
-            return json_response({"status": "ready", "control": progress})
-        return json_error(503, "not_ready", detail=detail, control=progress)
+            return json_response({"status": "ready", "control": progress, "broker": broker})
+        return json_error(503, "not_ready", detail=detail, control=progress, broker=broker)
 
     # --- the control table (CONTRACT §3) -------------------------------------------
 
@@ -250,12 +271,19 @@ class Views:
         return await self._write_control(request.match_info["key"], None)
 
     async def _write_control(self, key: str, value: Any) -> web.Response:
-        from projector.control import ControlError
+        from projector.control import ControlError, check_entry
 
         try:
-            offset = await self.projector.write_control(key, value)
+            check_entry(key, value)
         except ControlError as exc:
             return json_error(400, "invalid", detail=str(exc))
+        unreachable = _broker_unreachable(self.projector)
+        if unreachable is not None:
+            return unreachable
+        try:
+            offset = await self.projector.write_control(key, value)
+        except asyncio.TimeoutError:
+            return _write_timeout("the control record", "GET /control shows whether it was applied")
         except MessageSizeTooLargeError:
             return json_error(413, "too_large", detail="the value is larger than the broker accepts for one record")
         except KafkaError as exc:
@@ -470,12 +498,17 @@ class Views:
             skip_to = int(skip_to)  # JSON has one number type: 84.0 is the integer 84
         if skip_to is not None and (not isinstance(skip_to, int) or isinstance(skip_to, bool) or skip_to < 1):
             return json_error(400, "invalid", detail=f"skip_to must be an integer >= 1, got {skip_to!r}")
+        unreachable = _broker_unreachable(p)
+        if unreachable is not None:
+            return unreachable
         topic = p.commands_topic.get_topic_name()
         command = {"action": "release", "skip_to": skip_to}
-        fut = await p.app.producer.send(
-            topic, aid.encode("utf-8"), orjson.dumps(command), partition_for(aid.encode("utf-8"), p.partitions), None, None
-        )
-        meta = await fut
+        key = aid.encode("utf-8")
+        try:
+            meta = await p.produce(topic, key, orjson.dumps(command), partition_for(key, p.partitions),
+                                   KAFKA_WRITE_TIMEOUT)
+        except asyncio.TimeoutError:
+            return _write_timeout("the release", "sending it again is harmless")
         return json_response({"aggregate_id": aid, "skip_to": skip_to, "offset": meta.offset}, status=202)
 
     # --- the command side (CONTRACT §5, POST /commands) ----------------------------------
@@ -504,6 +537,9 @@ class Views:
         ready, detail = p.readiness()
         if not ready:
             return json_error(503, "not_ready", command_id=command["command_id"], detail=detail)
+        unreachable = _broker_unreachable(p, command_id=command["command_id"])
+        if unreachable is not None:
+            return unreachable
         try:
             status, answer = await p.submit_command(command, timeout_ms / 1000)
         except KafkaError as exc:
@@ -532,8 +568,11 @@ class Views:
         from projector.deadletters import read_recent
 
         limit = _int_param(request, "limit", 100, 1, MAX_LIMIT, cap=True)
+        unreachable = _broker_unreachable(self.projector)
+        if unreachable is not None:
+            return unreachable
         try:
-            rows = await read_recent(self.projector.settings, limit)
+            rows = await asyncio.wait_for(read_recent(self.projector.settings, limit), DEADLETTERS_TIMEOUT)
         except Exception as exc:
             log.warning("reading dead letters failed: %r", exc)
             return json_error(503, "unavailable", detail=f"cannot read the dead-letter topic: {exc}")
