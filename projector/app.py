@@ -59,6 +59,15 @@ class ProjectorApp(faust.App):
             if not await consumer.finish_fetch(timeout=self.conf.broker_session_timeout / 2):
                 self.log.warning("the batch being folded did not finish in time; its records will be read again")
         await super()._stop_consumer()
+        if consumer is not None and hasattr(consumer, "commit_positions"):
+            log.info("stopping: %s", consumer.commit_positions())
+
+    def on_rebalance_end(self) -> None:
+        """The rebalance is over: the stream partitions are sought, deliver them again (BatchingConsumer)."""
+        super().on_rebalance_end()
+        consumer = self._consumer
+        if consumer is not None and hasattr(consumer, "release_held"):
+            consumer.release_held()
 
     def on_webserver_init(self, web: Any) -> None:
         from projector.web import install_routes

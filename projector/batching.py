@@ -40,6 +40,9 @@ class BatchingConsumer(faust_aiokafka.Consumer):
     _idle: Optional[asyncio.Event] = None
     #: Set by :meth:`finish_fetch`: take no new fetch, the worker is stopping.
     _no_more_fetches: bool = False
+    #: Stream partitions Faust resumed, held back until its seek of them is done (see :meth:`perform_seek`).
+    _held_for_seek: frozenset = frozenset()
+    _seek_lock: Optional[asyncio.Lock] = None
 
     async def finish_fetch(self, timeout: float) -> bool:
         """Take no new fetch, and wait until the one being delivered is folded and acked.
@@ -60,6 +63,112 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         except asyncio.TimeoutError:
             return False
         return True
+
+    async def on_partitions_revoked(self, revoked: set) -> None:
+        """Commit what is acked on ``revoked`` before Faust forgets it, then let Faust revoke.
+
+        Faust's revoke first drops its bookkeeping of the revoked partitions
+        (acked offsets, committed offsets) and only then waits for the
+        messages in hand and commits. Offsets acked since the last periodic
+        commit (up to a commit interval of work) were so never committed, and
+        whoever got the partition next read them again: at a rebalance, with
+        the eager protocol, even this worker for the partitions it keeps.
+        """
+        self._held_for_seek = self._held_for_seek - frozenset(revoked)
+        await self._commit_acked(revoked)
+        self.log.info("partitions revoked, committed before: %s", self.commit_positions(revoked))
+        await super().on_partitions_revoked(revoked)
+        # Faust has waited for the messages in hand and committed them: anything left here is read again.
+        self.log.info("partitions revoked, committed after the batch in hand: %s", self.commit_positions(revoked))
+
+    def resume_partitions(self, tps: Any) -> None:
+        """Faust's resume, but batch-handled partitions wait for the seek that follows (:meth:`perform_seek`).
+
+        Faust resumes the stream partitions only at the end of a rebalance,
+        just before its seek; :meth:`release_held` resumes them at its very end.
+        """
+        tps = set(tps)
+        handlers = getattr(self.app, "batch_handlers", {})
+        held = {tp for tp in tps if tp.topic in handlers}
+        self._held_for_seek = self._held_for_seek | held
+        super().resume_partitions(tps - held)
+
+    async def perform_seek(self) -> None:
+        """Faust's seek of the stream partitions to their committed offsets, one seek at a time.
+
+        After a rebalance Faust's recovery resumes the stream partitions and
+        only then seeks them to their committed offsets. And a fetch that finds
+        the flow stopped (a rebalance began) seeks too, on its own, and may
+        finish late, after the recovery's. Records delivered before a seek
+        finished were folded and acked, and the seek then moved the partition
+        back to its committed offset: the same records came again. So seeks run
+        one at a time, and the stream partitions the recovery resumes wait
+        (:meth:`resume_partitions`) until it has sought them
+        (:meth:`release_held`, at the end of the rebalance).
+        """
+        if self._seek_lock is None:
+            self._seek_lock = asyncio.Lock()
+        async with self._seek_lock:
+            await super().perform_seek()
+
+    def release_held(self) -> None:
+        """Resume the stream partitions held since their resume (Faust's rebalance is over)."""
+        held, self._held_for_seek = self._held_for_seek, frozenset()
+        if held:
+            assigned = self.assignment()
+            super().resume_partitions({tp for tp in held if tp in assigned})
+
+    async def wait_empty(self) -> None:
+        """Faust's wait until every message in hand is acked, and its last commit; then what is still acked.
+
+        A commit that finds another under way (the periodic one) waits for it
+        and returns without committing: what was acked after that one took its
+        offsets would stay uncommitted at the revoke or stop this wait ends.
+        """
+        await super().wait_empty()
+        await self._commit_acked(None)
+
+    async def _commit_acked(self, tps: Optional[set]) -> None:
+        """Commit until no offset acked on ``tps`` (None: any partition) waits for a commit.
+
+        Nothing new is acked meanwhile (the flow is stopped, or the batch in
+        hand is still being folded), so this ends; at most a few rounds, in
+        case the periodic commit was under way.
+        """
+        for _ in range(5):
+            waiting = [tp for tp, acked in self._acked.items() if acked and (tps is None or tp in tps)]
+            if not waiting:
+                return
+            before = {tp: self._committed_offset[tp] for tp in waiting}
+            await self.commit(set(waiting))
+            if all(self._committed_offset[tp] == before[tp] for tp in waiting) and self._commit_fut is None:
+                return  # nothing committable (a gap at the head of the acked offsets): Faust's case, not ours
+
+    def commit_positions(self, tps: Optional[set] = None) -> str:
+        """What is committed on each partition of ``tps`` (default: the assignment) of an acked topic.
+
+        Logged at each revoke and at the stop. Offsets acked but not committed,
+        or messages not acked, are read again by the partition's next owner.
+        """
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        unacked: dict = {}
+        for message in list(self._unacked_messages):
+            unacked[message.tp] = unacked.get(message.tp, 0) + 1
+        parts = []
+        for tp in sorted(self.assignment() if tps is None else tps):
+            if not acks_enabled_for(tp.topic):
+                continue
+            committed = self._committed_offset.get(tp)
+            acked = self._acked.get(tp)
+            if committed is None and not acked and not unacked.get(tp):
+                continue  # nothing read on it yet
+            part = f"{tp.topic}[{tp.partition}] committed {committed}"
+            if acked:
+                part += f", NOT committed: {len(acked)} acked up to {max(acked)}"
+            if unacked.get(tp):
+                part += f", NOT acked: {unacked[tp]}"
+            parts.append(part)
+        return "; ".join(parts) or "nothing read"
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - exercised on real Kafka
         consumer_should_stop = cast(Service, self)._stopped.is_set
