@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -12,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from support import Worker, free_port, run_kafka_sh  # noqa: E402
+from support import Worker, free_base, free_port, run_kafka_sh  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -29,6 +30,39 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield f"127.0.0.1:{port}"
     finally:
         run_kafka_sh("stop", env=env, check=False)
+
+
+@dataclass
+class SecureKafka:
+    """The broker of ``deploy/kafka/kafka.sh --mode secure``: SASL_SSL on ``base``, mutual TLS on base+1,
+    SASL_PLAINTEXT on base+2; users admin, projector and outsider (no ACLs)."""
+
+    run_dir: Path
+    base: int
+    env: dict[str, str]
+
+    def password_file(self, user: str) -> Path:
+        return self.run_dir / "secrets" / f"{user}.password"
+
+    def tls(self, name: str) -> str:
+        return str(self.run_dir / "tls" / name)
+
+    def grant(self, principal: str, app_id: str, events: str, control: str) -> str:
+        """The ACLs a worker needs (kafka.sh grant); returns the kafka-acls.sh lines it printed."""
+        return run_kafka_sh("--mode", "secure", "grant", principal, app_id, events, control, env=self.env).stdout
+
+
+@pytest.fixture(scope="session")
+def secure_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureKafka]:
+    """One secured broker for the session, started by the first test that asks for it."""
+    base = free_base(3)  # base..base+2 and base+100 (the controller) must be free
+    run_dir = tmp_path_factory.mktemp("kafka-secure")
+    env = {"KAFKA_RUN_DIR": str(run_dir), "KAFKA_PORT": str(base)}
+    run_kafka_sh("--mode", "secure", "start", env=env)
+    try:
+        yield SecureKafka(run_dir, base, env)
+    finally:
+        run_kafka_sh("--mode", "secure", "stop", env=env, check=False)
 
 
 @pytest.fixture
