@@ -48,7 +48,8 @@ from urllib.parse import quote
 
 import orjson
 
-from projector.config import ConfigError, parse_brokers, broker_reachable
+from projector.config import ConfigError, Settings, broker_reachable
+from projector.kafka import client_options, settings_for
 
 REPO = Path(__file__).resolve().parent.parent
 KAFKA_SH = REPO / "deploy" / "kafka" / "kafka.sh"
@@ -344,8 +345,9 @@ def _naive_row(status: int, body: Any, key: str) -> Any:
 class Kafka:
     """An admin client and a group-less consumer for offsets."""
 
-    def __init__(self, bootstrap: list[str]) -> None:
-        self.bootstrap = ",".join(bootstrap)
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.bootstrap = ",".join(settings.bootstrap_servers)
         self.admin: Any = None
         self.consumer: Any = None
 
@@ -356,7 +358,7 @@ class Kafka:
 
         deadline = time.monotonic() + timeout
         while True:
-            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=15000,
+            admin = AIOKafkaAdminClient(**client_options(self.settings), request_timeout_ms=15000,
                                         client_id="projector-bench")
             try:
                 await admin.start()
@@ -367,7 +369,7 @@ class Kafka:
                     raise BenchError(f"cannot reach Kafka at {self.bootstrap}: {exc}") from exc
                 await asyncio.sleep(1.0)
         self.admin = admin
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
+        self.consumer = AIOKafkaConsumer(**client_options(self.settings), group_id=None,
                                          enable_auto_commit=False, client_id="projector-bench")
         await self.consumer.start()
 
@@ -440,14 +442,14 @@ class Kafka:
         return list(await self.admin.list_topics())
 
 
-async def produce_workload(bootstrap: str, topic: str, config: BenchConfig,
+async def produce_workload(settings: Settings, topic: str, config: BenchConfig,
                            expected: dict[str, dict[str, Any]]) -> int:
     """Produce the demo histories keyed by aggregate id; fold ``expected`` on the way."""
     from aiokafka import AIOKafkaProducer
 
     from projector.demo import generate_histories
 
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
+    producer = AIOKafkaProducer(**client_options(settings), acks="all", enable_idempotence=True,
                                 linger_ms=20, max_batch_size=256 * 1024)
     await producer.start()
     n = 0
@@ -475,9 +477,10 @@ class Bench:
     def __init__(self, config: BenchConfig) -> None:
         self.config = config
         try:
-            self.bootstrap = parse_brokers(config.broker)
+            self.settings = settings_for(config.broker)
         except ConfigError as exc:
             raise BenchError(f"--broker: {exc}") from None
+        self.bootstrap = self.settings.bootstrap_servers
         if config.events < config.accounts or config.accounts < 1:
             raise BenchError("need --accounts >= 1 and --events >= --accounts")
         if config.timeout <= 0:
@@ -493,7 +496,7 @@ class Bench:
         self.workdir: Optional[Path] = None
         self.started_broker = False
         self.created_topic = False
-        self.kafka = Kafka(self.bootstrap)
+        self.kafka = Kafka(self.settings)
         self.procs: list[subprocess.Popen] = []
         self.app_ids: list[str] = []
         self.extra_topics: list[str] = []
@@ -533,7 +536,7 @@ class Bench:
             expected: dict[str, dict[str, Any]] = {}
             log(f"producing {cfg.events} events for {cfg.accounts} accounts (seed {cfg.seed})")
             t0 = time.monotonic()
-            n = await produce_workload(",".join(self.bootstrap), self.topic, cfg, expected)
+            n = await produce_workload(self.settings, self.topic, cfg, expected)
             produce_seconds = time.monotonic() - t0
             log(f"produced {n} events in {produce_seconds:.1f}s")
             begin, end = await self.kafka.offsets(self.topic, partitions)

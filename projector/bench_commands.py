@@ -101,7 +101,7 @@ async def _phase(urls: list[str], accounts: list[str], clients: int, count: int,
 async def _run(args: argparse.Namespace, settings: Settings, workdir: Path) -> dict[str, Any]:
     tag = f"cm{uuid.uuid4().hex[:8]}"
     topic = f"{tag}-events"
-    kafka = Kafka(settings.bootstrap_servers)
+    kafka = Kafka(settings)
     await kafka.start()
     procs: list[subprocess.Popen] = []
     try:

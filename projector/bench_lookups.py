@@ -33,6 +33,7 @@ import orjson
 
 from projector.bench import BenchError, Kafka, free_port, log, machine_info, stop_process
 from projector.config import Settings
+from projector.kafka import client_options
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -175,7 +176,7 @@ async def _wait_row(session: aiohttp.ClientSession, url: str, key: str) -> None:
 async def _produce(settings: Settings, topic: str, envelopes: list[dict]) -> None:
     from aiokafka import AIOKafkaProducer
 
-    producer = AIOKafkaProducer(bootstrap_servers=",".join(settings.bootstrap_servers), acks="all",
+    producer = AIOKafkaProducer(**client_options(settings), acks="all",
                                 linger_ms=20, max_batch_size=256 * 1024)
     await producer.start()
     try:
@@ -196,7 +197,7 @@ async def _run(args: argparse.Namespace, settings: Settings, workdir: Path) -> d
 
     tag = f"lk{uuid.uuid4().hex[:8]}"
     topic = f"{tag}-events"
-    kafka = Kafka(settings.bootstrap_servers)
+    kafka = Kafka(settings)
     await kafka.start()
     procs: list[subprocess.Popen] = []
     try:

@@ -40,11 +40,13 @@ MIB = 1024 * 1024
 
 
 def build_app(args: argparse.Namespace) -> faust.App:
-    from projector.config import parse_brokers
+    from projector.kafka import faust_credentials, settings_for
 
+    settings = settings_for(args.broker)
     app = faust.App(
         args.app_id,
-        broker=[f"kafka://{hp}" for hp in parse_brokers(args.broker)],
+        broker=settings.faust_broker,
+        broker_credentials=faust_credentials(settings),
         store="rocksdb://",
         datadir=args.data_dir,
         autodiscover=False,

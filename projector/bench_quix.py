@@ -44,6 +44,7 @@ import orjson
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 from quixstreams import Application, State
+from quixstreams.kafka.configuration import ConnectionConfig
 from quixstreams.models.serializers import JSONDeserializer
 from quixstreams.state.manager import DEFAULT_STATE_STORE_NAME
 from quixstreams.state.metadata import SEPARATOR
@@ -51,6 +52,8 @@ from quixstreams.state.rocksdb import RocksDBOptions
 from rocksdict import AccessType, Rdict
 
 from projector.bench_fold import note_first_record, step, write_state
+from projector.config import Settings
+from projector.kafka import librdkafka_config, settings_for
 
 ROW = "row"
 STORE_OPTIONS = RocksDBOptions()
@@ -61,9 +64,10 @@ COMMIT_EVERY = 10_000
 METADATA_TIMEOUT = 15.0
 
 
-def check_topic(brokers: str, topic: str) -> None:
+def check_topic(settings: Settings, topic: str) -> None:
     """Fail with a clear message when Kafka does not answer or ``topic`` is missing."""
-    admin = AdminClient({"bootstrap.servers": brokers})
+    brokers = ",".join(settings.bootstrap_servers)
+    admin = AdminClient(librdkafka_config(settings))
     try:
         topics = admin.list_topics(timeout=METADATA_TIMEOUT).topics
     except KafkaException as exc:
@@ -72,10 +76,10 @@ def check_topic(brokers: str, topic: str) -> None:
         raise SystemExit(f"bench_quix: topic {topic!r} does not exist on {brokers}")
 
 
-def build_app(args: argparse.Namespace, brokers: str, counts: dict[str, int]) -> tuple[Application, Path]:
+def build_app(args: argparse.Namespace, settings: Settings, counts: dict[str, int]) -> tuple[Application, Path]:
     """The Quix app, and the directory of its store (one RocksDB per partition)."""
     app = Application(
-        broker_address=brokers,
+        broker_address=ConnectionConfig.from_librdkafka_dict(librdkafka_config(settings)),
         consumer_group=args.group,
         auto_offset_reset="earliest",
         state_dir=args.data_dir,
@@ -128,15 +132,15 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--state-file", type=Path, required=True)
     parser.add_argument("--ready-file", type=Path)
     args = parser.parse_args(argv)
-    from projector.config import ConfigError, parse_brokers
+    from projector.config import ConfigError
 
     try:
-        brokers = ",".join(parse_brokers(args.broker))
+        settings = settings_for(args.broker)
     except ConfigError as exc:
         parser.error(str(exc))
-    check_topic(brokers, args.topic)
+    check_topic(settings, args.topic)
     counts = {"ok": 0, "duplicate": 0, "invalid": 0}
-    app, store_dir = build_app(args, brokers, counts)
+    app, store_dir = build_app(args, settings, counts)
     app.run()  # until SIGTERM or SIGINT, which Quix turns into app.stop()
     if not store_dir.is_dir():
         sys.exit(f"bench_quix: no state store at {store_dir}")

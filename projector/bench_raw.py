@@ -39,7 +39,8 @@ from typing import Any, Iterable, Optional, Protocol
 import orjson
 
 from projector.bench_fold import apply, note_first_record, write_state
-from projector.config import ConfigError, parse_brokers
+from projector.config import ConfigError, Settings
+from projector.kafka import client_options, librdkafka_config, settings_for
 
 MIB = 1024 * 1024
 BATCH = 10_000  # records per poll, at most
@@ -74,12 +75,12 @@ class Client(Protocol):
 
 
 class AiokafkaClient:
-    def __init__(self, brokers: list[str], topic: str, group: str) -> None:
+    def __init__(self, settings: Settings, topic: str, group: str) -> None:
         from aiokafka import AIOKafkaConsumer
 
-        self.brokers, self.topic = brokers, topic
+        self.brokers, self.topic = settings.bootstrap_servers, topic
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=brokers, group_id=group, client_id=group, enable_auto_commit=False,
+            **client_options(settings), group_id=group, client_id=group, enable_auto_commit=False,
             auto_offset_reset="earliest", max_partition_fetch_bytes=4 * MIB,
         )
 
@@ -112,12 +113,12 @@ class AiokafkaClient:
 
 
 class ConfluentClient:
-    def __init__(self, brokers: list[str], topic: str, group: str) -> None:
+    def __init__(self, settings: Settings, topic: str, group: str) -> None:
         from confluent_kafka import Consumer
 
-        self.brokers, self.topic = brokers, topic
+        self.brokers, self.topic = settings.bootstrap_servers, topic
         self.consumer = Consumer({
-            "bootstrap.servers": ",".join(brokers), "group.id": group, "client.id": group,
+            **librdkafka_config(settings), "group.id": group, "client.id": group,
             "enable.auto.commit": False, "auto.offset.reset": "earliest",
             "max.partition.fetch.bytes": 4 * MIB,
             # Once its prefetch queue is full librdkafka waits this long before fetching
@@ -201,9 +202,10 @@ async def wait_for_topic(client: Client, topic: str, brokers: list[str]) -> None
         await asyncio.sleep(0.5)
 
 
-async def run(args: argparse.Namespace, brokers: list[str]) -> None:
+async def run(args: argparse.Namespace, settings: Settings) -> None:
     stop = Stop()
-    client: Client = CLIENTS[args.client](brokers, args.topic, args.group)
+    brokers = settings.bootstrap_servers
+    client: Client = CLIENTS[args.client](settings, args.topic, args.group)
     rows: dict[str, dict[str, Any]] = {}
     counts = {"ok": 0, "duplicate": 0, "invalid": 0}
     uncommitted: dict[int, int] = {}
@@ -241,11 +243,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--ready-file", type=Path)
     args = parser.parse_args(argv)
     try:
-        brokers = parse_brokers(args.broker)
+        settings = settings_for(args.broker)
     except ConfigError as exc:
         parser.error(str(exc))
     try:
-        asyncio.run(run(args, brokers))
+        asyncio.run(run(args, settings))
     except Fatal as exc:
         print(f"bench_raw: {exc}", file=sys.stderr, flush=True)
         sys.exit(1)

@@ -139,7 +139,7 @@ async def _run(args: argparse.Namespace, settings: Settings, workdir: Path) -> d
 
     run = f"sc{uuid.uuid4().hex[:6]}"
     topic = f"{run}-events"
-    kafka = Kafka(settings.bootstrap_servers)
+    kafka = Kafka(settings)
     await kafka.start()
     groups: list[Group] = []
     report: dict[str, Any] = {"tool": "projector bench-scale", "date": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -80,11 +80,16 @@ def _readable_file(env: Mapping[str, str], name: str) -> Optional[str]:
 
 @functools.lru_cache(maxsize=None)
 def tls_context(cafile: Optional[str], certfile: Optional[str], keyfile: Optional[str]) -> ssl.SSLContext:
-    """The TLS context of every Kafka connection; ConfigError when a file is not what it should be."""
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    """The TLS context of every Kafka connection; ConfigError when a file is not what it should be.
+
+    A CA file replaces the system's CAs (as Kafka's truststore does), it does not add to them.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the certificate and the host name
     try:
         if cafile:
             context.load_verify_locations(cafile=cafile)
+        else:
+            context.load_default_certs(ssl.Purpose.SERVER_AUTH)
     except (ssl.SSLError, OSError) as exc:
         raise ConfigError(f"PROJECTOR_BROKER_SSL_CAFILE={cafile} is not a PEM file of CA certificates: {exc}") from None
     try:
@@ -122,11 +127,11 @@ class BrokerSecurity:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "BrokerSecurity":
-        protocol = (env.get("PROJECTOR_BROKER_SECURITY_PROTOCOL") or cls.protocol).strip().upper()
+        protocol = (env.get("PROJECTOR_BROKER_SECURITY_PROTOCOL") or "").strip().upper() or cls.protocol
         if protocol not in SECURITY_PROTOCOLS:
             raise ConfigError(
                 f"PROJECTOR_BROKER_SECURITY_PROTOCOL must be one of {', '.join(SECURITY_PROTOCOLS)}, got {protocol!r}")
-        mechanism = (env.get("PROJECTOR_BROKER_SASL_MECHANISM") or cls.sasl_mechanism).strip().upper()
+        mechanism = (env.get("PROJECTOR_BROKER_SASL_MECHANISM") or "").strip().upper() or cls.sasl_mechanism
         if mechanism not in SASL_MECHANISMS:
             raise ConfigError(
                 f"PROJECTOR_BROKER_SASL_MECHANISM must be one of {', '.join(SASL_MECHANISMS)}, got {mechanism!r}")
@@ -138,14 +143,16 @@ class BrokerSecurity:
         if password_file is not None:
             with open(password_file, encoding="utf-8") as f:
                 # A file written by `echo` ends in a newline; a Kubernetes Secret's does not.
-                password = f.read().rstrip("\r\n")
+                password = f.read().removesuffix("\n").removesuffix("\r")
             if not password:
                 raise ConfigError(f"PROJECTOR_BROKER_SASL_PASSWORD_FILE={password_file} is empty")
-        sasl_given = [name for name, value in (("PROJECTOR_BROKER_SASL_USERNAME", username),
-                                               ("PROJECTOR_BROKER_SASL_PASSWORD", password)) if value]
+        sasl_given = [name for name, value in (
+            ("PROJECTOR_BROKER_SASL_USERNAME", username),
+            ("PROJECTOR_BROKER_SASL_PASSWORD_FILE" if password_file else "PROJECTOR_BROKER_SASL_PASSWORD", password),
+        ) if value]
         if protocol.startswith("SASL_"):
             missing = [n for n in ("PROJECTOR_BROKER_SASL_USERNAME", "PROJECTOR_BROKER_SASL_PASSWORD")
-                       if n not in sasl_given]
+                       if not any(g.startswith(n) for g in sasl_given)]
             if missing:
                 raise ConfigError(f"PROJECTOR_BROKER_SECURITY_PROTOCOL={protocol} needs {' and '.join(missing)} "
                                   "(or PROJECTOR_BROKER_SASL_PASSWORD_FILE)")
@@ -193,8 +200,8 @@ class Settings:
     #: The address the HTTP server listens on (PROJECTOR_WEB_BIND); None: web_host.
     web_bind: Optional[str] = None
     security: BrokerSecurity = BrokerSecurity()
-    api_token: Optional[str] = None
-    admin_token: Optional[str] = None
+    api_token: Optional[str] = field(default=None, repr=False)
+    admin_token: Optional[str] = field(default=None, repr=False)
     # Not in the contract: replication factor for topics projector creates, and
     # their min.insync.replicas. Unset (auto), a worker picks min(3, brokers), and
     # 2 in-sync replicas once the factor is 3 (see topics.resolve_replication).

@@ -13,11 +13,12 @@ no topic ever created by asking about it, and errors that say what to fix.
   :mod:`projector.topics`, with the settings they need, and by nothing else.
 - :func:`probe` connects the way every client will (TLS, SASL) and turns what
   goes wrong into a :class:`BrokerError` that names the setting to fix.
-- :func:`check_access` asks the broker which operations it allows this
-  principal on each topic and on the consumer group (Metadata v8 and
-  DescribeGroups v3 with authorized operations), so a missing ACL stops a
-  worker at start with the principal, the operation, the resource and the
-  ``kafka-acls.sh`` command, instead of failing somewhere inside Faust.
+- :func:`describe_topics` and :func:`group_operations` ask the broker which
+  operations it allows this principal on each topic and on the consumer group
+  (Metadata v8 and DescribeGroups v3 with authorized operations), so a missing
+  ACL stops a worker at start (:mod:`projector.topics`) with the principal, the
+  operation, the resource and the ``kafka-acls.sh`` command, instead of failing
+  somewhere inside Faust.
 """
 
 from __future__ import annotations
@@ -114,6 +115,13 @@ def librdkafka_config(settings: Settings) -> dict[str, str]:
     return config
 
 
+def settings_for(broker: str) -> Settings:
+    """Settings for a tool given its own ``--broker``: the security settings still come from PROJECTOR_BROKER_*."""
+    import os
+
+    return Settings.from_env({**os.environ, "PROJECTOR_BROKER": broker})
+
+
 def principal(settings: Settings) -> str:
     """Who the broker sees, as its ACLs name it (as far as the client can tell)."""
     security = settings.security
@@ -153,8 +161,7 @@ class BrokerError(RuntimeError):
 def _explain(settings: Settings, host: str, exc: BaseException) -> BrokerError:
     """What a failed connection to ``host`` means, in terms of projector's settings."""
     security = settings.security
-    if isinstance(exc, kafka_errors.SaslAuthenticationFailedError) or (
-            isinstance(exc, kafka_errors.KafkaError) and "authentication" in str(exc).lower()):
+    if isinstance(exc, (kafka_errors.SaslAuthenticationFailed, kafka_errors.AuthenticationFailedError)):
         return BrokerError(
             "authentication",
             f"Kafka at {host} refused the login of user {security.sasl_username!r} with "
@@ -190,11 +197,12 @@ def _explain(settings: Settings, host: str, exc: BaseException) -> BrokerError:
         return BrokerError(
             "protocol",
             f"Kafka at {host} accepted the connection but did not answer as Kafka "
-            f"({type(exc).__name__}: {exc or 'no answer'}). If that listener uses TLS or SASL, set "
+            f"({'no answer in time' if isinstance(exc, (asyncio.TimeoutError, TimeoutError)) else _describe(exc)}). "
+            "If that listener uses TLS or SASL, set "
             f"PROJECTOR_BROKER_SECURITY_PROTOCOL to match it (now {security.protocol}).")
     return BrokerError(
         "unreachable",
-        f"cannot reach Kafka at {host}: {exc or type(exc).__name__}. Is the broker running, and is "
+        f"cannot reach Kafka at {host}: {_describe(exc)}. Is the broker running, and is "
         "PROJECTOR_BROKER right? (locally: deploy/kafka/kafka.sh start)")
 
 

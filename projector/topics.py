@@ -243,33 +243,57 @@ def _shape_problems(settings: Settings, specs: list[TopicSpec], infos: dict[str,
     return problems
 
 
-def _access_error(settings: Settings, missing: dict[tuple[str, str], set[str]],
-                  allowed: dict[tuple[str, str], Optional[frozenset[str]]]) -> BrokerError:
-    who = principal(settings)
-    lines = []
-    for (kind, name), ops in sorted(missing.items()):
-        has = allowed.get((kind, name))
-        lines.append(f"- {', '.join(sorted(ops))} on {kind} {name!r} (allowed now: "
-                     f"{', '.join(sorted(has)) if has else 'nothing'})")
-    grants = sorted({acl_command(settings, kind, name, needed)
-                     for (kind, name), needed in _grants(settings, missing).items()})
-    return BrokerError(
-        "authorization",
-        f"Kafka at {settings.broker} does not allow {who} what a worker needs:\n" + "\n".join(lines)
-        + "\nGrant it (as a Kafka admin) with:\n" + "\n".join(f"  {g}" for g in grants))
+class _Access:
+    """What this worker's principal lacks, gathered over the start-up checks, as one error."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.missing: dict[tuple[str, str], set[str]] = {}
+        self.allowed: dict[tuple[str, str], Optional[frozenset[str]]] = {}
+
+    def need(self, kind: str, name: str, needed: Iterable[str], allowed: Optional[frozenset[str]]) -> None:
+        """``needed`` on a resource, of which ``allowed`` is allowed (None: the broker did not say)."""
+        self.allowed[(kind, name)] = allowed
+        lacking = set(needed) - allowed if allowed is not None else set()
+        if lacking:
+            self.missing.setdefault((kind, name), set()).update(lacking)
+
+    def check(self) -> None:
+        """Raise the error naming every missing operation, if any."""
+        if not self.missing:
+            return
+        lines = []
+        for (kind, name), ops in sorted(self.missing.items()):
+            has = self.allowed.get((kind, name))
+            now = "the broker did not say" if has is None else ", ".join(sorted(has)) or "nothing"
+            lines.append(f"- {', '.join(sorted(ops))} on {kind} {name!r} (allowed now: {now})")
+        raise BrokerError(
+            "authorization",
+            f"Kafka at {self.settings.broker} does not allow {principal(self.settings)} what a worker needs:\n"
+            + "\n".join(lines) + "\nGrant it (as a Kafka admin) with:\n"
+            + "\n".join(f"  {line}" for line in self.grants()))
+
+    def grants(self) -> list[str]:
+        """One ``kafka-acls.sh`` line per resource: everything a worker needs there, not only what is missing.
+
+        The app's own topics (``<app id>-...``) get one line for their prefix,
+        as the README's ACLs have it.
+        """
+        settings, prefix = self.settings, f"{self.settings.app_id}-"
+        lines = set()
+        for kind, name in self.missing:
+            if kind == "group":
+                lines.add(acl_command(settings, "group", name, GROUP_OPERATIONS | {"DESCRIBE"}))
+            elif name.startswith(prefix) and name not in (settings.events_topic, settings.control_topic,
+                                                            settings.deadletter_topic):
+                lines.add(acl_command(settings, "topic", prefix, TOPIC_OPERATIONS | {"CREATE"}, prefixed=True))
+            else:
+                lines.add(acl_command(settings, "topic", name, TOPIC_OPERATIONS | {"CREATE"}))
+        return sorted(lines)
 
 
-def _grants(settings: Settings, missing: dict[tuple[str, str], set[str]]) -> dict[tuple[str, str], set[str]]:
-    """The whole set of operations to grant on each resource that lacks some (one kafka-acls line each)."""
-    out: dict[tuple[str, str], set[str]] = {}
-    for kind, name in missing:
-        base = set(GROUP_OPERATIONS) if kind == "group" else set(TOPIC_OPERATIONS)
-        out[(kind, name)] = base | missing[(kind, name)]
-    return out
-
-
-async def prepare_worker_topics(settings: Settings, derived: Iterable[str], tables: Iterable[str],
-                                check_access: bool = True) -> tuple[Settings, int]:
+async def prepare_worker_topics(settings: Settings, derived: Iterable[str],
+                                tables: Iterable[str]) -> tuple[Settings, int]:
     """Everything a worker needs of Kafka before Faust starts; returns (settings, events partitions).
 
     Reaches the broker (:class:`~projector.kafka.BrokerError` when it cannot:
@@ -285,54 +309,41 @@ async def prepare_worker_topics(settings: Settings, derived: Iterable[str], tabl
     admin = await connect_admin(settings, timeout=STARTUP_TIMEOUT)
     try:
         settings = await _replication(admin, settings)
-        # Every name that can be known before the events topic's partition count.
+        access = _Access(settings)
+        access.need("group", settings.app_id, GROUP_OPERATIONS,
+                    await group_operations(admin, settings.app_id, deadline))
+        # Every name is known before the events topic's partition count.
         specs = worker_topics(settings, settings.partitions, derived, tables)
         infos = await describe_topics(admin, [s.name for s in specs])
+        for info in infos.values():
+            if info.hidden:  # may not even describe it: whether it exists is unknown
+                access.need("topic", info.name, {"DESCRIBE"}, frozenset())
+        access.check()
         events = infos[settings.events_topic]
         partitions = events.partitions if events.exists else settings.partitions
         specs = worker_topics(settings, partitions, derived, tables)
-        missing_ops: dict[tuple[str, str], set[str]] = {}
-        allowed: dict[tuple[str, str], Optional[frozenset[str]]] = {}
-        for info in infos.values():
-            if info.hidden:  # may not even describe it: whether it exists is unknown
-                missing_ops.setdefault(("topic", info.name), set()).add("DESCRIBE")
-                allowed[("topic", info.name)] = frozenset()
-        if missing_ops:
-            raise _access_error(settings, missing_ops, allowed)
         problems = _shape_problems(settings, specs, infos, {}, partitions)
         if problems:
             raise TopicError("\n".join(problems))
         created, refused = await _create(admin, settings, [s for s in specs if not infos[s.name].exists])
         for name in refused:
-            missing_ops[("topic", name)] = {"CREATE"}
-            allowed[("topic", name)] = infos[name].allowed
-        if missing_ops:
-            raise _access_error(settings, missing_ops, allowed)
+            access.need("topic", name, {"CREATE"}, infos[name].allowed or frozenset())
+        access.check()
         infos = await _wait_visible(admin, [s.name for s in specs], deadline)
         configs, refused = await _configs(admin, [s.name for s in specs])
         for spec in specs:
-            info = infos[spec.name]
             if spec.name in configs:
                 verb = "created topic" if spec.name in created else "using topic"
-                log.info("%s %s: %s", verb, spec.name, _summary(info, configs[spec.name]))
+                log.info("%s %s: %s", verb, spec.name, _summary(infos[spec.name], configs[spec.name]))
         problems = _shape_problems(settings, specs, infos, configs, partitions)
         if problems:
             raise TopicError("\n".join(problems))
-        if check_access:
-            for name in refused:
-                missing_ops.setdefault(("topic", name), set()).add("DESCRIBE_CONFIGS")
-            for spec in specs:
-                info = infos[spec.name]
-                allowed[("topic", spec.name)] = info.allowed
-                lacking = TOPIC_OPERATIONS - info.allowed if info.allowed is not None else set()
-                if lacking:
-                    missing_ops.setdefault(("topic", spec.name), set()).update(lacking)
-            group_ops = await group_operations(admin, settings.app_id, deadline)
-            allowed[("group", settings.app_id)] = group_ops
-            if group_ops is not None and GROUP_OPERATIONS - group_ops:
-                missing_ops[("group", settings.app_id)] = set(GROUP_OPERATIONS - group_ops)
-            if missing_ops:
-                raise _access_error(settings, missing_ops, allowed)
+        for spec in specs:
+            allowed = infos[spec.name].allowed
+            if spec.name in refused and allowed is not None:
+                allowed = allowed - {"DESCRIBE_CONFIGS"}
+            access.need("topic", spec.name, TOPIC_OPERATIONS, allowed)
+        access.check()
         return settings, partitions
     except KafkaError as exc:
         raise TopicError(f"Kafka admin request failed: {exc!r}") from exc

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from projector.config import ConfigError, Settings, parse_brokers
+from projector.config import BrokerSecurity, ConfigError, Settings, parse_brokers
 
 CONTRACT_DEFAULTS = {
     "broker": "kafka://127.0.0.1:9092",
@@ -205,3 +206,231 @@ def test_standby_replicas_default_to_one_and_may_be_zero():
     assert Settings.from_env({"PROJECTOR_STANDBY_REPLICAS": "0"}).standby_replicas == 0
     with pytest.raises(ConfigError):
         Settings.from_env({"PROJECTOR_STANDBY_REPLICAS": "-1"})
+
+
+# --- broker security: PROJECTOR_BROKER_SECURITY_PROTOCOL, SASL and TLS --------------------
+
+PASSWORD = "Zq-7!unlikely-pa55word"
+SASL = {
+    "PROJECTOR_BROKER_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+    "PROJECTOR_BROKER_SASL_USERNAME": "alice",
+    "PROJECTOR_BROKER_SASL_PASSWORD": PASSWORD,
+}
+SSL_FILE_VARS = ["PROJECTOR_BROKER_SSL_CAFILE", "PROJECTOR_BROKER_SSL_CERTFILE", "PROJECTOR_BROKER_SSL_KEYFILE"]
+
+
+def make_certificate(directory: Path, cn: str) -> tuple[str, str]:
+    """A self-signed certificate (a CA, or a client certificate) and its unencrypted key, as PEM files."""
+    cert, key = directory / f"{cn}.pem", directory / f"{cn}.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+                    "-out", str(cert), "-days", "2", "-subj", f"/CN={cn}"], check=True, capture_output=True)
+    return str(cert), str(key)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    directory = tmp_path_factory.mktemp("pki")
+    ca, ca_key = make_certificate(directory, "test-ca")
+    _, other_key = make_certificate(directory, "other")
+    garbage = directory / "garbage.pem"
+    garbage.write_text("not a PEM file\n")
+    return {"ca": ca, "ca_key": ca_key, "other_key": other_key, "garbage": str(garbage), "dir": str(directory)}
+
+
+def ssl_env(**files: str) -> dict[str, str]:
+    """PROTOCOL=SSL with the given files: ssl_env(cafile=..., certfile=..., keyfile=...)."""
+    return {"PROJECTOR_BROKER_SECURITY_PROTOCOL": "SSL",
+            **{f"PROJECTOR_BROKER_SSL_{name.upper()}": path for name, path in files.items()}}
+
+
+def test_security_defaults_to_plaintext_without_credentials():
+    security = Settings.from_env({}).security
+    assert security == BrokerSecurity()
+    assert (security.protocol, security.sasl_mechanism) == ("PLAINTEXT", "PLAIN")
+    assert (security.sasl_username, security.sasl_password) == (None, None)
+    assert (security.ssl_cafile, security.ssl_certfile, security.ssl_keyfile) == (None, None, None)
+    assert not security.uses_sasl and not security.uses_ssl
+    assert security.describe() == "PLAINTEXT"
+
+
+@pytest.mark.parametrize("raw,protocol", [("sasl_plaintext", "SASL_PLAINTEXT"), ("Sasl_Ssl", "SASL_SSL"),
+                                          (" sasl_ssl ", "SASL_SSL")])
+@pytest.mark.parametrize("raw_mechanism,mechanism", [("scram-sha-512", "SCRAM-SHA-512"),
+                                                      ("Scram-Sha-256", "SCRAM-SHA-256"), ("plain", "PLAIN")])
+def test_protocol_and_mechanism_are_case_insensitive(raw, protocol, raw_mechanism, mechanism):
+    env = {**SASL, "PROJECTOR_BROKER_SECURITY_PROTOCOL": raw, "PROJECTOR_BROKER_SASL_MECHANISM": raw_mechanism}
+    security = Settings.from_env(env).security
+    assert (security.protocol, security.sasl_mechanism) == (protocol, mechanism)
+    assert security.uses_sasl
+    assert security.uses_ssl == (protocol == "SASL_SSL")
+
+
+@pytest.mark.parametrize("raw,protocol", [("ssl", "SSL"), ("plaintext", "PLAINTEXT")])
+def test_protocols_without_sasl_are_case_insensitive(raw, protocol):
+    assert Settings.from_env({"PROJECTOR_BROKER_SECURITY_PROTOCOL": raw}).security.protocol == protocol
+
+
+@pytest.mark.parametrize("name,raw,allowed", [
+    ("PROJECTOR_BROKER_SECURITY_PROTOCOL", "TLS", ["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]),
+    ("PROJECTOR_BROKER_SECURITY_PROTOCOL", "SASL", ["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]),
+    ("PROJECTOR_BROKER_SASL_MECHANISM", "GSSAPI", ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]),
+    ("PROJECTOR_BROKER_SASL_MECHANISM", "SCRAM-SHA-1", ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]),
+])
+def test_unknown_protocol_or_mechanism_is_refused_naming_the_allowed_values(name, raw, allowed):
+    msg = config_error({**SASL, name: raw})
+    assert name in msg
+    assert raw in msg
+    assert all(value in msg for value in allowed)
+
+
+@pytest.mark.parametrize("protocol", ["SASL_PLAINTEXT", "SASL_SSL"])
+@pytest.mark.parametrize("unset,missing", [
+    (["PROJECTOR_BROKER_SASL_USERNAME"], "PROJECTOR_BROKER_SASL_USERNAME ("),
+    (["PROJECTOR_BROKER_SASL_PASSWORD"], "PROJECTOR_BROKER_SASL_PASSWORD ("),
+    (["PROJECTOR_BROKER_SASL_USERNAME", "PROJECTOR_BROKER_SASL_PASSWORD"],
+     "PROJECTOR_BROKER_SASL_USERNAME and PROJECTOR_BROKER_SASL_PASSWORD"),
+])
+def test_sasl_without_username_or_password_is_refused_naming_what_is_missing(protocol, unset, missing):
+    env = {**SASL, "PROJECTOR_BROKER_SECURITY_PROTOCOL": protocol}
+    for name in unset:
+        env[name] = ""
+    msg = config_error(env)
+    assert protocol in msg
+    assert f"needs {missing}" in msg
+
+
+@pytest.mark.parametrize("protocol", ["PLAINTEXT", "SSL"])
+@pytest.mark.parametrize("name", ["PROJECTOR_BROKER_SASL_USERNAME", "PROJECTOR_BROKER_SASL_PASSWORD"])
+def test_sasl_credentials_without_a_sasl_protocol_are_refused(protocol, name):
+    msg = config_error({"PROJECTOR_BROKER_SECURITY_PROTOCOL": protocol, name: "x"})
+    assert f"{name} is set" in msg
+    assert protocol in msg and "SASL_SSL" in msg
+
+
+def test_password_file_without_a_sasl_protocol_is_refused_naming_it(tmp_path):
+    (tmp_path / "pw").write_text(PASSWORD)
+    msg = config_error({"PROJECTOR_BROKER_SASL_PASSWORD_FILE": str(tmp_path / "pw")})
+    assert "PROJECTOR_BROKER_SASL_PASSWORD_FILE" in msg
+    assert "PLAINTEXT" in msg and "SASL_SSL" in msg
+
+
+def test_password_and_password_file_together_are_refused(tmp_path):
+    (tmp_path / "pw").write_text(PASSWORD)
+    msg = config_error({**SASL, "PROJECTOR_BROKER_SASL_PASSWORD_FILE": str(tmp_path / "pw")})
+    assert "PROJECTOR_BROKER_SASL_PASSWORD " in msg and "PROJECTOR_BROKER_SASL_PASSWORD_FILE" in msg
+    assert PASSWORD not in msg
+
+
+@pytest.mark.parametrize("content,password", [
+    (b"hunter2", "hunter2"),
+    (b"hunter2\n", "hunter2"),
+    (b"hunter2\r\n", "hunter2"),
+    (b"  pass word \t\n", "  pass word \t"),
+    (b"hunter2\n\n", "hunter2\n"),  # one line end is stripped, not every trailing one
+])
+def test_password_file_is_read_without_its_line_end(tmp_path, content, password):
+    (tmp_path / "pw").write_bytes(content)
+    env = {**SASL, "PROJECTOR_BROKER_SASL_PASSWORD": "", "PROJECTOR_BROKER_SASL_PASSWORD_FILE": str(tmp_path / "pw")}
+    security = Settings.from_env(env).security
+    assert security.sasl_password == password
+    assert security.sasl_username == "alice"
+
+
+@pytest.mark.parametrize("content", [b"", b"\n", b"\r\n"])
+def test_empty_password_file_is_refused(tmp_path, content):
+    (tmp_path / "pw").write_bytes(content)
+    msg = config_error({**SASL, "PROJECTOR_BROKER_SASL_PASSWORD": "",
+                        "PROJECTOR_BROKER_SASL_PASSWORD_FILE": str(tmp_path / "pw")})
+    assert "PROJECTOR_BROKER_SASL_PASSWORD_FILE" in msg and str(tmp_path / "pw") in msg
+    assert "empty" in msg
+
+
+def test_missing_password_file_is_refused_naming_the_variable_and_path(tmp_path):
+    path = str(tmp_path / "no-such-file")
+    msg = config_error({**SASL, "PROJECTOR_BROKER_SASL_PASSWORD": "", "PROJECTOR_BROKER_SASL_PASSWORD_FILE": path})
+    assert f"PROJECTOR_BROKER_SASL_PASSWORD_FILE={path}" in msg
+
+
+@pytest.mark.parametrize("protocol", ["PLAINTEXT", "SASL_PLAINTEXT"])
+@pytest.mark.parametrize("name", SSL_FILE_VARS)
+def test_tls_files_without_a_tls_protocol_are_refused(pki, protocol, name):
+    credentials = SASL if protocol.startswith("SASL_") else {}
+    msg = config_error({**credentials, "PROJECTOR_BROKER_SECURITY_PROTOCOL": protocol, name: pki["ca"]})
+    assert f"{name} is set" in msg
+    assert protocol in msg and "SASL_SSL" in msg
+
+
+def test_keyfile_without_certfile_is_refused(pki):
+    msg = config_error(ssl_env(keyfile=pki["ca_key"]))
+    assert "PROJECTOR_BROKER_SSL_KEYFILE" in msg and "PROJECTOR_BROKER_SSL_CERTFILE" in msg
+
+
+@pytest.mark.parametrize("cafile", ["missing", "directory", "garbage", "empty", "private key"])
+def test_unusable_cafile_is_refused_at_once(pki, tmp_path, cafile):
+    (tmp_path / "empty.pem").write_bytes(b"")
+    path = {"missing": str(tmp_path / "nope.pem"), "directory": str(tmp_path), "garbage": pki["garbage"],
+            "empty": str(tmp_path / "empty.pem"), "private key": pki["ca_key"]}[cafile]
+    msg = config_error(ssl_env(cafile=path))
+    assert f"PROJECTOR_BROKER_SSL_CAFILE={path}" in msg
+
+
+@pytest.mark.parametrize("protocol", ["SSL", "SASL_SSL"])
+def test_a_ca_certificate_is_accepted(pki, protocol):
+    credentials = SASL if protocol.startswith("SASL_") else {}
+    security = Settings.from_env({**credentials, **ssl_env(cafile=pki["ca"]),
+                                  "PROJECTOR_BROKER_SECURITY_PROTOCOL": protocol}).security
+    assert security.protocol == protocol
+    assert security.uses_ssl
+    assert security.ssl_cafile == pki["ca"]
+    assert pki["ca"] in security.describe()
+
+
+def test_tls_without_a_cafile_uses_the_system_cas():
+    security = Settings.from_env({"PROJECTOR_BROKER_SECURITY_PROTOCOL": "SSL"}).security
+    assert security.ssl_cafile is None
+    assert security.describe() == "SSL, CA the system CAs"
+
+
+def test_a_client_certificate_and_its_key_are_accepted_for_mutual_tls(pki):
+    security = Settings.from_env(ssl_env(cafile=pki["ca"], certfile=pki["ca"], keyfile=pki["ca_key"])).security
+    assert (security.ssl_certfile, security.ssl_keyfile) == (pki["ca"], pki["ca_key"])
+    assert f"client certificate {pki['ca']}" in security.describe()
+
+
+@pytest.mark.parametrize("key", ["other_key", "garbage", None])
+def test_a_client_certificate_without_its_key_is_refused(pki, key):
+    env = ssl_env(cafile=pki["ca"], certfile=pki["ca"], **({"keyfile": pki[key]} if key else {}))
+    msg = config_error(env)
+    assert f"PROJECTOR_BROKER_SSL_CERTFILE={pki['ca']}" in msg
+    assert "PROJECTOR_BROKER_SSL_KEYFILE=" + (pki[key] if key else "(unset)") in msg
+
+
+@pytest.mark.parametrize("password_from", ["variable", "file"])
+def test_the_password_is_never_shown(pki, tmp_path, password_from):
+    env = {**SASL, **ssl_env(cafile=pki["ca"]), "PROJECTOR_BROKER_SECURITY_PROTOCOL": "SASL_SSL",
+           "PROJECTOR_BROKER_SASL_MECHANISM": "SCRAM-SHA-512"}
+    if password_from == "file":
+        (tmp_path / "pw").write_text(PASSWORD + "\n")
+        env.update(PROJECTOR_BROKER_SASL_PASSWORD="", PROJECTOR_BROKER_SASL_PASSWORD_FILE=str(tmp_path / "pw"))
+    settings = Settings.from_env(env)
+    assert settings.security.sasl_password == PASSWORD
+    for shown in (repr(settings), str(settings), repr(settings.security), settings.security.describe()):
+        assert PASSWORD not in shown
+    assert settings.security.describe() == f"SASL_SSL, SCRAM-SHA-512 as alice, CA {pki['ca']}"
+
+
+# --- PROJECTOR_WEB_BIND --------------------------------------------------------------------
+
+
+def test_the_server_listens_on_the_web_host_unless_web_bind_is_set():
+    settings = Settings.from_env({"PROJECTOR_WEB_HOST": "10.0.0.5", "PROJECTOR_WEB_PORT": "7000"})
+    assert settings.web_bind is None
+    assert settings.bind_address == "10.0.0.5"
+    assert Settings.from_env({"PROJECTOR_WEB_BIND": " "}).bind_address == "127.0.0.1"
+
+
+def test_web_bind_sets_the_listening_address_only():
+    settings = Settings.from_env({"PROJECTOR_WEB_HOST": "worker-1.example", "PROJECTOR_WEB_PORT": "7000",
+                                  "PROJECTOR_WEB_BIND": "0.0.0.0"})
+    assert settings.bind_address == "0.0.0.0"
+    assert settings.url == "http://worker-1.example:7000"
