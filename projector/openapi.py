@@ -117,6 +117,7 @@ UNAUTHORIZED = {"$ref": "#/components/responses/Unauthorized"}
 UNAVAILABLE = {"$ref": "#/components/responses/Unavailable"}
 INVALID = {"$ref": "#/components/responses/Invalid"}
 TOO_LARGE = {"$ref": "#/components/responses/TooLarge"}
+WRITE_TIMEOUT = {"$ref": "#/components/responses/WriteTimeout"}
 SERVED_BY = {
     "X-Projector-Served-By": {
         "description": "Set when this worker forwarded the request: the URL of the worker that answered it.",
@@ -262,6 +263,18 @@ def document(projector: Any) -> dict[str, Any]:
                 ),
             },
         },
+        "BrokerState": {
+            "type": "object",
+            "description": "Whether this worker reaches Kafka now. Losing it does not make a ready worker "
+            "unready: it serves reads from its local state.",
+            "required": ["reachable", "since"],
+            "properties": {
+                "reachable": {"type": "boolean"},
+                "since": {"type": "string", "format": "date-time",
+                          "description": "When it became reachable or unreachable (or the worker started)."},
+                "error": {"type": "string", "description": "While unreachable: why."},
+            },
+        },
         "Row": {
             "type": "object",
             "required": ["table", "key", "version", "value"],
@@ -309,7 +322,10 @@ def document(projector: Any) -> dict[str, Any]:
             "(or the operation needs PROJECTOR_ADMIN_TOKEN).",
             ["unauthorized"],
         ),
-        "Unavailable": _error("The worker cannot answer now (rebalancing, Kafka unreachable, ...); retry."),
+        "Unavailable": _error("The worker cannot answer now (rebalancing, Kafka unreachable: "
+                              "`broker_unreachable`, ...); retry."),
+        "WriteTimeout": _error("Kafka did not acknowledge the write in time: the outcome is unknown, it may "
+                               "still be written.", ["timeout"]),
         "Invalid": _error("A bad query parameter or body.", ["invalid"]),
         "TooLarge": _error("The request body is larger than the worker or the broker accepts.", ["too_large"]),
     }
@@ -335,12 +351,14 @@ def document(projector: Any) -> dict[str, Any]:
                 "200": _json(
                     {
                         "type": "object",
-                        "required": ["status", "control"],
-                        "properties": {"status": {"const": "ready"}, "control": _ref("ControlProgress")},
+                        "required": ["status", "control", "broker"],
+                        "properties": {"status": {"const": "ready"}, "control": _ref("ControlProgress"),
+                                       "broker": _ref("BrokerState")},
                     },
-                    "Ready.",
+                    "Ready (also while Kafka is unreachable: `broker` says so).",
                 ),
-                "503": _error("Not ready yet.", ["not_ready", "unavailable"], control=_ref("ControlProgress")),
+                "503": _error("Not ready yet.", ["not_ready", "unavailable"], control=_ref("ControlProgress"),
+                              broker=_ref("BrokerState")),
             },
             tags=["operations"],
         )
@@ -526,6 +544,7 @@ def document(projector: Any) -> dict[str, Any]:
                 "400": INVALID,
                 "401": UNAUTHORIZED,
                 "413": TOO_LARGE,
+                "504": WRITE_TIMEOUT,
             },
             tags=["aggregates"],
             description="Needs PROJECTOR_ADMIN_TOKEN when it is set. The body is optional: `{}` or "
@@ -604,14 +623,15 @@ def document(projector: Any) -> dict[str, Any]:
                 ),
                 "503": _error(
                     "`commands_disabled` (the control key `commands.enabled` is false), `not_ready` (this "
-                    "worker, or the aggregate's writer, is not ready), or `unavailable` (Kafka refused the "
-                    "command); retry with the same `command_id`.",
-                    ["commands_disabled", "not_ready", "unavailable"],
+                    "worker, or the aggregate's writer, is not ready), `broker_unreachable` (this worker cannot "
+                    "reach Kafka; nothing was written) or `unavailable` (Kafka refused the command); retry with "
+                    "the same `command_id`.",
+                    ["commands_disabled", "not_ready", "broker_unreachable", "unavailable"],
                     command_id=command_id,
                 ),
                 "504": _error(
-                    "No answer within `timeout_ms`: the command may still be decided. Send the same "
-                    "`command_id` again to learn its outcome.",
+                    "No answer within `timeout_ms`: the outcome is unknown, the command may still be decided. "
+                    "Send the same `command_id` again to learn it.",
                     ["timeout"],
                     required=("command_id", "detail"),
                     command_id=command_id,
@@ -735,7 +755,7 @@ def document(projector: Any) -> dict[str, Any]:
         "put": _operation(
             "putControlKey",
             "Set a control entry (admin)",
-            {"202": control_written, "400": INVALID, "401": UNAUTHORIZED, "413": TOO_LARGE},
+            {"202": control_written, "400": INVALID, "401": UNAUTHORIZED, "413": TOO_LARGE, "504": WRITE_TIMEOUT},
             tags=["control"],
             description="Needs PROJECTOR_ADMIN_TOKEN when it is set. The body is any JSON value; `null` "
             "deletes the key. A value the key's meaning refuses (`commands.enabled`: a boolean; "
@@ -745,7 +765,7 @@ def document(projector: Any) -> dict[str, Any]:
         "delete": _operation(
             "deleteControlKey",
             "Delete a control entry (admin)",
-            {"202": control_written, "400": INVALID, "401": UNAUTHORIZED},
+            {"202": control_written, "400": INVALID, "401": UNAUTHORIZED, "504": WRITE_TIMEOUT},
             tags=["control"],
             description="Needs PROJECTOR_ADMIN_TOKEN when it is set.",
         ),
