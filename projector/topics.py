@@ -188,6 +188,8 @@ async def _wait_visible(admin: AIOKafkaAdminClient, names: list[str], deadline: 
 
 async def _configs(admin: AIOKafkaAdminClient, names: list[str]) -> tuple[dict[str, dict[str, str]], list[str]]:
     """Each topic's configs in effect; and the topics whose configs this principal may not describe."""
+    if not names:
+        return {}, []
     responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, n) for n in names])
     out: dict[str, dict[str, str]] = {}
     refused: list[str] = []
@@ -322,22 +324,23 @@ async def prepare_worker_topics(settings: Settings, derived: Iterable[str],
         events = infos[settings.events_topic]
         partitions = events.partitions if events.exists else settings.partitions
         specs = worker_topics(settings, partitions, derived, tables)
-        problems = _shape_problems(settings, specs, infos, {}, partitions)
+        # Existing topics that cannot serve stop the worker before it creates any.
+        configs, refused = await _configs(admin, [s.name for s in specs if infos[s.name].exists])
+        problems = _shape_problems(settings, specs, infos, configs, partitions)
         if problems:
             raise TopicError("\n".join(problems))
-        created, refused = await _create(admin, settings, [s for s in specs if not infos[s.name].exists])
-        for name in refused:
+        created, refused_create = await _create(admin, settings, [s for s in specs if not infos[s.name].exists])
+        for name in refused_create:
             access.need("topic", name, {"CREATE"}, infos[name].allowed or frozenset())
         access.check()
         infos = await _wait_visible(admin, [s.name for s in specs], deadline)
-        configs, refused = await _configs(admin, [s.name for s in specs])
+        more, refused_more = await _configs(admin, created)
+        configs.update(more)
+        refused += refused_more
         for spec in specs:
             if spec.name in configs:
                 verb = "created topic" if spec.name in created else "using topic"
                 log.info("%s %s: %s", verb, spec.name, _summary(infos[spec.name], configs[spec.name]))
-        problems = _shape_problems(settings, specs, infos, configs, partitions)
-        if problems:
-            raise TopicError("\n".join(problems))
         for spec in specs:
             allowed = infos[spec.name].allowed
             if spec.name in refused and allowed is not None:
