@@ -38,8 +38,8 @@ log = logging.getLogger(__name__)
 
 TOPIC_ALREADY_EXISTS = 36
 TOPIC_AUTHORIZATION_FAILED = 29
-#: A worker that cannot start (broker unreachable, refused login, missing ACL) stops within this many seconds.
-STARTUP_TIMEOUT = 50.0
+#: How long a worker waits at start for a broker to answer before it stops (within 60 s in all).
+STARTUP_TIMEOUT = 30.0
 #: What a worker does on each of its topics, and on its consumer group.
 TOPIC_OPERATIONS = frozenset({"DESCRIBE", "DESCRIBE_CONFIGS", "READ", "WRITE"})
 GROUP_OPERATIONS = frozenset({"READ"})

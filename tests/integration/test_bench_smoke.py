@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from projector.bench import CONTESTANTS, BenchConfig, Kafka, format_table, run_bench
+from projector.kafka import settings_for
 from support import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -64,7 +65,7 @@ def test_bench_smoke(kafka_bootstrap, tmp_path):
 
 
 async def _topics(bootstrap: str) -> list[str]:
-    kafka = Kafka([bootstrap])
+    kafka = Kafka(settings_for(f"kafka://{bootstrap}"))
     await kafka.start()
     try:
         return await kafka.list_topics()
