@@ -111,6 +111,8 @@ class Worker:
     log_path: Path
     proc: Optional[subprocess.Popen] = None
     _log: Any = field(default=None, repr=False)
+    #: The PID already sent SIGTERM (a second one would hurry Faust's clean stop).
+    _terminated: Optional[int] = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
@@ -151,10 +153,16 @@ class Worker:
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n--- {self.name} log ---\n{self.log_tail()}") from None
 
-    def stop(self, timeout: float = 60) -> None:
-        """SIGTERM and wait; SIGKILL if it does not exit in time."""
-        if self.alive():
+    def terminate(self) -> None:
+        """SIGTERM, without waiting (:meth:`stop` waits)."""
+        if self.alive() and self.proc.pid != self._terminated:
             self.proc.send_signal(signal.SIGTERM)
+            self._terminated = self.proc.pid
+
+    def stop(self, timeout: float = 60) -> None:
+        """SIGTERM (once) and wait; SIGKILL if it does not exit in time."""
+        if self.alive():
+            self.terminate()
             try:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
