@@ -131,8 +131,6 @@ async def _replication(admin: AIOKafkaAdminClient, settings: Settings) -> Settin
     PROJECTOR_MIN_INSYNC_REPLICAS, else 2 once the factor is 3 or more (with
     acks=all a write then survives one broker lost), else 1.
     """
-    if not settings.replication_auto and settings.min_insync_replicas:
-        return settings
     brokers = len((await admin.describe_cluster())["brokers"])
     factor = min(3, brokers) if settings.replication_auto else settings.replication_factor
     if factor > brokers:
@@ -271,7 +269,7 @@ class _Access:
             lines.append(f"- {', '.join(sorted(ops))} on {kind} {name!r} (allowed now: {now})")
         raise BrokerError(
             "authorization",
-            f"Kafka at {self.settings.broker} does not allow {principal(self.settings)} what a worker needs:\n"
+            f"Kafka at {self.settings.broker} does not allow {principal(self.settings)} what projector needs:\n"
             + "\n".join(lines) + "\nGrant it (as a Kafka admin) with:\n"
             + "\n".join(f"  {line}" for line in self.grants()))
 
@@ -379,22 +377,21 @@ async def ensure_topics(settings: Settings, specs: Optional[list[TopicSpec]] = N
         settings = await _replication(admin, settings)
         names = [s.name for s in specs]
         infos = await describe_topics(admin, names)
-        hidden = [n for n, info in infos.items() if info.hidden]
-        if hidden:
-            raise BrokerError("authorization", f"Kafka at {settings.broker} does not allow {principal(settings)} "
-                              f"to DESCRIBE topic {hidden[0]!r}: "
-                              + acl_command(settings, "topic", hidden[0], TOPIC_OPERATIONS))
+        access = _Access(settings)
+        for info in infos.values():
+            if info.hidden:
+                access.need("topic", info.name, {"DESCRIBE"}, frozenset())
+        access.check()
+        problems = _shape_problems(settings, specs, infos, {}, 0)  # base topics: the control topic's count
+        if problems:
+            raise TopicError("\n".join(problems))
         created, refused = await _create(admin, settings, [s for s in specs if not infos[s.name].exists])
-        if refused:
-            raise BrokerError("authorization", f"Kafka at {settings.broker} does not allow {principal(settings)} "
-                              f"to CREATE topic {refused[0]!r}. Create it as an admin, or grant: "
-                              + acl_command(settings, "topic", refused[0], {"CREATE"}))
+        for name in refused:
+            access.need("topic", name, {"CREATE"}, infos[name].allowed or frozenset())
+        access.check()
         infos = await _wait_visible(admin, names, time.monotonic() + 30)
         for name in created:
             log.info("created topic %s: %s", name, _summary(infos[name], {}))
-        problems = _shape_problems(settings, specs, infos, {}, infos[names[0]].partitions or 0)
-        if problems:
-            raise TopicError("\n".join(problems))
         return {name: info.partitions for name, info in infos.items()}
     except KafkaError as exc:
         raise TopicError(f"Kafka admin request failed: {exc!r}") from exc
