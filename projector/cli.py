@@ -42,8 +42,6 @@ def cmd_worker(args: argparse.Namespace) -> None:
         settings, partitions = asyncio.run(prepare_worker_topics(settings, [d.name for d in catalog.derived], tables))
     except (BrokerError, TopicError) as exc:
         sys.exit(f"projector: {exc}")
-    except ConfigError as exc:
-        sys.exit(f"projector: configuration error: {exc}")
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

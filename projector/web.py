@@ -573,6 +573,9 @@ class Views:
             return unreachable
         try:
             rows = await asyncio.wait_for(read_recent(self.projector.settings, limit), DEADLETTERS_TIMEOUT)
+        except asyncio.TimeoutError:
+            return json_error(503, "unavailable",
+                              detail=f"reading the dead-letter topic took more than {DEADLETTERS_TIMEOUT:g} s")
         except Exception as exc:
             log.warning("reading dead letters failed: %r", exc)
             return json_error(503, "unavailable", detail=f"cannot read the dead-letter topic: {exc}")
