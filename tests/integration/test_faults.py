@@ -50,11 +50,35 @@ def _expected(histories: list[dict]) -> dict[str, dict]:
             "owners": group_by(accounts, "owner"), "currencies": group_by(accounts, "currency")}
 
 
-def _equals_oracle(url: str, expected: dict[str, dict], versions: dict[str, int]) -> bool:
+class _Difference:
+    """What differs from the oracle: false when something does, and says what (in a wait_for's failure)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+
+    def __bool__(self) -> bool:
+        return not self.problems
+
+    def __repr__(self) -> str:
+        return "; ".join(self.problems) or "equal to the oracle"
+
+
+def _diff(table: str, got: dict[str, Any], want: dict[str, Any]) -> list[str]:
+    keys = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
+    if not keys:
+        return []
+    shown = ", ".join(f"{k}: got {got.get(k)!r}, want {want.get(k)!r}" for k in keys[:3])
+    return [f"{table}: {len(keys)} of {len(want)} rows differ ({shown})"]
+
+
+def _equals_oracle(url: str, expected: dict[str, dict], versions: dict[str, int]) -> _Difference:
     got = _rows(url, "accounts")
-    if {k: r["version"] for k, r in got.items()} != versions:
-        return False
-    return all({k: r["value"] for k, r in _rows(url, table).items()} == rows for table, rows in expected.items())
+    problems = _diff("accounts (versions)", {k: r["version"] for k, r in got.items()}, versions)
+    if problems:
+        return _Difference(problems)
+    for table, rows in expected.items():
+        problems += _diff(table, {k: r["value"] for k, r in _rows(url, table).items()}, rows)
+    return _Difference(problems)
 
 
 def _ready(workers: list) -> None:
