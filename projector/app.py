@@ -29,6 +29,34 @@ from projector.writer import Answer, decide_steps, settings_view
 log = logging.getLogger(__name__)
 
 
+def keep_changelog_records_on_resume(app: faust.App) -> None:
+    """Faust's flow control, but resuming it no longer empties the queue of changelog records.
+
+    Faust's tables read every changelog record (active recovery, standby
+    copies, global tables) through one queue that flow control empties each
+    time it resumes. The last resume of a rebalance comes after the standby
+    partitions were resumed and fetching: the records queued at that moment
+    (most often one, between two deliveries) were dropped while the consumer
+    moved past them, and the standby copy lacked them for good. Once
+    promoted, it folded on a stale row: a re-keyed group whose member record
+    was dropped kept a wrong sum. Resuming now keeps what is queued: those
+    records belong to the assignment being resumed, and the recovery applies
+    each offset at most once. A revoke still empties the queue (the next
+    recovery reads again from the offsets applied).
+    """
+    flow_control = app.flow_control
+    changelog_queue = app.tables.changelog_queue
+
+    def resume() -> None:
+        flow_control._suspend.clear()
+        flow_control._resume.set()
+        for queue in list(flow_control._queues):
+            if queue is not changelog_queue:
+                queue.clear()
+
+    flow_control.resume = resume  # type: ignore[method-assign]
+
+
 class ProjectorApp(faust.App):
     """A Faust app that delivers projector's topics in batches and mounts its web views."""
 
@@ -193,6 +221,7 @@ class Projector:
         self.app.on_partitions_revoked.connect(self._on_revoked)
         self.recovery_progress = RecoveryProgress(self.app.tables.recovery)
         self._check_restore_offsets()
+        keep_changelog_records_on_resume(self.app)
         for t in tables.values():
             self.recovery_progress.count(t)
         #: The writer's catch-up gate, per partition of the events topic: the
