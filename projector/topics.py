@@ -152,6 +152,17 @@ def replication_configs(settings: Settings) -> dict[str, str]:
     return {"min.insync.replicas": str(insync)} if insync > 1 else {}
 
 
+async def _create_missing(
+    admin: AIOKafkaAdminClient, settings: Settings, specs: list[TopicSpec], infos: dict, access: "_Access"
+) -> list[str]:
+    """Create the topics of ``specs`` that do not exist yet; a creation refused for want of CREATE joins ``access``'s report."""
+    created, refused = await _create(admin, settings, [s for s in specs if not infos[s.name].exists])
+    for name in refused:
+        access.need("topic", name, {"CREATE"}, infos[name].allowed or frozenset())
+    access.check()
+    return created
+
+
 async def _create(admin: AIOKafkaAdminClient, settings: Settings, specs: list[TopicSpec]) -> tuple[list[str], list[str]]:
     """Create ``specs``; returns (created, refused for lack of the CREATE permission)."""
     if not specs:
@@ -327,10 +338,7 @@ async def prepare_worker_topics(settings: Settings, derived: Iterable[str],
         problems = _shape_problems(settings, specs, infos, configs, partitions)
         if problems:
             raise TopicError("\n".join(problems))
-        created, refused_create = await _create(admin, settings, [s for s in specs if not infos[s.name].exists])
-        for name in refused_create:
-            access.need("topic", name, {"CREATE"}, infos[name].allowed or frozenset())
-        access.check()
+        created = await _create_missing(admin, settings, specs, infos, access)
         infos = await _wait_visible(admin, [s.name for s in specs], deadline)
         more, refused_more = await _configs(admin, created)
         configs.update(more)
@@ -385,10 +393,7 @@ async def ensure_topics(settings: Settings, specs: Optional[list[TopicSpec]] = N
         problems = _shape_problems(settings, specs, infos, {}, 0)  # base topics: the control topic's count
         if problems:
             raise TopicError("\n".join(problems))
-        created, refused = await _create(admin, settings, [s for s in specs if not infos[s.name].exists])
-        for name in refused:
-            access.need("topic", name, {"CREATE"}, infos[name].allowed or frozenset())
-        access.check()
+        created = await _create_missing(admin, settings, specs, infos, access)
         infos = await _wait_visible(admin, names, time.monotonic() + 30)
         for name in created:
             log.info("created topic %s: %s", name, _summary(infos[name], {}))
