@@ -269,6 +269,12 @@ class _Access:
         if lacking:
             self.missing.setdefault((kind, name), set()).update(lacking)
 
+    def need_described(self, infos: dict[str, TopicInfo]) -> None:
+        """DESCRIBE on each topic of ``infos`` the broker hid: whether it exists is unknown."""
+        for info in infos.values():
+            if info.hidden:
+                self.need("topic", info.name, {"DESCRIBE"}, frozenset())
+
     def check(self) -> None:
         """Raise the error naming every missing operation, if any."""
         if not self.missing:
@@ -326,9 +332,7 @@ async def prepare_worker_topics(settings: Settings, derived: Iterable[str],
         # Every name is known before the events topic's partition count.
         specs = worker_topics(settings, settings.partitions, derived, tables)
         infos = await describe_topics(admin, [s.name for s in specs])
-        for info in infos.values():
-            if info.hidden:  # may not even describe it: whether it exists is unknown
-                access.need("topic", info.name, {"DESCRIBE"}, frozenset())
+        access.need_described(infos)
         access.check()
         events = infos[settings.events_topic]
         partitions = events.partitions if events.exists else settings.partitions
@@ -386,9 +390,7 @@ async def ensure_topics(settings: Settings, specs: Optional[list[TopicSpec]] = N
         names = [s.name for s in specs]
         infos = await describe_topics(admin, names)
         access = _Access(settings)
-        for info in infos.values():
-            if info.hidden:
-                access.need("topic", info.name, {"DESCRIBE"}, frozenset())
+        access.need_described(infos)
         access.check()
         problems = _shape_problems(settings, specs, infos, {}, 0)  # base topics: the control topic's count
         if problems:
