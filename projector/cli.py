@@ -7,7 +7,7 @@ import asyncio
 import logging
 import sys
 
-from projector.config import ConfigError, Settings
+from projector.runtime.config import ConfigError, Settings
 
 
 def _settings() -> Settings:
@@ -18,12 +18,12 @@ def _settings() -> Settings:
 
 
 def cmd_worker(args: argparse.Namespace) -> None:
-    from projector.app import Projector
-    from projector.engine import COMMANDS, INDEX, members_table
-    from projector.kafka import BrokerError
-    from projector.readmodels import ReadModelError, load_catalog
-    from projector.schemas import SchemaError, Schemas
-    from projector.topics import TopicError, prepare_worker_topics
+    from projector.runtime.app import Projector
+    from projector.core.engine import COMMANDS, INDEX, members_table
+    from projector.runtime.kafka import BrokerError
+    from projector.core.catalog import ReadModelError, load_catalog
+    from projector.core.schemas import SchemaError, Schemas
+    from projector.runtime.topics import TopicError, prepare_worker_topics
 
     settings = _settings()
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
@@ -54,11 +54,11 @@ def cmd_worker(args: argparse.Namespace) -> None:
 
 
 def cmd_produce_demo(args: argparse.Namespace) -> None:
-    from projector.demo import generate_histories, produce_events
+    from projector.demo.data import generate_histories, produce_events
     from aiokafka.errors import KafkaError
 
-    from projector.kafka import BrokerError
-    from projector.topics import TopicError, ensure_topics
+    from projector.runtime.kafka import BrokerError
+    from projector.runtime.topics import TopicError, ensure_topics
 
     settings = _settings()
     try:
@@ -122,8 +122,8 @@ def cmd_send(args: argparse.Namespace) -> None:
     from aiokafka import AIOKafkaProducer
     from aiokafka.errors import KafkaError
 
-    from projector.kafka import BrokerError, client_options
-    from projector.topics import TopicError, existing_topics
+    from projector.runtime.kafka import BrokerError, client_options
+    from projector.runtime.topics import TopicError, existing_topics
 
     settings = _settings()
     # aiokafka logs every retry while a broker is down; the outcome is what matters here.
@@ -173,7 +173,7 @@ def cmd_control(args: argparse.Namespace) -> None:
 
     import orjson
 
-    from projector.control import ControlError, check_entry
+    from projector.core.control import ControlError, check_entry
 
     action = args.action
     value = None
@@ -218,9 +218,9 @@ def cmd_control(args: argparse.Namespace) -> None:
 def _control_direct(args: argparse.Namespace, value: object) -> None:
     from aiokafka.errors import KafkaError
 
-    from projector.control_table import read_control_topic, write_control_topic
-    from projector.kafka import BrokerError
-    from projector.topics import TopicError, base_topics, ensure_topics, existing_topics
+    from projector.runtime.control_table import read_control_topic, write_control_topic
+    from projector.runtime.kafka import BrokerError
+    from projector.runtime.topics import TopicError, base_topics, ensure_topics, existing_topics
 
     settings = _settings()
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
@@ -247,7 +247,7 @@ def _control_direct(args: argparse.Namespace, value: object) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from projector.rundemo import run_demo
+    from projector.demo.run import run_demo
 
     sys.exit(run_demo(_settings(), accounts=args.accounts, events=args.events, seed=args.seed))
 
@@ -270,25 +270,25 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--seed", type=int, default=42)
         p.set_defaults(func=func)
 
-    from projector import bench
+    from projector.bench import compare as bench
 
     p = sub.add_parser("bench", help="end-to-end throughput: projector against a naive Faust agent on one topic")
     bench.add_arguments(p)
     p.set_defaults(func=bench.cmd_bench)
 
-    from projector import bench_lookups
+    from projector.bench import lookups as bench_lookups
 
     p = sub.add_parser("bench-lookups", help="key-lookup latency (local, forwarded) while two workers fold a backlog")
     bench_lookups.add_arguments(p)
     p.set_defaults(func=bench_lookups.cmd_bench_lookups)
 
-    from projector import bench_scale
+    from projector.bench import scale as bench_scale
 
     p = sub.add_parser("bench-scale", help="throughput with 1, 2, 4 workers; recovery; kill -9; rebalance pause")
     bench_scale.add_arguments(p)
     p.set_defaults(func=bench_scale.cmd_bench_scale)
 
-    from projector import bench_commands
+    from projector.bench import commands as bench_commands
 
     p = sub.add_parser("bench-commands", help="command round trip (POST /commands to 200) and how soon its row shows it")
     bench_commands.add_arguments(p)

@@ -9,7 +9,7 @@ below zero, touch a closed account, or close one with money in it raises,
 and the engine rejects the record as ``fold_error``.
 """
 
-from projector.decider import InvalidCommand, Rejected
+from projector.core.decider import InvalidCommand, Rejected
 
 NAME = "accounts"
 DESCRIPTION = "Bank accounts: owner, currency, balance, status and counts of deposits and withdrawals"

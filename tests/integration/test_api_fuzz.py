@@ -33,7 +33,7 @@ import pytest
 import schemathesis
 from schemathesis.engine import events
 
-from projector.demo import generate_histories
+from projector.demo.data import generate_histories
 from support import get, produce, wait_for
 
 pytestmark = pytest.mark.integration

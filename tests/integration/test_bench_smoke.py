@@ -13,8 +13,8 @@ import os
 import orjson
 import pytest
 
-from projector.bench import CONTESTANTS, BenchConfig, Kafka, format_table, run_bench
-from projector.kafka import settings_for
+from projector.bench.compare import CONTESTANTS, BenchConfig, Kafka, format_table, run_bench
+from projector.runtime.kafka import settings_for
 from support import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]

@@ -111,7 +111,7 @@ def assert_holds(worker, oracle: Oracle, token: Optional[str] = None) -> None:
 
 
 def _settings(bootstrap: str, names: dict[str, str]):
-    from projector.config import Settings
+    from projector.runtime.config import Settings
 
     return Settings.from_env(
         {
@@ -125,7 +125,7 @@ def _settings(bootstrap: str, names: dict[str, str]):
 
 def topic_table(bootstrap: str, names: dict[str, str]) -> dict:
     """The control table read straight from Kafka by projector's own reader."""
-    from projector.control_table import read_control_topic
+    from projector.runtime.control_table import read_control_topic
 
     return asyncio.run(read_control_topic(_settings(bootstrap, names))).snapshot()
 
@@ -234,7 +234,7 @@ def test_three_workers_apply_every_entry_whoever_writes_it(worker_factory, names
 
 
 def test_worker_started_after_1000_entries_holds_them_all_before_ready(worker_factory, names, kafka_bootstrap):
-    from projector.topics import ensure_topics
+    from projector.runtime.topics import ensure_topics
 
     asyncio.run(ensure_topics(_settings(kafka_bootstrap, names)))  # as an operator would, before any worker
     oracle = Oracle()
@@ -380,7 +380,7 @@ def test_two_workers_miss_no_entry_through_five_rebalances(worker_factory, names
 
 def test_a_transactional_writer_does_not_stall_the_worker(worker_factory, names, kafka_bootstrap):
     """Commit markers take offsets but are never delivered: the control topic then ends on a non-record."""
-    from projector.topics import ensure_topics
+    from projector.runtime.topics import ensure_topics
 
     asyncio.run(ensure_topics(_settings(kafka_bootstrap, names)))
     oracle = Oracle()

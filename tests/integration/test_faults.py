@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import pytest
 
-from projector.demo import generate_histories
+from projector.demo.data import generate_histories
 from support import free_base, fold_accounts, get, group_by, produce, prometheus, read_topic, run_kafka_sh, wait_for
 
 pytestmark = pytest.mark.integration

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from projector.demo import generate_histories
+from projector.demo.data import generate_histories
 from support import fold_accounts, free_port, get, group_by, wait_for
 
 pytestmark = pytest.mark.integration

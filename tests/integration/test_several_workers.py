@@ -12,8 +12,8 @@ import urllib.request
 import orjson
 import pytest
 
-from projector.demo import generate_histories
-from projector.partitioning import partition_for
+from projector.demo.data import generate_histories
+from projector.core.partitioning import partition_for
 from support import get, produce, wait_for
 
 pytestmark = pytest.mark.integration

@@ -24,7 +24,7 @@ import orjson
 import pytest
 import rocksdict
 
-from projector.demo import generate_histories
+from projector.demo.data import generate_histories
 from support import get, produce, read_topic, wait_for
 
 pytestmark = pytest.mark.integration

@@ -21,8 +21,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from projector.demo import generate_histories
-from projector.partitioning import partition_for
+from projector.demo.data import generate_histories
+from projector.core.partitioning import partition_for
 from support import REPO, get, http, produce, wait_for
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,7 @@ import shutil
 import orjson
 import pytest
 
-from projector.demo import generate_histories
+from projector.demo.data import generate_histories
 from support import fold_accounts, get, produce, wait_for
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from projector.readmodels import PACKAGE, ReadModel, load_read_models  # noqa: E402
+from projector.core.catalog import PACKAGE, ReadModel, load_read_models  # noqa: E402
 
 TABLES_DIR = Path(__file__).resolve().parents[2] / "tables"
 

@@ -17,10 +17,10 @@ import orjson
 
 from factories import envelope
 from support import group_by  # noqa: F401 - the oracle the tests share
-from projector import aggregates as agg
-from projector.engine import INDEX, Engine, Plan, Send
-from projector.partitioning import partition_for
-from projector.readmodels import Catalog, load_catalog
+from projector.core import index as agg
+from projector.core.engine import INDEX, Engine, Plan, Send
+from projector.core.partitioning import partition_for
+from projector.core.catalog import Catalog, load_catalog
 
 TABLES_DIR = Path(__file__).resolve().parents[2] / "tables"
 PARTITIONS = 4

@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 import orjson
 
-from projector.envelope import Event, decode_record
+from projector.core.envelope import Event, decode_record
 
 
 def envelope(

@@ -16,10 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from factories import closed, deposit, event, opened, withdrawal
-from projector.demo import generate_histories
-from projector.envelope import Event, decode_record
-from projector.projection import FOLD_ERROR, RecordRejected, apply_record
-from projector.readmodels import ReadModel
+from projector.demo.data import generate_histories
+from projector.core.envelope import Event, decode_record
+from projector.core.fold import FOLD_ERROR, RecordRejected, apply_record
+from projector.core.catalog import ReadModel
 
 OPEN_ROW = {"owner": "alice", "currency": "EUR", "balance": 0, "status": "open", "deposits": 0, "withdrawals": 0}
 

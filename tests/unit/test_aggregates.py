@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from factories import deposit, event, opened
-from projector import aggregates as agg
-from projector.aggregates import Admission, Meta, admit
+from projector.core import index as agg
+from projector.core.index import Admission, Meta, admit
 
 
 def deposits(first: int, last: int, aid: str = "acc-1"):
@@ -75,7 +75,7 @@ def test_meta_defaults_and_json_round_trip():
 
 
 def test_append_keeps_the_newest_events_in_the_tail_and_seals_full_chunks():
-    from projector.aggregates import CHUNK, stored_events
+    from projector.core.index import CHUNK, stored_events
 
     m = Meta()
     sealed = m.append([{"version": v} for v in range(1, CHUNK + 6)])

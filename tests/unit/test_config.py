@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from projector.config import BrokerSecurity, ConfigError, Settings, parse_brokers
+from projector.runtime.config import BrokerSecurity, ConfigError, Settings, parse_brokers
 
 CONTRACT_DEFAULTS = {
     "broker": "kafka://127.0.0.1:9092",
@@ -188,7 +188,7 @@ def test_config_error_is_a_value_error():
 
 
 def test_replication_is_automatic_unless_set():
-    from projector.topics import replication_configs
+    from projector.runtime.topics import replication_configs
 
     auto = Settings.from_env({})
     assert auto.replication_auto and auto.min_insync_replicas is None

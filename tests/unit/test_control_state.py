@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from projector.control import (
+from projector.core.control import (
     BUILTIN,
     COMMANDS_ENABLED,
     MAX_KEY_BYTES,

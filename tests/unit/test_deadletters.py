@@ -2,7 +2,7 @@
 
 import pytest
 
-from projector.deadletters import describe
+from projector.runtime.deadletters import describe
 
 HEADERS = [("projector.reason", b"key_mismatch"), ("projector.error", b"differs"), ("projector.source", b"ev/1/7")]
 

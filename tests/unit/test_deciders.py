@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from factories import event
-from projector.decider import InvalidCommand, Rejected
-from projector.readmodels import ReadModel
+from projector.core.decider import InvalidCommand, Rejected
+from projector.core.catalog import ReadModel
 
 AID = "acc-1"
 LIMIT = "accounts.max_withdrawal"

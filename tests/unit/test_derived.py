@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from projector.derived import apply_change, change_messages, contribution_of, member_key
-from projector.readmodels import DerivedModel, load_catalog
+from projector.core.derived import apply_change, change_messages, contribution_of, member_key
+from projector.core.catalog import DerivedModel, load_catalog
 
 BY_COLOUR = DerivedModel(
     name="by_colour",

@@ -25,9 +25,9 @@ from enginekit import (
     values,
     withdrawn,
 )
-from projector import aggregates as agg
-from projector.engine import HEADER_ERROR, HEADER_REASON, HEADER_SOURCE, INDEX, members_table
-from projector.partitioning import partition_for
+from projector.core import index as agg
+from projector.core.engine import HEADER_ERROR, HEADER_REASON, HEADER_SOURCE, INDEX, members_table
+from projector.core.partitioning import partition_for
 
 
 @pytest.fixture
@@ -621,7 +621,7 @@ def multi(tmp_path) -> Driver:
     import shutil
 
     from enginekit import TABLES_DIR
-    from projector.readmodels import load_catalog
+    from projector.core.catalog import load_catalog
 
     folder = tmp_path / "tables"
     folder.mkdir()

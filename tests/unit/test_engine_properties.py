@@ -20,10 +20,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from enginekit import PARTITIONS, TABLES_DIR, Driver, Rec, group_by, opened, deposited, values
-from projector.demo import generate_histories
-from projector.engine import COMMANDS, INDEX
-from projector.partitioning import partition_for
-from projector.readmodels import load_catalog
+from projector.demo.data import generate_histories
+from projector.core.engine import COMMANDS, INDEX
+from projector.core.partitioning import partition_for
+from projector.core.catalog import load_catalog
 
 PROPS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

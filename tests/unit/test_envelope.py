@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from factories import envelope
-from projector.envelope import (
+from projector.core.envelope import (
     INVALID_ENVELOPE,
     INVALID_JSON,
     KEY_MISMATCH,

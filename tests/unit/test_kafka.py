@@ -23,8 +23,8 @@ from aiokafka import errors as kafka_errors
 from aiokafka.protocol.metadata import MetadataRequest_v4, MetadataRequest_v5
 from faust.types.auth import AuthProtocol, SASLMechanism
 
-from projector.config import Settings
-from projector.kafka import (
+from projector.runtime.config import Settings
+from projector.runtime.kafka import (
     UNKNOWN_OPERATIONS,
     BrokerError,
     BrokerWatch,

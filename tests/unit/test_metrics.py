@@ -1,6 +1,6 @@
 """Metrics kept by the worker: the fold batch histogram and events/s."""
 
-from projector.metrics import BATCH_BUCKETS, Metrics, _histogram
+from projector.core.metrics import BATCH_BUCKETS, Metrics, _histogram
 
 
 def test_batch_latency_histogram_is_cumulative_with_sum_and_count():
@@ -31,7 +31,7 @@ def test_events_per_second_over_the_window():
 
 
 def test_event_loop_lag_histogram_uses_its_own_buckets():
-    from projector.metrics import LAG_BUCKETS
+    from projector.core.metrics import LAG_BUCKETS
 
     m = Metrics()
     for seconds in (0.0002, 0.003, 0.3):

@@ -21,9 +21,9 @@ import schemathesis
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from projector import openapi
-from projector.readmodels import load_catalog
-from projector.web import MAX_LIMIT, MAX_WAIT_MS, install_routes
+from projector.web import openapi as openapi
+from projector.core.catalog import load_catalog
+from projector.web.views import MAX_LIMIT, MAX_WAIT_MS, install_routes
 
 TABLES_DIR = Path(__file__).resolve().parents[2] / "tables"
 PARTITIONS = 4

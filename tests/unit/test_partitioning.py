@@ -14,7 +14,7 @@ from aiokafka.partitioner import murmur2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from projector.partitioning import partition_for
+from projector.core.partitioning import partition_for
 
 JAVA_MURMUR2 = {
     b"21": -973932308,

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from factories import closed, deposit, event, opened, withdrawal
-import projector.projection as projection
-from projector.projection import FOLD_ERROR, Applied, RecordRejected, apply_record
-from projector.readmodels import ReadModel
+import projector.core.fold as projection
+from projector.core.fold import FOLD_ERROR, Applied, RecordRejected, apply_record
+from projector.core.catalog import ReadModel
 
 
 def _sum_fold(state: dict[str, Any], ev) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from projector.readmodels import (
+from projector.core.catalog import (
     PACKAGE,
     DerivedModel,
     ReadModel,

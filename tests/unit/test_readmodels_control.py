@@ -14,10 +14,10 @@ import pytest
 
 from enginekit import DEADLETTER, Driver, env, headers
 from factories import deposit
-from projector.control import ControlState
-from projector.engine import HEADER_REASON, Engine
-from projector.projection import FOLD_ERROR, NO_CONTROL, RecordRejected, apply_record
-from projector.readmodels import Catalog, ReadModel, ReadModelError, read_model_from_module
+from projector.core.control import ControlState
+from projector.core.engine import HEADER_REASON, Engine
+from projector.core.fold import FOLD_ERROR, NO_CONTROL, RecordRejected, apply_record
+from projector.core.catalog import Catalog, ReadModel, ReadModelError, read_model_from_module
 
 
 def module(fold: Callable, name: str = "rm_ctl_mod", **attrs: Any) -> types.ModuleType:

@@ -5,7 +5,7 @@ from collections import Counter
 
 from faust.types import TP
 
-from projector.recoveryprogress import RecoveryProgress
+from projector.runtime.recovery import RecoveryProgress
 
 A = TP("app-accounts-changelog", 0)
 B = TP("app-accounts-changelog", 1)
@@ -52,7 +52,7 @@ def test_rate_eta_and_restored_total_follow_the_remaining_records(caplog):
     assert by[("standby", 1)].remaining == 0 and by[("standby", 1)].eta_seconds == 0.0
     assert progress.restored_total == 450 and len(Table.applied) == 450
     assert progress.rate == 225.0
-    with caplog.at_level(logging.INFO, logger="projector.recoveryprogress"):
+    with caplog.at_level(logging.INFO, logger="projector.runtime.recovery"):
         progress.log_progress(now=200.0)
     assert "recovering app-accounts-changelog[0]: 600 changelog records left, 200 records/s, ETA 3 s" in caplog.text
 

@@ -7,8 +7,8 @@ import types
 import pytest
 
 from factories import event
-from projector.envelope import INVALID_ENVELOPE, InvalidRecord
-from projector.schemas import Schemas, SchemaError
+from projector.core.envelope import INVALID_ENVELOPE, InvalidRecord
+from projector.core.schemas import Schemas, SchemaError
 
 
 def v1_to_v2(data):

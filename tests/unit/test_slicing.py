@@ -2,7 +2,7 @@
 
 import asyncio
 
-from projector.slicing import TimeSlice
+from projector.runtime.slicing import TimeSlice
 
 
 def _steps(n: int, log: list):

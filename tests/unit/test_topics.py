@@ -6,9 +6,9 @@ import re
 
 import pytest
 
-from projector.config import Settings
-from projector.kafka import BrokerError, TopicInfo
-from projector.topics import (
+from projector.runtime.config import Settings
+from projector.runtime.kafka import BrokerError, TopicInfo
+from projector.runtime.topics import (
     GROUP_OPERATIONS,
     TOPIC_OPERATIONS,
     _Access,

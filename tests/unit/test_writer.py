@@ -20,10 +20,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from enginekit import DEADLETTER, EVENTS, PARTITIONS, Driver, Rec
-from projector.engine import COMMANDS, INDEX, Plan, _run_steps
-from projector.envelope import decode_record
-from projector.partitioning import partition_for
-from projector.writer import Answer, check_command, decide_steps, encode_command, settings_view
+from projector.core.engine import COMMANDS, INDEX, Plan, _run_steps
+from projector.core.envelope import decode_record
+from projector.core.partitioning import partition_for
+from projector.core.commands import Answer, check_command, decide_steps, encode_command, settings_view
 
 COMMAND_TOPIC = "commands"
 TS_MS = 1_700_000_000_000  # 2023-11-14T22:13:20Z

@@ -48,10 +48,10 @@ from urllib.parse import quote
 
 import orjson
 
-from projector.config import ConfigError, Settings, broker_reachable
-from projector.kafka import client_options, settings_for
+from projector.runtime.config import ConfigError, Settings, broker_reachable
+from projector.runtime.kafka import client_options, settings_for
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 KAFKA_SH = REPO / "deploy" / "kafka" / "kafka.sh"
 DEFAULT_BROKER = "kafka://127.0.0.1:9092"
 CONTESTANTS = ("projector", "naive-faust", "quix", "raw-aiokafka", "raw-confluent")
@@ -447,7 +447,7 @@ async def produce_workload(settings: Settings, topic: str, config: BenchConfig,
     """Produce the demo histories keyed by aggregate id; fold ``expected`` on the way."""
     from aiokafka import AIOKafkaProducer
 
-    from projector.demo import generate_histories
+    from projector.demo.data import generate_histories
 
     producer = AIOKafkaProducer(**client_options(settings), acks="all", enable_idempotence=True,
                                 linger_ms=20, max_batch_size=256 * 1024)
@@ -557,7 +557,7 @@ class Bench:
                     "right if the topic was filled with these same --events/--accounts/--seed")
             self.notes.append(note)
             log(note)
-            from projector.demo import generate_histories
+            from projector.demo.data import generate_histories
 
             expected = expected_accounts(generate_histories(cfg.accounts, cfg.events, cfg.seed))
             return partitions, on_topic, expected, None
@@ -604,7 +604,7 @@ class Bench:
             return Contestant(name, app_id, argv, env, url, data_dir, log_path,
                               lambda key: f"{url}/tables/accounts/{quote(key, safe='')}", _projector_row)
         if name == "naive-faust":
-            argv = [sys.executable, "-m", "projector.bench_naive", "--broker", broker, "--topic", self.topic,
+            argv = [sys.executable, "-m", "projector.bench.naive", "--broker", broker, "--topic", self.topic,
                     "--partitions", str(partitions), "--app-id", app_id, "--data-dir", str(data_dir),
                     "--web-port", str(port)]
             return Contestant(name, app_id, argv, env, url, data_dir, log_path,
@@ -614,9 +614,9 @@ class Bench:
         common = ["--broker", broker, "--topic", self.topic, "--group", app_id,
                   "--state-file", str(state_file), "--ready-file", str(ready_file)]
         if name == "quix":
-            argv = [sys.executable, "-m", "projector.bench_quix", *common, "--data-dir", str(data_dir)]
+            argv = [sys.executable, "-m", "projector.bench.quix", *common, "--data-dir", str(data_dir)]
         else:
-            argv = [sys.executable, "-m", "projector.bench_raw", "--client", name.removeprefix("raw-"), *common]
+            argv = [sys.executable, "-m", "projector.bench.raw", "--client", name.removeprefix("raw-"), *common]
         return Contestant(name, app_id, argv, env, "", data_dir, log_path,
                           state_file=state_file, ready_file=ready_file)
 

@@ -31,9 +31,9 @@ from typing import Any, Optional
 import aiohttp
 import orjson
 
-from projector.bench import BenchError, Kafka, free_port, log, machine_info, stop_process
-from projector.config import Settings
-from projector.kafka import client_options
+from projector.bench.compare import BenchError, Kafka, free_port, log, machine_info, stop_process
+from projector.runtime.config import Settings
+from projector.runtime.kafka import client_options
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -192,8 +192,8 @@ async def _produce(settings: Settings, topic: str, envelopes: list[dict]) -> Non
 
 
 async def _run(args: argparse.Namespace, settings: Settings, workdir: Path) -> dict[str, Any]:
-    from projector.demo import generate_histories
-    from projector.partitioning import partition_for
+    from projector.demo.data import generate_histories
+    from projector.core.partitioning import partition_for
 
     tag = f"lk{uuid.uuid4().hex[:8]}"
     topic = f"{tag}-events"

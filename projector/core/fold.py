@@ -16,8 +16,8 @@ from typing import Any, Mapping, Optional, Sequence
 
 import orjson
 
-from projector.envelope import Event
-from projector.readmodels import ReadModel
+from projector.core.envelope import Event
+from projector.core.catalog import ReadModel
 
 FOLD_ERROR = "fold_error"
 

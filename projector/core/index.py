@@ -25,7 +25,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 import orjson
 
-from projector.envelope import Event
+from projector.core.envelope import Event
 
 META = b"m\x00"
 EVENT = b"e\x00"

@@ -39,7 +39,7 @@ from aiokafka.protocol.api import Request, RequestStruct, Response
 from aiokafka.protocol.metadata import MetadataRequest
 from aiokafka.protocol.types import Array, Boolean, Int16, Int32, Schema, String
 
-from projector.config import BrokerSecurity, Settings, tls_context
+from projector.runtime.config import BrokerSecurity, Settings, tls_context
 
 log = logging.getLogger(__name__)
 

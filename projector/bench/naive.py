@@ -31,16 +31,16 @@ from typing import Any, Optional
 import faust
 import orjson
 
-from projector.bench_fold import Skip, fold
+from projector.bench.fold import Skip, fold
 
-log = logging.getLogger("projector.bench_naive")
+log = logging.getLogger("projector.bench.naive")
 
 TABLE = "accounts"
 MIB = 1024 * 1024
 
 
 def build_app(args: argparse.Namespace) -> faust.App:
-    from projector.kafka import faust_credentials, settings_for
+    from projector.runtime.kafka import faust_credentials, settings_for
 
     settings = settings_for(args.broker)
     app = faust.App(

@@ -39,11 +39,11 @@ from typing import Any, Callable, Generator, Iterable, Mapping, Optional
 
 import orjson
 
-from projector import aggregates as agg
-from projector.decider import InvalidCommand, Rejected
-from projector.engine import COMMANDS, INDEX, Engine, Plan, Send, _Batch, _Pending, _Touched
-from projector.envelope import InvalidRecord, decode_record
-from projector.readmodels import Catalog
+from projector.core import index as agg
+from projector.core.decider import InvalidCommand, Rejected
+from projector.core.engine import COMMANDS, INDEX, Engine, Plan, Send, _Batch, _Pending, _Touched
+from projector.core.envelope import InvalidRecord, decode_record
+from projector.core.catalog import Catalog
 
 log = logging.getLogger(__name__)
 

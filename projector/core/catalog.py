@@ -144,7 +144,7 @@ def default_tables_dir() -> Path:
     env = os.environ.get("PROJECTOR_TABLES_DIR")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent / "tables"
+    return Path(__file__).resolve().parents[2] / "tables"
 
 
 def _load_module(path: Path) -> ModuleType:

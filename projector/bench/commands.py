@@ -34,9 +34,9 @@ from typing import Any
 import aiohttp
 import orjson
 
-from projector.bench import BenchError, Kafka, free_port, log, machine_info, stop_process
-from projector.bench_lookups import _summary, _wait_ready
-from projector.config import Settings
+from projector.bench.compare import BenchError, Kafka, free_port, log, machine_info, stop_process
+from projector.bench.lookups import _summary, _wait_ready
+from projector.runtime.config import Settings
 
 
 async def _round(session: aiohttp.ClientSession, urls: list[str], rng: random.Random, accounts: list[str],

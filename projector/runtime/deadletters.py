@@ -7,9 +7,9 @@ from typing import Any, Optional
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from projector.config import Settings
-from projector.engine import HEADER_ERROR, HEADER_REASON, HEADER_SOURCE
-from projector.kafka import client_options
+from projector.runtime.config import Settings
+from projector.core.engine import HEADER_ERROR, HEADER_REASON, HEADER_SOURCE
+from projector.runtime.kafka import client_options
 
 
 def _text(raw: Optional[bytes]) -> Optional[str]:

@@ -38,9 +38,9 @@ from typing import Any, Iterable, Optional, Protocol
 
 import orjson
 
-from projector.bench_fold import apply, note_first_record, write_state
-from projector.config import ConfigError, Settings
-from projector.kafka import client_options, librdkafka_config, settings_for
+from projector.bench.fold import apply, note_first_record, write_state
+from projector.runtime.config import ConfigError, Settings
+from projector.runtime.kafka import client_options, librdkafka_config, settings_for
 
 MIB = 1024 * 1024
 BATCH = 10_000  # records per poll, at most

@@ -22,8 +22,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 
-from projector.config import Settings
-from projector.kafka import (
+from projector.runtime.config import Settings
+from projector.runtime.kafka import (
     BrokerError,
     TopicInfo,
     acl_command,

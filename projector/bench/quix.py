@@ -51,9 +51,9 @@ from quixstreams.state.metadata import SEPARATOR
 from quixstreams.state.rocksdb import RocksDBOptions
 from rocksdict import AccessType, Rdict
 
-from projector.bench_fold import note_first_record, step, write_state
-from projector.config import Settings
-from projector.kafka import librdkafka_config, settings_for
+from projector.bench.fold import note_first_record, step, write_state
+from projector.runtime.config import Settings
+from projector.runtime.kafka import librdkafka_config, settings_for
 
 ROW = "row"
 STORE_OPTIONS = RocksDBOptions()
@@ -132,7 +132,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--state-file", type=Path, required=True)
     parser.add_argument("--ready-file", type=Path)
     args = parser.parse_args(argv)
-    from projector.config import ConfigError
+    from projector.runtime.config import ConfigError
 
     try:
         settings = settings_for(args.broker)

@@ -49,9 +49,9 @@ from typing import Any, Iterable, Optional
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.tables.globaltable import GlobalTable
 
-from projector.config import Settings
-from projector.control import ControlState
-from projector.kafka import client_options
+from projector.runtime.config import Settings
+from projector.core.control import ControlState
+from projector.runtime.kafka import client_options
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ async def write_control_topic(settings: Settings, key: str, value: Any) -> int:
     """Write one control entry straight to the control topic (``None``: delete); returns its offset."""
     from aiokafka import AIOKafkaProducer
 
-    from projector.control import check_entry, encode_value
+    from projector.core.control import check_entry, encode_value
 
     check_entry(key, value)
     producer = AIOKafkaProducer(**client_options(settings), acks="all")

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Callable, Iterable, Mapping
 
-from projector.envelope import INVALID_ENVELOPE, Event, InvalidRecord
+from projector.core.envelope import INVALID_ENVELOPE, Event, InvalidRecord
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 

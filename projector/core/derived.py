@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from projector.readmodels import DerivedModel
+from projector.core.catalog import DerivedModel
 
 SEP = b"\x00"
 

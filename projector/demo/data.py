@@ -11,8 +11,8 @@ from typing import Any, Iterator
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from projector.config import Settings
-from projector.kafka import client_options
+from projector.runtime.config import Settings
+from projector.runtime.kafka import client_options
 
 CURRENCIES = ("EUR", "USD", "GBP", "CHF")
 _NAMESPACE = uuid.UUID("6f1c7c1e-2b1a-4f7e-9d57-2b9a0c1c0a11")

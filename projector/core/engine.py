@@ -23,14 +23,14 @@ from typing import Any, Generator, Iterable, Iterator, Mapping, Optional, Protoc
 
 import orjson
 
-from projector import aggregates as agg
-from projector.derived import Contribution, apply_change, change_messages, contribution_of, member_key
-from projector.envelope import Event, InvalidRecord, decode_record
-from projector.metrics import Metrics
-from projector.partitioning import partition_for
-from projector.projection import FOLD_ERROR, NO_CONTROL, RecordRejected, apply_record
-from projector.readmodels import Catalog, DerivedModel
-from projector.schemas import Schemas
+from projector.core import index as agg
+from projector.core.derived import Contribution, apply_change, change_messages, contribution_of, member_key
+from projector.core.envelope import Event, InvalidRecord, decode_record
+from projector.core.metrics import Metrics
+from projector.core.partitioning import partition_for
+from projector.core.fold import FOLD_ERROR, NO_CONTROL, RecordRejected, apply_record
+from projector.core.catalog import Catalog, DerivedModel
+from projector.core.schemas import Schemas
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode import Service
 
-from projector.slicing import TimeSlice
+from projector.runtime.slicing import TimeSlice
 
 BatchHandler = Callable[[Sequence[Any]], Awaitable[None]]
 

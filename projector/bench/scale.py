@@ -33,9 +33,9 @@ from typing import Any, Optional
 
 import aiohttp
 
-from projector.bench import BenchError, Kafka, free_port, log, machine_info, stop_process
-from projector.bench_lookups import _produce
-from projector.config import Settings
+from projector.bench.compare import BenchError, Kafka, free_port, log, machine_info, stop_process
+from projector.bench.lookups import _produce
+from projector.runtime.config import Settings
 
 POLL = 0.2
 
@@ -135,7 +135,7 @@ async def _fold_all(session: aiohttp.ClientSession, group: Group, names: list[st
 
 
 async def _run(args: argparse.Namespace, settings: Settings, workdir: Path) -> dict[str, Any]:
-    from projector.demo import generate_histories
+    from projector.demo.data import generate_histories
 
     run = f"sc{uuid.uuid4().hex[:6]}"
     topic = f"{run}-events"

@@ -19,11 +19,11 @@ import orjson
 from aiohttp import web
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
-from projector.kafka import KAFKA_WRITE_TIMEOUT
-from projector.partitioning import partition_for
+from projector.runtime.kafka import KAFKA_WRITE_TIMEOUT
+from projector.core.partitioning import partition_for
 
 if TYPE_CHECKING:
-    from projector.app import Projector
+    from projector.runtime.app import Projector
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +271,7 @@ class Views:
         return await self._write_control(request.match_info["key"], None)
 
     async def _write_control(self, key: str, value: Any) -> web.Response:
-        from projector.control import ControlError, check_entry
+        from projector.core.control import ControlError, check_entry
 
         try:
             check_entry(key, value)
@@ -462,8 +462,8 @@ class Views:
         return json_response({"rows": self._scan_local(table, partitions, prefix, after, limit)})
 
     async def aggregate_events(self, request: web.Request) -> web.Response:
-        from projector import aggregates as agg
-        from projector.engine import INDEX
+        from projector.core import index as agg
+        from projector.core.engine import INDEX
 
         p = self.projector
         aid = request.match_info["id"]
@@ -515,8 +515,8 @@ class Views:
 
     async def post_command(self, request: web.Request) -> web.Response:
         """Take a command, have the writer of its aggregate decide it, and answer with the decision."""
-        from projector.decider import InvalidCommand
-        from projector.writer import check_command
+        from projector.core.decider import InvalidCommand
+        from projector.core.commands import check_command
 
         p = self.projector
         timeout_ms = _int_param(request, "timeout_ms", 10000, 1, MAX_WAIT_MS)
@@ -565,7 +565,7 @@ class Views:
         return json_response({"delivered": len(items)})
 
     async def deadletters(self, request: web.Request) -> web.Response:
-        from projector.deadletters import read_recent
+        from projector.runtime.deadletters import read_recent
 
         limit = _int_param(request, "limit", 100, 1, MAX_LIMIT, cap=True)
         unreachable = _broker_unreachable(self.projector)
@@ -582,7 +582,7 @@ class Views:
         return json_response({"deadletters": rows})
 
     async def metrics(self, request: web.Request) -> web.Response:
-        from projector.metrics import prometheus_text
+        from projector.core.metrics import prometheus_text
 
         return web.Response(text=prometheus_text(self.projector), content_type="text/plain")
 
@@ -624,7 +624,7 @@ def install_routes(app: web.Application, projector: "Projector") -> None:
     app.router.add_delete("/control/{key:.+}", views.delete_control)
     app.router.add_get("/deadletters", views.deadletters)
     app.router.add_get("/metrics", views.metrics)
-    from projector import openapi, statuspage
+    from projector.web import openapi, status as statuspage
 
     openapi.install(app, projector)
     statuspage.install(app, projector)

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import orjson
 
-from projector.config import Settings, broker_reachable
-from projector.demo import generate_histories, produce_events
-from projector.topics import ensure_topics
+from projector.runtime.config import Settings, broker_reachable
+from projector.demo.data import generate_histories, produce_events
+from projector.runtime.topics import ensure_topics
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 KAFKA_SH = REPO / "deploy" / "kafka" / "kafka.sh"
 
 

@@ -65,10 +65,10 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from projector.web import json_error, json_response
+from projector.web.views import json_error, json_response
 
 if TYPE_CHECKING:
-    from projector.app import Projector
+    from projector.runtime.app import Projector
 
 log = logging.getLogger(__name__)
 

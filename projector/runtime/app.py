@@ -11,20 +11,20 @@ from typing import Any, Optional, Sequence
 import faust
 from faust.types import TP
 
-from projector.batching import BatchingTransport
-from projector.config import Settings
-from projector.control import ControlState
-from projector.control_table import ControlTable, GapFiller, records_end
-from projector.engine import COMMANDS, INDEX, Engine, Plan, members_table
-from projector.kafka import KAFKA_WRITE_TIMEOUT, BrokerWatch, faust_credentials, quiet_repeated_client_logs
-from projector.metrics import LAG_PROBE_INTERVAL, Metrics
-from projector.readmodels import Catalog, load_catalog
-from projector.recoveryprogress import RecoveryProgress
-from projector.schemas import Schemas
-from projector.slicing import TimeSlice
-from projector.state import FaustStore, rocksdb_options
-from projector.topics import replication_configs, command_topic_name, commands_topic_name, repartition_topic_name
-from projector.writer import Answer, decide_steps, settings_view
+from projector.runtime.batching import BatchingTransport
+from projector.runtime.config import Settings
+from projector.core.control import ControlState
+from projector.runtime.control_table import ControlTable, GapFiller, records_end
+from projector.core.engine import COMMANDS, INDEX, Engine, Plan, members_table
+from projector.runtime.kafka import KAFKA_WRITE_TIMEOUT, BrokerWatch, faust_credentials, quiet_repeated_client_logs
+from projector.core.metrics import LAG_PROBE_INTERVAL, Metrics
+from projector.core.catalog import Catalog, load_catalog
+from projector.runtime.recovery import RecoveryProgress
+from projector.core.schemas import Schemas
+from projector.runtime.slicing import TimeSlice
+from projector.runtime.stores import FaustStore, rocksdb_options
+from projector.runtime.topics import replication_configs, command_topic_name, commands_topic_name, repartition_topic_name
+from projector.core.commands import Answer, decide_steps, settings_view
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ class ProjectorApp(faust.App):
             consumer.release_held()
 
     def on_webserver_init(self, web: Any) -> None:
-        from projector.web import install_routes
+        from projector.web.views import install_routes
 
         install_routes(web.web_app, self.projector)
 
@@ -112,7 +112,7 @@ class Projector:
         catalog: Optional[Catalog] = None,
         partitions: Optional[int] = None,
     ) -> None:
-        from projector.web import web_application_options
+        from projector.web.views import web_application_options
 
         self.settings = settings
         self.catalog = catalog if catalog is not None else load_catalog()
@@ -340,7 +340,7 @@ class Projector:
             self.app.add_future(self._post_answers(url, items))
 
     async def _post_answers(self, url: str, items: list[dict[str, Any]]) -> None:
-        from projector.web import post_internal
+        from projector.web.views import post_internal
 
         try:
             await post_internal(self, url, "/internal/command-answers", items)
@@ -359,8 +359,8 @@ class Projector:
         goes out again until the deadline. On timeout the answer is 504; the
         command may still be decided, and the same command id tells later.
         """
-        from projector.partitioning import partition_for
-        from projector.writer import encode_command
+        from projector.core.partitioning import partition_for
+        from projector.core.commands import encode_command
 
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -577,7 +577,7 @@ class Projector:
         ``asyncio.TimeoutError`` when Kafka has not acknowledged it within
         ``timeout`` seconds: it may still be written later.
         """
-        from projector.control import check_entry, encode_value
+        from projector.core.control import check_entry, encode_value
 
         check_entry(key, value)
         meta = await self.produce(self.settings.control_topic, key.encode("utf-8"), encode_value(value), 0, timeout)

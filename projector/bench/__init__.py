@@ -1,0 +1,1 @@
+"""`projector bench` and its contestants."""

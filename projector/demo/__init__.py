@@ -1,0 +1,1 @@
+"""The demo domain's data and the `projector demo` main job."""
