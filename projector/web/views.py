@@ -582,7 +582,7 @@ class Views:
         return json_response({"deadletters": rows})
 
     async def metrics(self, request: web.Request) -> web.Response:
-        from projector.core.metrics import prometheus_text
+        from projector.web.metrics import prometheus_text
 
         return web.Response(text=prometheus_text(self.projector), content_type="text/plain")
 

@@ -18,7 +18,6 @@ from typing import Any
 
 import aiohttp
 import orjson
-import pytest
 
 from support import fold_accounts, get, http, read_topic, wait_for
 

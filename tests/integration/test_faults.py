@@ -34,7 +34,7 @@ def _rows(url: str, table: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     cursor = None
     while True:
-        query = f"limit=1000" + (f"&cursor={cursor}" if cursor else "")
+        query = "limit=1000" + (f"&cursor={cursor}" if cursor else "")
         status, body = get(f"{url}/tables/{table}?{query}", timeout=60)
         assert status == 200, body
         for row in body["rows"]:

@@ -25,7 +25,6 @@ from enginekit import (
     values,
     withdrawn,
 )
-from projector.core import index as agg
 from projector.core.engine import HEADER_ERROR, HEADER_REASON, HEADER_SOURCE, INDEX, members_table
 from projector.core.partitioning import partition_for
 

@@ -1,6 +1,7 @@
 """Metrics kept by the worker: the fold batch histogram and events/s."""
 
-from projector.core.metrics import BATCH_BUCKETS, Metrics, _histogram
+from projector.core.metrics import BATCH_BUCKETS, Metrics
+from projector.web.metrics import _histogram
 
 
 def test_batch_latency_histogram_is_cumulative_with_sum_and_count():
