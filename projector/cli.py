@@ -173,7 +173,8 @@ def cmd_control(args: argparse.Namespace) -> None:
 
     import orjson
 
-    from projector.core.control import ControlError, check_entry
+    from projector.core.catalog import ReadModelError, load_catalog
+    from projector.core.control import ControlError, check_entry, settings_with_builtin
 
     action = args.action
     value = None
@@ -187,8 +188,8 @@ def cmd_control(args: argparse.Namespace) -> None:
             sys.exit(f"projector: VALUE must be JSON (e.g. false, 500, '\"text\"', null), got {raw[:80]!r}")
     if action in ("set", "delete"):
         try:
-            check_entry(args.key, value)
-        except ControlError as exc:
+            check_entry(args.key, value, settings_with_builtin(load_catalog().control_settings))
+        except (ControlError, ReadModelError) as exc:
             sys.exit(f"projector: {exc}")
     if args.direct:
         _control_direct(args, value)
@@ -301,7 +302,7 @@ def main(argv: list[str] | None = None) -> None:
 
     p = sub.add_parser("command", help="send one command (POST /commands) through this machine's worker",
                        description="Prints the writer's answer: the new version and events, or the error.")
-    p.add_argument("type", help="the command type, e.g. OpenAccount, Deposit, Withdraw, CloseAccount")
+    p.add_argument("type", help="the command type (GET /openapi.json lists each aggregate type's commands)")
     p.add_argument("aggregate_id")
     p.add_argument("--data", default="{}", help="the command's data as JSON, e.g. '{\"amount\": 500}'; - reads stdin")
     p.add_argument("--aggregate-type", default="account")

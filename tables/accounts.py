@@ -19,6 +19,17 @@ HANDLES = ("AccountOpened", "MoneyDeposited", "MoneyWithdrawn", "AccountClosed")
 AGGREGATE_TYPE = "account"
 COMMANDS = ("OpenAccount", "Deposit", "Withdraw", "CloseAccount")
 
+#: The control settings the decider reads (``PUT /control/{key}``).
+MAX_WITHDRAWAL = "accounts.max_withdrawal"
+CONTROL = {
+    MAX_WITHDRAWAL: {
+        "type": "integer",
+        "minimum": 0,
+        "default": None,
+        "description": "a Withdraw above it is rejected as over_limit (default: no limit)",
+    },
+}
+
 
 class AccountFoldError(ValueError):
     """An event that cannot apply to the account as it stands."""
@@ -103,7 +114,8 @@ def _must_be_open(state) -> None:
 
 
 def _max_withdrawal(settings):
-    limit = settings.get("accounts.max_withdrawal")
+    """The limit in force: projector hands deciders the declared default for a missing or invalid entry."""
+    limit = settings.get(MAX_WITHDRAWAL)
     return limit if isinstance(limit, int) and not isinstance(limit, bool) else None
 
 

@@ -32,7 +32,12 @@ by group; the group keeps every member's last contribution, so a change is
 corrected exactly (old contribution out, new one in) and a replay is a no-op.
 
 A module may also declare ``SCHEMA_VERSIONS`` and ``UPCASTERS`` (see
-:mod:`projector.schemas`), with or without a read model.
+:mod:`projector.core.schemas`), with or without a read model, and
+``CONTROL``: the control settings it reads (CONTRACT §3), as
+``{key: {"type": ..., "default": ..., "description": ..., "minimum": ...}}``
+(see :class:`ControlSetting`). Each worker then checks their values when
+they are written and hands deciders the value in force (the default while
+the entry is missing or of the wrong type).
 
 The folder is loaded by path, module by module, under the package name
 ``projector_tables`` - never as ``tables``, which belongs to PyTables.
@@ -46,7 +51,7 @@ import inspect
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, Optional
@@ -72,6 +77,103 @@ def default_add(state: dict, contribution: dict) -> dict:
 
 def default_subtract(state: dict, contribution: dict) -> dict:
     return _sum_fields(state, contribution, -1)
+
+
+#: JSON types a control setting may have, and the Python types that hold them.
+SETTING_TYPES: dict[str, tuple[type, ...]] = {
+    "boolean": (bool,),
+    "integer": (int,),
+    "number": (int, float),
+    "string": (str,),
+    "object": (dict,),
+    "array": (list,),
+}
+_SETTING_FIELDS = ("type", "default", "description", "minimum")
+
+
+@dataclass(frozen=True)
+class ControlSetting:
+    """A control key with a meaning: its JSON type, its default and what it does.
+
+    A value of the wrong type is refused when projector writes it, and kept
+    but ignored (the default applies) when something else wrote it.
+    """
+
+    key: str
+    type: str
+    default: Any = None
+    description: str = ""
+    #: For numbers: the smallest value allowed.
+    minimum: Optional[float] = None
+
+    def problem(self, value: Any) -> Optional[str]:
+        """Why ``value`` cannot be this setting's value (None: it can). ``None`` itself is a delete."""
+        kinds = SETTING_TYPES[self.type]
+        ok = isinstance(value, kinds) and (self.type == "boolean" or not isinstance(value, bool))
+        if ok and self.minimum is not None and value < self.minimum:
+            ok = False
+        if ok:
+            return None
+        if self.type == "boolean":
+            return "must be true or false"
+        article = "an" if self.type[0] in "aeiou" else "a"
+        want = f"must be {article} {self.type}"
+        if self.minimum is not None:
+            want += f" >= {self.minimum:g}"
+        if self.default is None:
+            want += ", or null for none"
+        return want
+
+    def value(self, entries: Any) -> Any:
+        """The value in force: the entry if it is valid, else the default."""
+        value = entries.get(self.key)
+        if value is None or self.problem(value):
+            return self.default
+        return value
+
+    @property
+    def schema(self) -> dict[str, Any]:
+        """A JSON schema of the values this setting takes (null deletes the entry)."""
+        schema: dict[str, Any] = {"type": [self.type, "null"], "description": self.description}
+        if self.minimum is not None:
+            schema["minimum"] = self.minimum
+        if self.default is not None:
+            schema["default"] = self.default
+        return schema
+
+
+def control_settings_from_module(module: ModuleType, origin: str = "") -> list[ControlSetting]:
+    """The ``CONTROL`` declaration of a tables/ module, checked."""
+    where = origin or module.__name__
+    declared = getattr(module, "CONTROL", None)
+    if declared is None:
+        return []
+    if not isinstance(declared, dict):
+        raise ReadModelError(f"{where}: CONTROL must be a dict of control key -> {{type, default, description}}")
+    out = []
+    for key, spec in declared.items():
+        if not isinstance(key, str) or not key or not isinstance(spec, dict):
+            raise ReadModelError(f"{where}: CONTROL[{key!r}] must map a non-empty key to a dict")
+        unknown = sorted(set(spec) - set(_SETTING_FIELDS))
+        if unknown:
+            raise ReadModelError(f"{where}: CONTROL[{key!r}] has unknown fields {unknown}; "
+                                 f"a setting has {', '.join(_SETTING_FIELDS)}")
+        kind = spec.get("type")
+        if kind not in SETTING_TYPES:
+            raise ReadModelError(f"{where}: CONTROL[{key!r}] type must be one of {', '.join(SETTING_TYPES)}, "
+                                 f"got {kind!r}")
+        minimum = spec.get("minimum")
+        if minimum is not None and (kind not in ("integer", "number") or not isinstance(minimum, (int, float))):
+            raise ReadModelError(f"{where}: CONTROL[{key!r}] minimum is for integer and number settings")
+        description = spec.get("description", "")
+        if not isinstance(description, str):
+            raise ReadModelError(f"{where}: CONTROL[{key!r}] description must be a string")
+        setting = ControlSetting(key, kind, spec.get("default"), description, minimum)
+        if setting.default is not None and setting.problem(setting.default):
+            raise ReadModelError(f"{where}: CONTROL[{key!r}] default {setting.problem(setting.default)}, "
+                                 f"got {setting.default!r}")
+        out.append(setting)
+    return out
 
 
 @dataclass(frozen=True)
@@ -125,6 +227,8 @@ class Catalog:
     models: list[ReadModel]
     derived: list[DerivedModel]
     modules: list[ModuleType]
+    #: Control settings the modules declare (``CONTROL``), by key.
+    control_settings: dict[str, ControlSetting] = field(default_factory=dict)
 
     @property
     def all(self) -> list[Any]:
@@ -302,13 +406,21 @@ def load_catalog(directory: Optional[Path] = None) -> Catalog:
     derived: list[DerivedModel] = []
     modules: list[ModuleType] = []
     seen: dict[str, Path] = {}
+    settings: dict[str, ControlSetting] = {}
+    setting_origin: dict[str, Path] = {}
     for path in sorted(directory.glob("*.py")):
         if path.name.startswith("_"):
             continue
         module = _load_module(path)
         modules.append(module)
-        if not hasattr(module, "NAME") and (hasattr(module, "UPCASTERS") or hasattr(module, "SCHEMA_VERSIONS")):
-            continue  # a module of upcasters only
+        for setting in control_settings_from_module(module, str(path)):
+            if setting.key in settings:
+                raise ReadModelError(f"{path}: CONTROL key {setting.key!r} is already declared by "
+                                     f"{setting_origin[setting.key]}")
+            settings[setting.key] = setting
+            setting_origin[setting.key] = path
+        if not hasattr(module, "NAME") and any(hasattr(module, a) for a in ("UPCASTERS", "SCHEMA_VERSIONS", "CONTROL")):
+            continue  # a module of upcasters or settings only
         model = read_model_from_module(module, str(path))
         if model.name in seen:
             raise ReadModelError(f"{path}: NAME {model.name!r} is already used by {seen[model.name]}")
@@ -337,4 +449,4 @@ def load_catalog(directory: Optional[Path] = None) -> Catalog:
                 "whose events do not all carry the new key; declare SOURCE, key(row) and contribution(row) "
                 "to re-key a read model"
             )
-    return Catalog(models, derived, modules)
+    return Catalog(models, derived, modules, settings)

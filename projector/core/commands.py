@@ -34,7 +34,6 @@ import datetime
 import logging
 import uuid
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Any, Callable, Generator, Iterable, Mapping, Optional
 
 import orjson
@@ -122,13 +121,6 @@ def check_command(body: Any, catalog: Catalog) -> dict[str, Any]:
 def encode_command(command: dict[str, Any], reply_to: Optional[str]) -> bytes:
     """The command topic's record value: the checked command and where to send the answer."""
     return orjson.dumps({"command": command, "reply_to": reply_to})
-
-
-def settings_view(entries: Mapping[str, Any], max_withdrawal: Optional[int], commands_enabled: bool) -> Mapping[str, Any]:
-    """What a decider sees: the control table, with the built-in keys at the values this worker applies."""
-    return MappingProxyType(
-        {**entries, "accounts.max_withdrawal": max_withdrawal, "commands.enabled": commands_enabled}
-    )
 
 
 def _timestamp(record: Any) -> Optional[str]:

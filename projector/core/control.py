@@ -26,38 +26,35 @@ from typing import Any, Callable, Mapping, Optional
 
 import orjson
 
+from projector.core.catalog import ControlSetting
+
 log = logging.getLogger(__name__)
 
-COMMANDS_ENABLED = "commands.enabled"
-MAX_WITHDRAWAL = "accounts.max_withdrawal"
 #: Longest control key accepted, in UTF-8 bytes.
 MAX_KEY_BYTES = 1024
 
 #: Listener: (key, old value or None, new value or None).
 Listener = Callable[[str, Any, Any], None]
 
+#: projector's own setting; read models declare theirs (``CONTROL``, see :mod:`projector.core.catalog`).
+COMMANDS_ENABLED = "commands.enabled"
+BUILTIN: dict[str, ControlSetting] = {
+    COMMANDS_ENABLED: ControlSetting(
+        COMMANDS_ENABLED, "boolean", True, "false: POST /commands answers 503 commands_disabled (default true)"
+    ),
+}
+
 
 class ControlError(ValueError):
     """A control key or value that projector refuses to write."""
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_commands_enabled(value: Any) -> Optional[str]:
-    return None if isinstance(value, bool) else "must be true or false"
-
-
-def _check_max_withdrawal(value: Any) -> Optional[str]:
-    return None if _is_int(value) and value >= 0 else "must be an integer >= 0, or null for no limit"
-
-
-#: Keys with a meaning to projector, and what their values must be.
-BUILTIN: dict[str, tuple[Callable[[Any], Optional[str]], str]] = {
-    COMMANDS_ENABLED: (_check_commands_enabled, "false: POST /commands answers 503 commands_disabled (default true)"),
-    MAX_WITHDRAWAL: (_check_max_withdrawal, "a Withdraw above it is rejected as over_limit (default: no limit)"),
-}
+def settings_with_builtin(declared: Mapping[str, ControlSetting]) -> dict[str, ControlSetting]:
+    """projector's own settings and the ones read models declare; a read model cannot redefine projector's."""
+    clash = sorted(set(declared) & set(BUILTIN))
+    if clash:
+        raise ControlError(f"control keys {clash} belong to projector; a read model cannot declare them")
+    return {**BUILTIN, **declared}
 
 
 def check_key(key: str) -> str:
@@ -72,16 +69,17 @@ def check_key(key: str) -> str:
     return key
 
 
-def check_entry(key: str, value: Any) -> None:
+def check_entry(key: str, value: Any, settings: Mapping[str, ControlSetting] = BUILTIN) -> None:
     """Refuse, with :class:`ControlError`, what projector's own writers must not write.
 
-    ``value`` ``None`` is a delete and always allowed. Values of the built-in
-    keys must have their documented type; other keys take any JSON value.
+    ``value`` ``None`` is a delete and always allowed. Values of declared
+    ``settings`` must have their declared type; other keys take any JSON value.
     """
     check_key(key)
-    if value is None or key not in BUILTIN:
+    setting = settings.get(key)
+    if value is None or setting is None:
         return
-    problem = BUILTIN[key][0](value)
+    problem = setting.problem(value)
     if problem:
         raise ControlError(f"{key} {problem}, got {orjson.dumps(value).decode()}")
 
@@ -109,7 +107,9 @@ class ControlState:
     missing.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, settings: Mapping[str, ControlSetting] = MappingProxyType({})) -> None:
+        #: Keys with a meaning (projector's and the read models'), whose values are checked.
+        self.settings: dict[str, ControlSetting] = settings_with_builtin(settings)
         self._entries: dict[str, Any] = {}
         #: Read-only view of the entries, for application code and folds.
         self.entries: Mapping[str, Any] = MappingProxyType(self._entries)
@@ -206,8 +206,9 @@ class ControlState:
         if self._key_offsets.get(name, -1) > offset:
             return False  # a later record of this key is applied already
         self._key_offsets[name] = offset
-        if name in BUILTIN and new is not None:
-            problem = BUILTIN[name][0](new)
+        setting = self.settings.get(name)
+        if setting is not None and new is not None:
+            problem = setting.problem(new)
             if problem:
                 # Kept as written (GET /control shows it), but the setting falls back to its default.
                 self.invalid["invalid_setting"] += 1
@@ -282,26 +283,28 @@ class ControlState:
                 self._waiters.discard(waiter)
         return True
 
-    # --- readiness and the built-in settings -------------------------------------------
+    # --- readiness and the declared settings -------------------------------------------
 
     @property
     def caught_up(self) -> bool:
         """True once every record up to the end offset captured at startup is applied."""
         return self.target is not None and self.offset + 1 >= self.target
 
-    def _setting(self, key: str, default: Any) -> Any:
-        value = self._entries.get(key)
-        if value is None or BUILTIN[key][0](value):
-            return default
-        return value
+    def check_entry(self, key: str, value: Any) -> None:
+        """:func:`check_entry` against this table's settings."""
+        check_entry(key, value, self.settings)
+
+    def setting(self, key: str) -> Any:
+        """The value in force of a declared setting: the entry if valid, else its default."""
+        return self.settings[key].value(self._entries)
 
     @property
     def commands_enabled(self) -> bool:
-        return self._setting(COMMANDS_ENABLED, True)
+        return self.setting(COMMANDS_ENABLED)
 
-    @property
-    def max_withdrawal(self) -> Optional[int]:
-        return self._setting(MAX_WITHDRAWAL, None)
+    def settings_view(self) -> Mapping[str, Any]:
+        """What a decider sees: the control table, with every declared setting at the value in force."""
+        return MappingProxyType({**self._entries, **{k: s.value(self._entries) for k, s in self.settings.items()}})
 
     def snapshot(self) -> dict[str, Any]:
         """``{"offset", "entries"}`` as GET /control answers it."""

@@ -13,7 +13,7 @@ from faust.types import TP
 
 from projector.runtime.batching import BatchingTransport
 from projector.runtime.config import Settings
-from projector.core.control import ControlState
+from projector.core.control import ControlState, encode_value
 from projector.runtime.control_table import ControlTable, GapFiller, records_end
 from projector.core.engine import COMMANDS, INDEX, Engine, Plan, members_table
 from projector.runtime.kafka import KAFKA_WRITE_TIMEOUT, BrokerWatch, faust_credentials, quiet_repeated_client_logs
@@ -24,7 +24,7 @@ from projector.core.schemas import Schemas
 from projector.runtime.slicing import TimeSlice
 from projector.runtime.stores import FaustStore, rocksdb_options
 from projector.runtime.topics import replication_configs, command_topic_name, commands_topic_name, repartition_topic_name
-from projector.core.commands import Answer, decide_steps, settings_view
+from projector.core.commands import Answer, decide_steps
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ class Projector:
         self.tables = tables
         self.store = FaustStore(tables)
         # The control table: every worker reads the whole control topic.
-        self.control = ControlState()
+        self.control = ControlState(self.catalog.control_settings)
         self.control_table = self.app.tables.add(
             ControlTable(self.app, topic=settings.control_topic, state=self.control)
         )
@@ -286,7 +286,7 @@ class Projector:
         plan, answers = await slice_.run(decide_steps(
             self.engine, self.catalog, messages,
             events_topic=self.events_topic.get_topic_name(),
-            settings=settings_view(control.entries, control.max_withdrawal, control.commands_enabled),
+            settings=control.settings_view(),
             enabled=control.commands_enabled,
             ready=self.writer_open.__contains__,
         ))
@@ -577,9 +577,7 @@ class Projector:
         ``asyncio.TimeoutError`` when Kafka has not acknowledged it within
         ``timeout`` seconds: it may still be written later.
         """
-        from projector.core.control import check_entry, encode_value
-
-        check_entry(key, value)
+        self.control.check_entry(key, value)
         meta = await self.produce(self.settings.control_topic, key.encode("utf-8"), encode_value(value), 0, timeout)
         return meta.offset
 

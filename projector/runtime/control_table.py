@@ -172,12 +172,15 @@ async def read_control_topic(settings: Settings, timeout: float = 30.0) -> Contr
 
 
 async def write_control_topic(settings: Settings, key: str, value: Any) -> int:
-    """Write one control entry straight to the control topic (``None``: delete); returns its offset."""
+    """Write one control entry straight to the control topic (``None``: delete); returns its offset.
+
+    The caller checks the entry first (:meth:`ControlState.check_entry`, or
+    :func:`projector.core.control.check_entry` with the catalog's settings).
+    """
     from aiokafka import AIOKafkaProducer
 
-    from projector.core.control import check_entry, encode_value
+    from projector.core.control import encode_value
 
-    check_entry(key, value)
     producer = AIOKafkaProducer(**client_options(settings), acks="all")
     try:
         await producer.start()

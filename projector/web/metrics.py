@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from projector.core.control import COMMANDS_ENABLED
 from projector.core.metrics import BATCH_BUCKETS, LAG_BUCKETS, LAG_PROBE_INTERVAL, Metrics
+
+
+def _gauge(value: Any) -> str:
+    return "-1" if value is None else str(int(value) if isinstance(value, bool) else value)
 
 
 def _escape(value: str) -> str:
@@ -154,8 +161,11 @@ def prometheus_text(projector) -> str:
         "# HELP projector_commands_enabled The commands.enabled switch as this worker reads it (1: enabled).",
         "# TYPE projector_commands_enabled gauge",
         f"projector_commands_enabled {int(control.commands_enabled)}",
-        "# HELP projector_max_withdrawal The accounts.max_withdrawal limit as this worker reads it (-1: none).",
-        "# TYPE projector_max_withdrawal gauge",
-        f"projector_max_withdrawal {-1 if control.max_withdrawal is None else control.max_withdrawal}",
+        "# HELP projector_control_setting Each numeric or true/false control setting the read models declare, "
+        "as this worker applies it (-1: no value).",
+        "# TYPE projector_control_setting gauge",
+        *(f'projector_control_setting{{key="{_escape(key)}"}} {_gauge(control.setting(key))}'
+          for key, setting in sorted(control.settings.items())
+          if key != COMMANDS_ENABLED and setting.type in ("integer", "number", "boolean")),
     ]
     return "\n".join(lines) + "\n"

@@ -215,7 +215,7 @@ def test_three_workers_apply_every_entry_whoever_writes_it(worker_factory, names
                          f"{w.name} to read commands.enabled={value}")
         assert http("PUT", f"{workers[2].url}/control/accounts.max_withdrawal", 250)[0] == 202
         for w in workers:
-            wait_for(lambda: prometheus(w.url)["projector_max_withdrawal"] == 250, 30,
+            wait_for(lambda: prometheus(w.url)['projector_control_setting{key="accounts.max_withdrawal"}'] == 250, 30,
                      f"{w.name} to read accounts.max_withdrawal=250")
     finally:
         writer.close()

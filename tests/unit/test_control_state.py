@@ -15,17 +15,21 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from projector.core.catalog import ControlSetting, load_catalog
 from projector.core.control import (
     BUILTIN,
     COMMANDS_ENABLED,
     MAX_KEY_BYTES,
-    MAX_WITHDRAWAL,
     ControlError,
     ControlState,
     check_entry,
     check_key,
     encode_value,
 )
+
+#: The demo's read models declare accounts.setting(MAX_WITHDRAWAL) (tables/accounts.py, CONTROL).
+DECLARED = load_catalog().control_settings
+MAX_WITHDRAWAL = "accounts.max_withdrawal"
 
 PROPS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -235,23 +239,51 @@ def test_invalid_records_do_not_stop_later_ones():
     assert (s.offset, s.records) == (3, 4)
 
 
-# --- the built-in settings -----------------------------------------------------------------------
+# --- the declared settings -----------------------------------------------------------------------
 
 
-def test_builtin_keys_are_the_documented_two():
-    assert set(BUILTIN) == {"commands.enabled", "accounts.max_withdrawal"}
-    assert (COMMANDS_ENABLED, MAX_WITHDRAWAL) == ("commands.enabled", "accounts.max_withdrawal")
+def test_projector_has_one_setting_and_the_demo_declares_the_other():
+    assert set(BUILTIN) == {COMMANDS_ENABLED} == {"commands.enabled"}
+    assert set(DECLARED) == {MAX_WITHDRAWAL}
+    assert set(ControlState(DECLARED).settings) == {"commands.enabled", "accounts.max_withdrawal"}
+
+
+def test_a_read_model_cannot_redeclare_projectors_setting():
+    with pytest.raises(ControlError, match="commands.enabled"):
+        ControlState({COMMANDS_ENABLED: ControlSetting(COMMANDS_ENABLED, "integer")})
+
+
+def test_an_undeclared_key_takes_any_value_and_a_declared_one_its_type():
+    s = ControlState(DECLARED)
+    s.check_entry("anything", {"x": [1]})
+    s.check_entry(MAX_WITHDRAWAL, 0)
+    s.check_entry(MAX_WITHDRAWAL, None)  # a delete
+    with pytest.raises(ControlError, match="must be an integer >= 0"):
+        s.check_entry(MAX_WITHDRAWAL, -1)
+    with pytest.raises(ControlError, match="must be true or false"):
+        s.check_entry(COMMANDS_ENABLED, 1)
+    ControlState().check_entry(MAX_WITHDRAWAL, -1)  # without the demo's declaration: any value
+
+
+def test_deciders_see_every_declared_setting_at_its_value_in_force():
+    s = ControlState(DECLARED)
+    s.apply(b"other", b'"x"', 0)
+    s.apply(MAX_WITHDRAWAL.encode(), b"-5", 1)  # invalid: the default (no limit) is in force
+    assert dict(s.settings_view()) == {"other": "x", MAX_WITHDRAWAL: None, COMMANDS_ENABLED: True}
+    s.apply(MAX_WITHDRAWAL.encode(), b"70", 2)
+    s.apply(COMMANDS_ENABLED.encode(), b"false", 3)
+    assert dict(s.settings_view()) == {"other": "x", MAX_WITHDRAWAL: 70, COMMANDS_ENABLED: False}
 
 
 def test_defaults_with_an_empty_table():
-    s = ControlState()
+    s = ControlState(DECLARED)
     assert s.commands_enabled is True
-    assert s.max_withdrawal is None
+    assert s.setting(MAX_WITHDRAWAL) is None
 
 
 @pytest.mark.parametrize("bad", ["x", "false", "true", 0, 1, [False], {"enabled": False}])
 def test_a_wrongly_typed_commands_enabled_is_kept_but_falls_back_to_true(bad):
-    s = ControlState()
+    s = ControlState(DECLARED)
     assert s.apply(COMMANDS_ENABLED.encode(), j(bad), 0) is True
     assert s.entries[COMMANDS_ENABLED] == bad
     assert s.invalid == {"invalid_setting": 1}
@@ -260,16 +292,16 @@ def test_a_wrongly_typed_commands_enabled_is_kept_but_falls_back_to_true(bad):
 
 @pytest.mark.parametrize("bad", [-1, 1.5, 500.0, True, False, "500", [500], {"max": 1}])
 def test_a_wrongly_typed_max_withdrawal_is_kept_but_falls_back_to_no_limit(bad):
-    s = ControlState()
+    s = ControlState(DECLARED)
     assert s.apply(MAX_WITHDRAWAL.encode(), j(bad), 0) is True
     assert s.entries[MAX_WITHDRAWAL] == bad
     assert type(s.entries[MAX_WITHDRAWAL]) is type(bad)
     assert s.invalid == {"invalid_setting": 1}
-    assert s.max_withdrawal is None
+    assert s.setting(MAX_WITHDRAWAL) is None
 
 
 def test_valid_builtin_values_take_effect_and_a_delete_restores_the_default():
-    s = ControlState()
+    s = ControlState(DECLARED)
     s.apply(COMMANDS_ENABLED.encode(), b"false", 0)
     assert s.commands_enabled is False
     s.apply(COMMANDS_ENABLED.encode(), b"true", 1)
@@ -279,22 +311,22 @@ def test_valid_builtin_values_take_effect_and_a_delete_restores_the_default():
     assert s.commands_enabled is True
 
     s.apply(MAX_WITHDRAWAL.encode(), b"500", 4)
-    assert s.max_withdrawal == 500
+    assert s.setting(MAX_WITHDRAWAL) == 500
     s.apply(MAX_WITHDRAWAL.encode(), b"0", 5)
-    assert s.max_withdrawal == 0
-    assert s.max_withdrawal is not None
+    assert s.setting(MAX_WITHDRAWAL) == 0
+    assert s.setting(MAX_WITHDRAWAL) is not None
     s.apply(MAX_WITHDRAWAL.encode(), b"null", 6)
-    assert s.max_withdrawal is None
+    assert s.setting(MAX_WITHDRAWAL) is None
     assert MAX_WITHDRAWAL not in s.entries
     assert s.invalid == {}
 
 
 def test_a_bad_setting_then_a_good_one_recovers():
-    s = ControlState()
+    s = ControlState(DECLARED)
     s.apply(MAX_WITHDRAWAL.encode(), b"-1", 0)
-    assert s.max_withdrawal is None
+    assert s.setting(MAX_WITHDRAWAL) is None
     s.apply(MAX_WITHDRAWAL.encode(), b"250", 1)
-    assert s.max_withdrawal == 250
+    assert s.setting(MAX_WITHDRAWAL) == 250
     s.apply(COMMANDS_ENABLED.encode(), b'"no"', 2)
     assert s.commands_enabled is True
     s.apply(COMMANDS_ENABLED.encode(), b"false", 3)
@@ -303,10 +335,10 @@ def test_a_bad_setting_then_a_good_one_recovers():
 
 
 def test_a_malformed_builtin_value_keeps_the_previous_setting():
-    s = ControlState()
+    s = ControlState(DECLARED)
     s.apply(MAX_WITHDRAWAL.encode(), b"300", 0)
     s.apply(MAX_WITHDRAWAL.encode(), b"30O", 1)  # a typo: not JSON
-    assert s.max_withdrawal == 300
+    assert s.setting(MAX_WITHDRAWAL) == 300
     assert s.invalid == {"invalid_json": 1}
 
 
@@ -314,7 +346,7 @@ def test_a_malformed_builtin_value_keeps_the_previous_setting():
 
 
 def test_offset_starts_at_minus_one_and_follows_applied_records():
-    s = ControlState()
+    s = ControlState(DECLARED)
     assert (s.offset, s.records) == (-1, 0)
     s.apply(b"a", b"1", 0)
     assert s.offset == 0
@@ -343,7 +375,7 @@ def test_a_record_at_or_below_the_offset_is_skipped(replayed):
 
 
 def test_not_caught_up_while_the_target_is_unknown():
-    s = ControlState()
+    s = ControlState(DECLARED)
     assert s.caught_up is False
     s.apply(b"a", b"1", 0)
     s.apply(b"a", b"2", 100)
@@ -352,13 +384,13 @@ def test_not_caught_up_while_the_target_is_unknown():
 
 
 def test_target_zero_is_caught_up_at_once():
-    s = ControlState()
+    s = ControlState(DECLARED)
     s.target = 0
     assert s.caught_up is True
 
 
 def test_caught_up_once_offset_plus_one_reaches_the_target():
-    s = ControlState()
+    s = ControlState(DECLARED)
     s.target = 3
     assert s.caught_up is False
     s.apply(b"a", b"1", 0)
@@ -371,7 +403,7 @@ def test_caught_up_once_offset_plus_one_reaches_the_target():
 
 
 def test_caught_up_when_offsets_jump_past_the_target():
-    s = ControlState()
+    s = ControlState(DECLARED)
     s.target = 10  # compaction removed offsets 0..8
     s.apply(b"a", b"1", 9)
     assert s.caught_up is False, "0..8 may hold records not delivered yet"
@@ -427,7 +459,7 @@ def test_a_nested_json_type_change_is_applied(before, after):
 
 
 def test_unsubscribe_stops_notifications_and_is_idempotent():
-    s = ControlState()
+    s = ControlState(DECLARED)
     first, second = Recorder(), Recorder()
     unsub_first = s.subscribe(first)
     s.subscribe(second)
@@ -440,7 +472,7 @@ def test_unsubscribe_stops_notifications_and_is_idempotent():
 
 
 def test_listeners_are_called_in_subscription_order():
-    s = ControlState()
+    s = ControlState(DECLARED)
     calls: list[str] = []
     s.subscribe(lambda k, o, n: calls.append("one"))
     s.subscribe(lambda k, o, n: calls.append("two"))
@@ -449,7 +481,7 @@ def test_listeners_are_called_in_subscription_order():
 
 
 def test_a_failing_listener_is_counted_and_the_others_still_run():
-    s = ControlState()
+    s = ControlState(DECLARED)
 
     def boom(key, old, new):
         raise RuntimeError(f"listener broke on {key}")
@@ -468,7 +500,7 @@ def test_a_failing_listener_is_counted_and_the_others_still_run():
 
 
 def test_a_listener_sees_the_table_already_changed():
-    s = ControlState()
+    s = ControlState(DECLARED)
     seen: list[dict] = []
     s.subscribe(lambda k, o, n: seen.append(dict(s.entries)))
     s.apply(b"a", b"1", 0)
@@ -480,7 +512,7 @@ def test_a_listener_sees_the_table_already_changed():
 
 
 def test_wait_for_an_applied_offset_returns_true_at_once():
-    s = ControlState()
+    s = ControlState(DECLARED)
     s.apply(b"a", b"1", 4)
     s.resolve(0, 4)
 
@@ -495,7 +527,7 @@ def test_wait_for_an_applied_offset_returns_true_at_once():
 
 
 def test_wait_wakes_when_another_task_applies_the_record():
-    s = ControlState()
+    s = ControlState(DECLARED)
 
     async def writer() -> None:
         await asyncio.sleep(0.02)
@@ -520,7 +552,7 @@ def test_wait_wakes_when_another_task_applies_the_record():
 
 
 def test_an_invalid_record_at_the_offset_also_ends_the_wait():
-    s = ControlState()
+    s = ControlState(DECLARED)
 
     async def main() -> bool:
         async def writer() -> None:
@@ -537,7 +569,7 @@ def test_an_invalid_record_at_the_offset_also_ends_the_wait():
 
 
 def test_every_waiter_is_woken():
-    s = ControlState()
+    s = ControlState(DECLARED)
 
     async def main() -> list[bool]:
         async def writer() -> None:
@@ -553,7 +585,7 @@ def test_every_waiter_is_woken():
 
 
 def test_wait_times_out_when_nothing_arrives():
-    s = ControlState()
+    s = ControlState(DECLARED)
 
     async def main() -> tuple[bool, float]:
         loop = asyncio.get_running_loop()
@@ -567,7 +599,7 @@ def test_wait_times_out_when_nothing_arrives():
 
 
 def test_wait_times_out_when_only_earlier_records_arrive():
-    s = ControlState()
+    s = ControlState(DECLARED)
 
     async def main() -> bool:
         async def writer() -> None:
@@ -586,7 +618,7 @@ def test_wait_times_out_when_only_earlier_records_arrive():
 
 
 def test_a_timed_out_wait_does_not_break_a_wait_in_a_later_event_loop():
-    s = ControlState()
+    s = ControlState(DECLARED)
     assert asyncio.run(s.wait_for_offset(0, 0.01)) is False
     assert asyncio.run(s.wait_for_offset(0, 0.01)) is False
 
@@ -668,9 +700,9 @@ def test_check_entry_accepts(key, value):
         (MAX_WITHDRAWAL, {"max": 5}, '{"max":5}'),
     ],
 )
-def test_check_entry_refuses_wrongly_typed_builtin_values(key, value, shown):
+def test_check_entry_refuses_wrongly_typed_setting_values(key, value, shown):
     with pytest.raises(ControlError) as info:
-        check_entry(key, value)
+        check_entry(key, value, ControlState(DECLARED).settings)
     message = str(info.value)
     assert message.startswith(f"{key} must be ")
     assert message.endswith(f"got {shown}")
@@ -688,10 +720,10 @@ def test_check_entry_agrees_with_what_apply_counts_as_invalid_setting():
     values = [True, False, 0, 1, -1, 1.5, "x", None, [1], {"a": 1}, 10**6]
     for key in (COMMANDS_ENABLED, MAX_WITHDRAWAL):
         for value in values:
-            s = ControlState()
+            s = ControlState(DECLARED)
             s.apply(key.encode(), j(value), 0)
             try:
-                check_entry(key, value)
+                check_entry(key, value, ControlState(DECLARED).settings)
                 refused = False
             except ControlError:
                 refused = True
@@ -798,7 +830,7 @@ def test_property_compacted_log_gives_the_same_entries(log, drop_tombstones):
 @PROPS
 @given(logs())
 def test_property_entries_equal_last_write_wins_none_deletes(log):
-    s = ControlState()
+    s = ControlState(DECLARED)
     apply_all(s, log)
     expected = model(log)
     assert dict(s.entries) == expected
@@ -818,7 +850,7 @@ noisy_values = st.one_of(record_values, malformed)
 @PROPS
 @given(logs(values=noisy_values, keys=noisy_keys))
 def test_property_invalid_records_are_skipped_and_counted(log):
-    s = ControlState()
+    s = ControlState(DECLARED)
     apply_all(s, log)
     assert dict(s.entries) == model(log)
     bad_keys = sum(1 for k, _, _ in log if k in (b"", b"bad\nkey"))
@@ -874,7 +906,7 @@ def test_property_encode_value_round_trips(value):
         return
     assert isinstance(raw, bytes)
     assert orjson.loads(raw) == value
-    s = ControlState()
+    s = ControlState(DECLARED)
     s.apply(b"k", raw, 0)
     assert s.entries["k"] == value
 
@@ -905,7 +937,7 @@ def test_a_late_older_record_never_overwrites_a_newer_one():
 
 
 def test_note_end_marks_the_unseen_tail_missing():
-    s = ControlState()
+    s = ControlState(DECLARED)
     s.apply(b"a", b"1", 0)
     s.note_end(4)
     assert (s.seen, s.offset, s.missing) == (3, 0, [(1, 4)])
@@ -924,7 +956,7 @@ def test_property_any_delivery_order_gives_the_in_order_table(log, rnd):
     apply_all(in_order, log)
     shuffled = list(log) + [r for r in log if rnd.random() < 0.3]
     rnd.shuffle(shuffled)
-    s = ControlState()
+    s = ControlState(DECLARED)
     apply_all(s, shuffled)
     assert dict(s.entries) == dict(in_order.entries)
     assert {k: strict(v) for k, v in s.entries.items()} == {k: strict(v) for k, v in in_order.entries.items()}
@@ -936,7 +968,7 @@ def test_property_any_delivery_order_gives_the_in_order_table(log, rnd):
 def test_property_dropped_records_are_found_by_rereading_the_missing_ranges(log, data):
     """Drop any records on the way; re-reading what is missing from the log gives the full table."""
     dropped = set(data.draw(st.sets(st.sampled_from(range(len(log))))) if log else set())
-    s = ControlState()
+    s = ControlState(DECLARED)
     for i, (k, v, o) in enumerate(log):
         if i not in dropped:
             s.apply(k, v, o)
