@@ -1,8 +1,15 @@
-"""Rows in Faust's changelog-backed RocksDB tables.
+"""Rows of the tables, by table, partition and key: on RocksDB through Faust, or in memory.
 
-This is the one place that touches Faust's table and store internals. The
-engine's writes go straight into each partition's RocksDB database, in one
-``WriteBatch`` per table and partition together with the changelog offset
+:class:`WritableStore` is the one interface: the engine's read half
+(:class:`projector.core.engine.Store`: ``get``, ``scan``) and the worker's
+write half (``write``, ``clear_partition``, the changelog topic and offset).
+:class:`FaustStore` implements it over Faust's changelog-backed RocksDB
+tables, :class:`MemoryStore` in memory (tests, tools); the store tests run on
+both.
+
+FaustStore is the one place that touches Faust's table and store internals.
+The engine's writes go straight into each partition's RocksDB database, in
+one ``WriteBatch`` per table and partition together with the changelog offset
 they reach, and to the changelog with the partition given explicitly, so a
 batch that spans partitions never writes a key into the wrong partition
 (Faust's ``table[key] = value`` uses whichever event is current).
@@ -10,9 +17,14 @@ batch that spans partitions never writes a key into the wrong partition
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Optional
+import bisect
+from collections import defaultdict
+from typing import Any, Iterator, Mapping, Optional, Protocol
 
 import rocksdict
+from faust.types import TP
+
+from projector.core.engine import Store
 
 #: RocksDB sizes per partition database. rocksdict's defaults through Faust
 #: reserve a 2 GiB block cache and 3 x 64 MiB write buffers for *each* one.
@@ -31,8 +43,39 @@ def rocksdb_options() -> dict[str, Any]:
     return dict(ROCKSDB_OPTIONS, driver="rocksdict")
 
 
+class WritableStore(Store, Protocol):
+    """The rows of every table partition, and the changelog offset each one has reached.
+
+    ``get`` and ``scan`` (from :class:`Store`) see rows only: never the stored
+    changelog offset. ``scan`` yields the keys with ``prefix`` in key order,
+    from ``start`` if given (a key with that prefix).
+    """
+
+    def write(
+        self, table: str, partition: int, items: Mapping[bytes, Optional[bytes]], changelog_offset: Optional[int]
+    ) -> None:
+        """Write ``items`` (``None`` deletes) and, if given, the changelog offset they reach, atomically."""
+        ...
+
+    def clear_partition(self, table: str, partition: int) -> int:
+        """Delete every row of one table partition and its changelog offset; returns the rows deleted."""
+        ...
+
+    def changelog_topic(self, table: str) -> str:
+        """The name of the table's changelog topic."""
+        ...
+
+    def changelog_offset(self, table: str, partition: int) -> Optional[int]:
+        """The changelog offset stored with the partition's rows by :meth:`write`, if any."""
+        ...
+
+
+def _scan_from(prefix: bytes, start: Optional[bytes]) -> bytes:
+    return prefix if start is None or start < prefix else start
+
+
 class FaustStore:
-    """The engine's :class:`projector.engine.Store` over Faust tables, by table name."""
+    """:class:`WritableStore` over Faust tables (``store="rocksdb://"``), by table name."""
 
     def __init__(self, tables: dict[str, Any]) -> None:
         self.tables = tables
@@ -46,6 +89,10 @@ class FaustStore:
     def changelog_topic(self, table: str) -> str:
         return self.tables[table].changelog_topic.get_topic_name()
 
+    def changelog_offset(self, table: str, partition: int) -> Optional[int]:
+        # Where Faust's recovery reads it (``Store.persisted_offset``).
+        return self._store(table).persisted_offset(TP(self.changelog_topic(table), partition))
+
     def get(self, table: str, partition: int, key: bytes) -> Optional[bytes]:
         return self._db(table, partition).get(key)
 
@@ -53,10 +100,12 @@ class FaustStore:
         self, table: str, partition: int, prefix: bytes, start: Optional[bytes] = None
     ) -> Iterator[tuple[bytes, bytes]]:
         """Keys with ``prefix`` in order, from ``start`` (a key with that prefix) if given."""
-        for key, value in self._db(table, partition).items(from_key=start or prefix):
+        offset_key = self._store(table).offset_key
+        for key, value in self._db(table, partition).items(from_key=_scan_from(prefix, start)):
             if not key.startswith(prefix):
                 break
-            yield key, value
+            if key != offset_key:
+                yield key, value
 
     def clear_partition(self, table: str, partition: int) -> int:
         """Delete every row of one table partition, and its changelog offset; returns the rows deleted."""
@@ -64,17 +113,20 @@ class FaustStore:
         db = store._db_for_partition(partition)
         deleted = 0
         batch = rocksdict.WriteBatch(raw_mode=True)
-        for key in db.keys():
+        for n, key in enumerate(db.keys(), 1):
             batch.delete(key)
-            deleted += 1
+            if key != store.offset_key:
+                deleted += 1
             store._key_index.pop(key, None)
-            if deleted % 10_000 == 0:
+            if n % 10_000 == 0:
                 db.write(batch)
                 batch = rocksdict.WriteBatch(raw_mode=True)
         db.write(batch)
         return deleted
 
-    def write(self, table: str, partition: int, items: dict[bytes, Optional[bytes]], changelog_offset: Optional[int]) -> None:
+    def write(
+        self, table: str, partition: int, items: Mapping[bytes, Optional[bytes]], changelog_offset: Optional[int]
+    ) -> None:
         """Write ``items`` (``None`` deletes) and the changelog offset they reach, atomically."""
         # Faust's per-key partition index (``store._key_index``, a locked LRU
         # cache) serves only its own ``table[key]`` API, which projector never
@@ -90,3 +142,80 @@ class FaustStore:
         if changelog_offset is not None:
             batch.put(store.offset_key, str(changelog_offset).encode())
         store._db_for_partition(partition).write(batch)
+
+    def close(self) -> None:
+        """Close every open partition database (Faust's own ``stop`` leaves them to the garbage collector)."""
+        for table in self.tables.values():
+            dbs = table.data._dbs
+            for db in dbs.values():
+                db.close()
+            dbs.clear()
+
+
+class MemoryStore:
+    """:class:`WritableStore` in memory: (table, partition) -> {key: bytes}, with its keys kept sorted."""
+
+    def __init__(self, app_id: str = "memory") -> None:
+        self.app_id = app_id
+        self.data: dict[tuple[str, int], dict[bytes, bytes]] = defaultdict(dict)
+        self.sorted_keys: dict[tuple[str, int], list[bytes]] = defaultdict(list)
+        self.offsets: dict[tuple[str, int], int] = {}
+
+    def changelog_topic(self, table: str) -> str:
+        # Faust's name for it.
+        return f"{self.app_id}-{table}-changelog"
+
+    def changelog_offset(self, table: str, partition: int) -> Optional[int]:
+        return self.offsets.get((table, partition))
+
+    def get(self, table: str, partition: int, key: bytes) -> Optional[bytes]:
+        rows = self.data.get((table, partition))
+        return rows.get(key) if rows else None
+
+    def scan(
+        self, table: str, partition: int, prefix: bytes, start: Optional[bytes] = None
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """Keys with ``prefix`` in order, from ``start`` (a key with that prefix) if given.
+
+        The rows are read before the first one is yielded, as a RocksDB
+        iterator reads one snapshot: writes meanwhile do not show.
+        """
+        slot = (table, partition)
+        keys = self.sorted_keys.get(slot)
+        if not keys:
+            return iter(())
+        rows = self.data[slot]
+        i = bisect.bisect_left(keys, _scan_from(prefix, start))
+        out = []
+        while i < len(keys) and keys[i].startswith(prefix):
+            out.append((keys[i], rows[keys[i]]))
+            i += 1
+        return iter(out)
+
+    def put(self, table: str, partition: int, key: bytes, value: Optional[bytes]) -> None:
+        """Write one row (``None`` deletes)."""
+        slot = (table, partition)
+        keys = self.sorted_keys[slot]
+        rows = self.data[slot]
+        if value is None:
+            if key in rows:
+                del rows[key]
+                keys.pop(bisect.bisect_left(keys, key))
+            return
+        if key not in rows:
+            bisect.insort(keys, key)
+        rows[key] = value
+
+    def write(
+        self, table: str, partition: int, items: Mapping[bytes, Optional[bytes]], changelog_offset: Optional[int]
+    ) -> None:
+        for key, value in items.items():
+            self.put(table, partition, key, value)
+        if changelog_offset is not None:
+            self.offsets[(table, partition)] = changelog_offset
+
+    def clear_partition(self, table: str, partition: int) -> int:
+        slot = (table, partition)
+        self.offsets.pop(slot, None)
+        self.sorted_keys.pop(slot, None)
+        return len(self.data.pop(slot, {}))

@@ -1,4 +1,4 @@
-"""An in-memory Store and a driver that runs the Engine the way the worker does.
+"""An in-memory store and a driver that runs the Engine the way the worker does.
 
 After each plan the driver applies ``plan.writes`` to the store (deleting on
 ``None``), as the worker does once Kafka has acked the plan, and turns the
@@ -7,11 +7,10 @@ plan's sends to repartition topics into records for ``engine.plan_derived``.
 
 from __future__ import annotations
 
-import bisect
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import orjson
 
@@ -21,6 +20,7 @@ from projector.core import index as agg
 from projector.core.engine import INDEX, Engine, Plan, Send
 from projector.core.partitioning import partition_for
 from projector.core.catalog import Catalog, load_catalog
+from projector.runtime.stores import MemoryStore
 
 TABLES_DIR = Path(__file__).resolve().parents[2] / "tables"
 PARTITIONS = 4
@@ -39,43 +39,12 @@ class Rec:
     value: Optional[bytes]
 
 
-class MemStore:
-    """(table, partition, key) -> bytes, with a sorted-prefix scan per (table, partition)."""
-
-    def __init__(self) -> None:
-        self.data: dict[tuple[str, int], dict[bytes, bytes]] = defaultdict(dict)
-        self.sorted_keys: dict[tuple[str, int], list[bytes]] = defaultdict(list)
-
-    def get(self, table: str, partition: int, key: bytes) -> Optional[bytes]:
-        return self.data.get((table, partition), {}).get(key)
-
-    def scan(self, table: str, partition: int, prefix: bytes, start: Optional[bytes] = None) -> Iterator[tuple[bytes, bytes]]:
-        keys = self.sorted_keys.get((table, partition), [])
-        i = bisect.bisect_left(keys, start or prefix)
-        rows = self.data[(table, partition)]
-        out = []
-        while i < len(keys) and keys[i].startswith(prefix):
-            out.append((keys[i], rows[keys[i]]))
-            i += 1
-        return iter(out)
-
-    def put(self, table: str, partition: int, key: bytes, value: Optional[bytes]) -> None:
-        slot = (table, partition)
-        keys = self.sorted_keys[slot]
-        rows = self.data[slot]
-        if value is None:
-            if key in rows:
-                del rows[key]
-                keys.pop(bisect.bisect_left(keys, key))
-            return
-        if key not in rows:
-            bisect.insort(keys, key)
-        rows[key] = value
+class MemStore(MemoryStore):
+    """:class:`projector.runtime.stores.MemoryStore`, with what the tests read of it."""
 
     def apply(self, plan: Plan) -> None:
         for (table, partition), items in plan.writes.items():
-            for key, value in items.items():
-                self.put(table, partition, key, value)
+            self.write(table, partition, items, None)
 
     def state(self) -> dict[tuple[str, int, bytes], bytes]:
         """Everything, for comparing whole stores."""
