@@ -39,9 +39,10 @@ from typing import Any, Callable, Generator, Iterable, Mapping, Optional
 import orjson
 
 from projector.core import index as agg
-from projector.core.decider import InvalidCommand, Rejected
-from projector.core.engine import COMMANDS, INDEX, Engine, Plan, Send, _Batch, _Pending, _Touched
-from projector.core.envelope import InvalidRecord, decode_record
+from projector.core.errors import InvalidCommand, Rejected
+from projector.core.engine import COMMANDS, INDEX, Batch, Engine, Pending, Plan, Send
+from projector.core.envelope import decode_record
+from projector.core.errors import InvalidRecord
 from projector.core.catalog import Catalog
 
 log = logging.getLogger(__name__)
@@ -177,8 +178,7 @@ def decide_steps(
     partition of the events topic. The plan's ``appends`` (the decided
     events) must be acknowledged by Kafka before any of its writes.
     """
-    batch = _Batch(engine.store)
-    touched: dict[tuple[int, str], _Touched] = {}
+    batch = engine.begin()
     appends: list[Send] = []
     answers: list[Answer] = []
     deciders = catalog.deciders
@@ -196,19 +196,18 @@ def decide_steps(
             log.error("skipping command record %s/%d/%d: %r", record.topic, record.partition, record.offset, exc)
             engine.metrics.commands["unreadable"] += 1
             continue
-        answer = _decide_one(engine, batch, touched, appends, deciders, record, command, events_topic,
+        answer = _decide_one(engine, batch, appends, deciders, record, command, events_topic,
                              settings, enabled, ready)
         answer.reply_to = reply_to if isinstance(reply_to, str) else None
         engine.metrics.commands["replayed" if answer.replayed else answer.body.get("error", "accepted")] += 1
         answers.append(answer)
-    yield from engine._emit_derived(batch, touched, every)
-    plan = yield from batch.finish_steps(every * 2)
+    plan = yield from engine.finish_steps(batch, every)
     plan.appends = appends
     return plan, answers
 
 
 def _decide_one(
-    engine: Engine, batch: _Batch, touched: dict, appends: list[Send], deciders: dict, record: Any,
+    engine: Engine, batch: Batch, appends: list[Send], deciders: dict, record: Any,
     command: dict[str, Any], events_topic: str, settings: Mapping[str, Any], enabled: bool,
     ready: Callable[[int], bool],
 ) -> Answer:
@@ -267,7 +266,7 @@ def _decide_one(
     except InvalidRecord as exc:
         return Answer(command_id, 422, _error(command_id, "rejected", reason="invalid_event", detail=exc.message))
     sends_before = len(batch.plan.sends)
-    engine._fold(batch, touched, partition, aid, meta, [_Pending(originals, events, key, value, source)], replay=False)
+    engine.fold(batch, partition, aid, meta, [Pending(originals, events, key, value, source)])
     if meta.version != envelopes[-1]["version"]:
         # A read model's fold refused the decided events: append nothing, and
         # take back the dead letter the engine wrote for them.

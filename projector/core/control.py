@@ -26,6 +26,7 @@ from typing import Any, Callable, Mapping, Optional
 
 import orjson
 
+from projector.core.errors import ControlError
 from projector.core.catalog import ControlSetting
 
 log = logging.getLogger(__name__)
@@ -43,10 +44,6 @@ BUILTIN: dict[str, ControlSetting] = {
         COMMANDS_ENABLED, "boolean", True, "false: POST /commands answers 503 commands_disabled (default true)"
     ),
 }
-
-
-class ControlError(ValueError):
-    """A control key or value that projector refuses to write."""
 
 
 def settings_with_builtin(declared: Mapping[str, ControlSetting]) -> dict[str, ControlSetting]:

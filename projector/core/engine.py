@@ -25,10 +25,11 @@ import orjson
 
 from projector.core import index as agg
 from projector.core.derived import Contribution, apply_change, change_messages, contribution_of, member_key
-from projector.core.envelope import Event, InvalidRecord, decode_record
+from projector.core.envelope import Event, decode_record
+from projector.core.errors import InvalidRecord
 from projector.core.metrics import Metrics
 from projector.core.partitioning import partition_for
-from projector.core.fold import FOLD_ERROR, NO_CONTROL, RecordRejected, apply_record
+from projector.core.fold import FOLD_ERROR, NO_CONTROL, apply_record
 from projector.core.catalog import Catalog, DerivedModel
 from projector.core.schemas import Schemas
 
@@ -45,6 +46,18 @@ HEADER_SOURCE = "projector.source"
 
 def members_table(model: DerivedModel) -> str:
     return f"_{model.name}_members"
+
+
+def tables_of(catalog: Catalog) -> list[tuple[str, str]]:
+    """Every table a worker keeps for ``catalog``, with its description: the read models and projector's own."""
+    out = [(m.name, m.description) for m in catalog.models]
+    out += [
+        (INDEX, "projector's aggregate index: versions, events and parked records per aggregate"),
+        (COMMANDS, "the command side's answers by command id, for retries"),
+    ]
+    for d in catalog.derived:
+        out += [(d.name, d.description), (members_table(d), f"members of {d.name} and their last contributions")]
+    return out
 
 
 class Store(Protocol):
@@ -106,7 +119,7 @@ def accepted_answer(command_id: str, aggregate_id: str, envelopes: Sequence[dict
     }
 
 
-class _Batch:
+class Batch:
     """Reads through the pending writes of this batch, then the store.
 
     Rows written as JSON stay Python objects until :meth:`finish` encodes
@@ -117,6 +130,8 @@ class _Batch:
         self.store = store
         self.plan = Plan()
         self.objects: dict[tuple[str, int], dict[bytes, Any]] = {}
+        #: Source rows whose derived contributions changed in this batch, by (partition, aggregate id).
+        self.touched: dict[tuple[int, str], Touched] = {}
 
     def _pending(self, table: str, partition: int, key: bytes) -> tuple[bool, Any, bool]:
         """(found, value, is_object) among this batch's writes."""
@@ -157,7 +172,7 @@ class _Batch:
         return sorted(found.items())
 
     def finish(self) -> Plan:
-        return _run_steps(self.finish_steps())
+        return run_steps(self.finish_steps())
 
     def finish_steps(self, every: int = 64) -> Generator[None, None, Plan]:
         """Encode every row kept as an object, yielding every ``every`` rows; returns the plan."""
@@ -174,7 +189,7 @@ class _Batch:
         return self.plan
 
 
-def _run_steps(steps: Generator[None, None, Any]) -> Any:
+def run_steps(steps: Generator[None, None, Any]) -> Any:
     """Run a generator of steps to its end and return its value."""
     while True:
         try:
@@ -183,7 +198,7 @@ def _run_steps(steps: Generator[None, None, Any]) -> Any:
             return done.value
 
 
-class _Pending:
+class Pending:
     """A decoded record waiting to be folded with the rest of its aggregate's."""
 
     __slots__ = ("originals", "events", "key", "value", "_source")
@@ -203,7 +218,7 @@ class _Pending:
 
 
 @dataclass
-class _Touched:
+class Touched:
     """A source row's derived contributions at the start of the batch, and now."""
 
     old: dict[str, Contribution]
@@ -255,7 +270,7 @@ class Engine:
         each aggregate's index entry and rows are read once, folded in memory
         through all its records, and written once.
         """
-        return _run_steps(self.plan_steps(records, commands))
+        return run_steps(self.plan_steps(records, commands))
 
     def plan_steps(
         self, records: Iterable[Record], commands: Iterable[Record] = (), every: int = 32
@@ -266,9 +281,8 @@ class Engine:
         its event loop back whenever a time slice is used up: a large batch
         does not hold up HTTP requests for the whole time it takes to fold.
         """
-        batch = _Batch(self.store)
-        touched: dict[tuple[int, str], _Touched] = {}
-        groups: dict[tuple[int, str], list[_Pending]] = {}
+        batch = Batch(self.store)
+        groups: dict[tuple[int, str], list[Pending]] = {}
         upcast_all = self.schemas.upcast_all
         n = 0
         for record in records:
@@ -283,7 +297,7 @@ class Engine:
                 source = f"{record.topic}/{record.partition}/{record.offset}"
                 self._deadletter(batch, record.key, record.value, exc.reason, exc.message, source)
                 continue
-            pending = _Pending(originals, events, record.key, record.value, record)
+            pending = Pending(originals, events, record.key, record.value, record)
             slot = (record.partition, events[0].aggregate_id)
             group = groups.get(slot)
             if group is None:
@@ -297,23 +311,30 @@ class Engine:
                 n = 0
                 yield
             meta = agg.Meta.from_json(batch.get_json(INDEX, partition, agg.meta_key(aid)))
-            self._fold(batch, touched, partition, aid, meta, pendings, replay=False)
+            self.fold(batch, partition, aid, meta, pendings)
         for record in commands:
-            self._command_record(batch, touched, record)
+            self._command_record(batch, record)
             yield
-        yield from self._emit_derived(batch, touched, every)
         self.metrics.batches += 1
+        return (yield from self.finish_steps(batch, every))
+
+    def begin(self) -> "Batch":
+        """A new batch over this engine's store: fold into it, then :meth:`finish_steps` it into a plan."""
+        return Batch(self.store)
+
+    def finish_steps(self, batch: "Batch", every: int = 32) -> Generator[None, None, Plan]:
+        """The derived models' messages for what the batch changed, then every row encoded; returns the plan."""
+        yield from self._emit_derived(batch, every)
         return (yield from batch.finish_steps(every * 2))
 
-    def _fold(
+    def fold(
         self,
-        batch: _Batch,
-        touched: dict[tuple[int, str], _Touched],
+        batch: Batch,
         partition: int,
         aid: str,
         meta: agg.Meta,
-        pendings: Sequence[_Pending],
-        replay: bool,
+        pendings: Sequence[Pending],
+        replay: bool = False,
     ) -> None:
         """Apply one aggregate's records in order to its index entry and rows, then write them once.
 
@@ -353,10 +374,10 @@ class Engine:
                         try:
                             contribution_of(d, result.row["value"])
                         except Exception as exc:
-                            raise RecordRejected(
+                            raise InvalidRecord(
                                 FOLD_ERROR, f"{d.name}: key/contribution of {aid} raised {type(exc).__name__}: {exc}"
                             ) from exc
-            except RecordRejected as exc:
+            except InvalidRecord as exc:
                 self._deadletter(batch, p.key, p.value, exc.reason, exc.message, p.source)
                 continue
             for name, result in updates:
@@ -379,9 +400,9 @@ class Engine:
         for name in changed:
             batch.put_json(name, partition, key, rows[name])
             for d in derived_check.get(name, ()):
-                t = touched.get((partition, aid))
+                t = batch.touched.get((partition, aid))
                 if t is None:
-                    t = touched[(partition, aid)] = _Touched({}, {}, 0)
+                    t = batch.touched[(partition, aid)] = Touched({}, {}, 0)
                 if d.name not in t.old:
                     before = first_rows[name]
                     try:
@@ -394,13 +415,13 @@ class Engine:
 
     def _park(
         self,
-        batch: _Batch,
+        batch: Batch,
         partition: int,
         aid: str,
         meta: agg.Meta,
         admission: agg.Admission,
         fresh_originals: Sequence[Event],
-        p: "_Pending",
+        p: "Pending",
         replay: bool,
     ) -> None:
         """Keep a record of a parked aggregate (parking it first on a gap), and dead-letter it."""
@@ -428,12 +449,12 @@ class Engine:
             self._deadletter(batch, p.key, p.value, admission.outcome, error, p.source)
 
     def _emit_derived(
-        self, batch: _Batch, touched: dict[tuple[int, str], _Touched], every: int = 32
+        self, batch: Batch, every: int = 32
     ) -> Generator[None, None, None]:
         """One repartition message per re-keyed model and group per batch, listing its members' changes."""
         by_group: dict[tuple[str, str], list[dict]] = {}
         n = 0
-        for (_, aid), t in touched.items():
+        for (_, aid), t in batch.touched.items():
             n += 1
             if n % every == 0:
                 yield
@@ -456,7 +477,7 @@ class Engine:
 
     # --- releases ----------------------------------------------------------------
 
-    def _command_record(self, batch: _Batch, touched: dict, record: Record) -> None:
+    def _command_record(self, batch: Batch, record: Record) -> None:
         try:
             command = orjson.loads(record.value or b"null")
             aid = (record.key or b"").decode("utf-8")
@@ -468,9 +489,9 @@ class Engine:
         except (ValueError, UnicodeDecodeError) as exc:
             log.warning("ignoring engine command %s/%d/%d: %s", record.topic, record.partition, record.offset, exc)
             return
-        self.release(batch, touched, record.partition, aid, skip_to)
+        self.release(batch, record.partition, aid, skip_to)
 
-    def release(self, batch: _Batch, touched: dict, partition: int, aid: str, skip_to: Optional[int]) -> None:
+    def release(self, batch: Batch, partition: int, aid: str, skip_to: Optional[int]) -> None:
         """Unpark ``aid``: re-apply its parked records in order, after skipping to ``skip_to`` if given."""
         meta = agg.Meta.from_json(batch.get_json(INDEX, partition, agg.meta_key(aid)))
         if not meta.parked:
@@ -495,7 +516,7 @@ class Engine:
             entry = orjson.loads(raw)
             originals = [Event(**e) for e in entry["events"]]
             pendings.append(
-                _Pending(
+                Pending(
                     originals,
                     self.schemas.upcast_all(originals),
                     entry["key"].encode("utf-8", "surrogateescape") if entry.get("key") is not None else None,
@@ -503,12 +524,12 @@ class Engine:
                     entry["source"],
                 )
             )
-        self._fold(batch, touched, partition, aid, meta, pendings, replay=True)
+        self.fold(batch, partition, aid, meta, pendings, replay=True)
 
     # --- dead letters ------------------------------------------------------------
 
     def _deadletter(
-        self, batch: _Batch, key: Optional[bytes], value: Optional[bytes], reason: str, error: str, source: str
+        self, batch: Batch, key: Optional[bytes], value: Optional[bytes], reason: str, error: str, source: str
     ) -> None:
         self.metrics.deadletters[reason] += 1
         log.warning("dead letter %s (%s): %s", source, reason, error)
@@ -530,11 +551,11 @@ class Engine:
 
     def plan_derived(self, records: Iterable[Record]) -> Plan:
         """Plan a batch of repartition messages into the re-keyed models' rows."""
-        return _run_steps(self.plan_derived_steps(records))
+        return run_steps(self.plan_derived_steps(records))
 
     def plan_derived_steps(self, records: Iterable[Record], every: int = 32) -> Generator[None, None, Plan]:
         """:meth:`plan_derived` in steps, as :meth:`plan_steps`."""
-        batch = _Batch(self.store)
+        batch = Batch(self.store)
         n = 0
         for record in records:
             n += 1

@@ -15,18 +15,11 @@ from typing import Any, Optional
 
 import orjson
 
+from projector.core.errors import InvalidRecord
+
 INVALID_JSON = "invalid_json"
 INVALID_ENVELOPE = "invalid_envelope"
 KEY_MISMATCH = "key_mismatch"
-
-
-class InvalidRecord(Exception):
-    """A record that can never be applied; ``reason`` is a CONTRACT §2 reason."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
 
 
 @dataclass(slots=True)

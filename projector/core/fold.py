@@ -16,19 +16,11 @@ from typing import Any, Mapping, Optional, Sequence
 
 import orjson
 
+from projector.core.errors import InvalidRecord
 from projector.core.envelope import Event
 from projector.core.catalog import ReadModel
 
 FOLD_ERROR = "fold_error"
-
-
-class RecordRejected(Exception):
-    """A record that cannot be applied; ``reason`` is a CONTRACT §2 reason."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
 
 
 @dataclass
@@ -73,7 +65,7 @@ def apply_record(
         try:
             state = model.fold(state, event, control) if model.takes_control else model.fold(state, event)
         except Exception as exc:  # a fold is user code: any error rejects the record
-            raise RecordRejected(
+            raise InvalidRecord(
                 FOLD_ERROR,
                 f"{model.name}: fold of {event.type} v{event.version} of {event.aggregate_id} "
                 f"raised {type(exc).__name__}: {exc}",

@@ -16,13 +16,11 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Callable, Iterable, Mapping
 
-from projector.core.envelope import INVALID_ENVELOPE, Event, InvalidRecord
+from projector.core.errors import SchemaError
+from projector.core.envelope import INVALID_ENVELOPE, Event
+from projector.core.errors import InvalidRecord
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
-
-
-class SchemaError(Exception):
-    """Upcaster declarations that do not form complete chains."""
 
 
 class Schemas:

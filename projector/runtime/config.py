@@ -9,9 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional
 
-
-class ConfigError(ValueError):
-    """A setting in the environment has a value projector cannot use."""
+from projector.runtime.errors import ConfigError
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:

@@ -39,6 +39,7 @@ from aiokafka.protocol.api import Request, RequestStruct, Response
 from aiokafka.protocol.metadata import MetadataRequest
 from aiokafka.protocol.types import Array, Boolean, Int16, Int32, Schema, String
 
+from projector.runtime.errors import BrokerError
 from projector.runtime.config import BrokerSecurity, Settings, tls_context
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,8 @@ def principal(settings: Settings) -> str:
 def _certificate_subject(path: str) -> str:
     try:
         decoded = ssl._ssl._test_decode_cert(path)  # type: ignore[attr-defined]
-    except Exception:  # not decodable here: name the file instead
+    except Exception as exc:  # not decodable here: name the file instead
+        log.debug("cannot read the subject of %s: %r", path, exc)
         return path
     names = {"commonName": "CN", "organizationalUnitName": "OU", "organizationName": "O", "countryName": "C",
              "localityName": "L", "stateOrProvinceName": "ST"}
@@ -144,18 +146,6 @@ def _certificate_subject(path: str) -> str:
 
 
 # --- reaching the broker -----------------------------------------------------------------
-
-
-class BrokerError(RuntimeError):
-    """Kafka cannot be used with these settings; the message says why and what to change.
-
-    ``kind`` is ``unreachable`` (worth retrying), ``authentication``, ``tls``,
-    ``authorization`` or ``protocol``.
-    """
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
 
 
 def _explain(settings: Settings, host: str, exc: BaseException) -> BrokerError:

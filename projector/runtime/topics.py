@@ -22,17 +22,10 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 
+from projector.runtime.errors import TopicError
 from projector.runtime.config import Settings
-from projector.runtime.kafka import (
-    BrokerError,
-    TopicInfo,
-    acl_command,
-    client_options,
-    describe_topics,
-    group_operations,
-    principal,
-    wait_for_broker,
-)
+from projector.runtime.kafka import TopicInfo, acl_command, client_options, describe_topics, group_operations, principal, wait_for_broker
+from projector.runtime.errors import BrokerError
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +36,6 @@ STARTUP_TIMEOUT = 30.0
 #: What a worker does on each of its topics, and on its consumer group.
 TOPIC_OPERATIONS = frozenset({"DESCRIBE", "DESCRIBE_CONFIGS", "READ", "WRITE"})
 GROUP_OPERATIONS = frozenset({"READ"})
-
-
-class TopicError(RuntimeError):
-    """A topic could not be created or has an unusable shape."""
 
 
 @dataclass(frozen=True)
@@ -60,8 +49,8 @@ class TopicSpec:
     co_partitioned: bool = False
 
 
-def commands_topic_name(settings: Settings) -> str:
-    """Engine commands (releases), co-partitioned with the events topic."""
+def release_topic_name(settings: Settings) -> str:
+    """Release requests for parked aggregates (``POST /aggregates/{id}/release``), co-partitioned with the events topic."""
     return f"{settings.app_id}-engine-commands"
 
 
@@ -101,7 +90,7 @@ def worker_topics(settings: Settings, partitions: int, derived: Iterable[str] = 
     """
     specs = [dataclasses.replace(s, partitions=partitions) if s.name == settings.events_topic else s
              for s in base_topics(settings)]
-    specs.append(TopicSpec(commands_topic_name(settings), partitions, co_partitioned=True))
+    specs.append(TopicSpec(release_topic_name(settings), partitions, co_partitioned=True))
     specs.append(TopicSpec(command_topic_name(settings), partitions, co_partitioned=True))
     specs.extend(TopicSpec(repartition_topic_name(settings, name), partitions, co_partitioned=True)
                  for name in derived)

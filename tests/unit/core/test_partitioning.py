@@ -14,6 +14,7 @@ from aiokafka.partitioner import murmur2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from projector.core.partitioning import murmur2 as core_murmur2
 from projector.core.partitioning import partition_for
 
 JAVA_MURMUR2 = {
@@ -103,3 +104,14 @@ def test_partition_for_matches_the_java_port_for_any_key(key, partitions):
     expected = (java_murmur2(key) & 0x7FFFFFFF) % partitions
     assert partition_for(key, partitions) == expected
     assert 0 <= expected < partitions
+
+
+@pytest.mark.parametrize("key, expected", sorted(JAVA_MURMUR2.items()))
+def test_the_core_murmur2_agrees_with_the_java_client(key, expected):
+    assert signed32(core_murmur2(key)) == expected
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=64))
+def test_the_core_murmur2_agrees_with_aiokafka(key):
+    assert core_murmur2(key) == murmur2(key)
