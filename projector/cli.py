@@ -7,7 +7,8 @@ import asyncio
 import logging
 import sys
 
-from projector.runtime.config import ConfigError, Settings
+from projector.runtime.config import Settings
+from projector.runtime.errors import ConfigError
 
 
 def _settings() -> Settings:
@@ -18,47 +19,18 @@ def _settings() -> Settings:
 
 
 def cmd_worker(args: argparse.Namespace) -> None:
-    from projector.runtime.app import Projector
-    from projector.core.engine import COMMANDS, INDEX, members_table
-    from projector.runtime.kafka import BrokerError
-    from projector.core.catalog import ReadModelError, load_catalog
-    from projector.core.schemas import SchemaError, Schemas
-    from projector.runtime.topics import TopicError, prepare_worker_topics
+    from projector.worker import run_worker
 
-    settings = _settings()
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
-    try:
-        catalog = load_catalog()
-        Schemas.from_modules(catalog.modules)
-    except (ReadModelError, SchemaError) as exc:
-        sys.exit(f"projector: {exc}")
-    log = logging.getLogger("projector.worker")
-    log.info("Kafka at %s (%s)", settings.broker, settings.security.describe())
-    # Every topic must exist, with the events topic's partition count, before
-    # Faust joins the group, or its first assignment leaves some out.
-    tables = [m.name for m in catalog.models] + [INDEX, COMMANDS] + [
-        name for d in catalog.derived for name in (d.name, members_table(d))]
-    try:
-        settings, partitions = asyncio.run(prepare_worker_topics(settings, [d.name for d in catalog.derived], tables))
-    except (BrokerError, TopicError) as exc:
-        sys.exit(f"projector: {exc}")
-    try:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        sys.exit(f"projector: cannot create PROJECTOR_DATA_DIR {settings.data_dir}: {exc}")
-    projector = Projector(settings, catalog, partitions=partitions)
-    from faust.worker import Worker
-
-    worker = Worker(projector.app, loglevel=args.loglevel, quiet=True, redirect_stdouts=False)
-    worker.execute_from_commandline()
+    run_worker(_settings(), args.loglevel)
 
 
 def cmd_produce_demo(args: argparse.Namespace) -> None:
     from projector.demo.data import generate_histories, produce_events
     from aiokafka.errors import KafkaError
 
-    from projector.runtime.kafka import BrokerError
-    from projector.runtime.topics import TopicError, ensure_topics
+    from projector.runtime.errors import BrokerError
+    from projector.runtime.topics import ensure_topics
+    from projector.runtime.errors import TopicError
 
     settings = _settings()
     try:
@@ -122,8 +94,10 @@ def cmd_send(args: argparse.Namespace) -> None:
     from aiokafka import AIOKafkaProducer
     from aiokafka.errors import KafkaError
 
-    from projector.runtime.kafka import BrokerError, client_options
-    from projector.runtime.topics import TopicError, existing_topics
+    from projector.runtime.kafka import client_options
+    from projector.runtime.errors import BrokerError
+    from projector.runtime.topics import existing_topics
+    from projector.runtime.errors import TopicError
 
     settings = _settings()
     # aiokafka logs every retry while a broker is down; the outcome is what matters here.
@@ -173,8 +147,10 @@ def cmd_control(args: argparse.Namespace) -> None:
 
     import orjson
 
-    from projector.core.catalog import ReadModelError, load_catalog
-    from projector.core.control import ControlError, check_entry, settings_with_builtin
+    from projector.core.catalog import load_catalog
+    from projector.core.errors import ReadModelError
+    from projector.core.control import check_entry, settings_with_builtin
+    from projector.core.errors import ControlError
 
     action = args.action
     value = None
@@ -220,8 +196,9 @@ def _control_direct(args: argparse.Namespace, value: object) -> None:
     from aiokafka.errors import KafkaError
 
     from projector.runtime.control_table import read_control_topic, write_control_topic
-    from projector.runtime.kafka import BrokerError
-    from projector.runtime.topics import TopicError, base_topics, ensure_topics, existing_topics
+    from projector.runtime.errors import BrokerError
+    from projector.runtime.topics import base_topics, ensure_topics, existing_topics
+    from projector.runtime.errors import TopicError
 
     settings = _settings()
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)

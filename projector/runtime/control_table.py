@@ -6,7 +6,7 @@ Pointing that changelog at the control topic gives Kafka Streams'
 ``addGlobalStore``: whoever writes the control topic, every worker applies it.
 Four details make it reliable (each one a known way for it to fail):
 
-- ``_changelog_topic_name()`` returns the control topic. Faust's assignor
+- ``_changelog_topic_name()`` returns the control topic (:class:`GlobalTableOnTopic`). Faust's assignor
   finds a global table's partitions by that name; a ``changelog_topic=``
   argument alone is ignored there and the group hangs.
 - One partition, and buffers of 1 record: recovery applies records in
@@ -29,7 +29,7 @@ Four details make it reliable (each one a known way for it to fail):
   keeps the offset that set it, so an older record never wins.
 - If the control topic ends on a transaction marker, Faust's recovery would
   wait forever for an offset that is never delivered;
-  ``Projector._unstick_control_recovery`` ends it once the table holds every
+  :meth:`ControlRecovery.unstick` ends it once the table holds every
   record.
 - :meth:`ControlTable.apply_changelog_batch` replaces the store write: every
   record, whether read in recovery or live, goes through
@@ -47,23 +47,24 @@ import logging
 from typing import Any, Iterable, Optional
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from faust.tables.globaltable import GlobalTable
+from faust.types import TP
 
 from projector.runtime.config import Settings
 from projector.core.control import ControlState
+from projector.runtime.faust_patches import GlobalTableOnTopic
 from projector.runtime.kafka import client_options
 
 log = logging.getLogger(__name__)
 
 
-class ControlTable(GlobalTable):
+class ControlTable(GlobalTableOnTopic):
     """Faust's global table, applying the control topic to a :class:`ControlState`."""
 
     def __init__(self, app: Any, *, topic: str, state: ControlState, **kwargs: Any) -> None:
-        self._control_topic = topic
         self.control = state
         super().__init__(
             app,
+            topic=topic,
             name="control",
             partitions=1,
             recovery_buffer_size=1,
@@ -76,9 +77,6 @@ class ControlTable(GlobalTable):
             beacon=app.tables.beacon,
             **kwargs,
         )
-
-    def _changelog_topic_name(self) -> str:
-        return self._control_topic
 
     def apply_changelog_batch(self, batch: Iterable[Any]) -> None:
         for event in batch:
@@ -224,7 +222,8 @@ class GapFiller:
                 await asyncio.sleep(FILL_INTERVAL)
                 try:
                     position = await self.position()
-                except Exception:  # not assigned yet, or a rebalance under way
+                except Exception as exc:  # not assigned yet, or a rebalance under way
+                    log.debug("control partition position not known yet: %r", exc)
                     position = None
                 if position is not None and position - 1 > self.state.seen:
                     if stalled == (position, self.state.seen):
@@ -249,3 +248,68 @@ class GapFiller:
         finally:
             if consumer is not None:
                 await consumer.stop()
+
+
+class ControlRecovery:
+    """The worker's reading of the control topic: where it must get to at startup, and Faust's recovery of it.
+
+    :meth:`capture_end` notes how far the control topic reaches when the
+    worker starts (it is not ready before it has read that far);
+    :meth:`unstick` ends Faust's recovery of the control partition once the
+    control table holds all of it.
+    """
+
+    def __init__(self, app: Any, settings: Settings, state: ControlState) -> None:
+        self.app = app
+        self.settings = settings
+        self.state = state
+        self.tp = TP(settings.control_topic, 0)
+
+    async def capture_end(self) -> None:
+        """Note where the control topic ends at startup: the worker is not ready before it has read that far."""
+        self.state.target = await records_end(self.settings, self.settings.control_topic)
+        log.info(
+            "control topic %s: %d records to read before this worker is ready",
+            self.settings.control_topic, self.state.target,
+        )
+
+    async def position(self) -> Optional[int]:
+        """This worker's consumer position on the control partition."""
+        return await self.app.consumer.position(self.tp)
+
+    async def unstick(self) -> None:
+        """End Faust's recovery of the control topic once the control table holds all of it.
+
+        Faust recovers a changelog partition until a record at its end offset
+        minus one is applied. A control topic written by a transactional
+        producer ends in a commit marker, which holds an offset but is never
+        delivered, and a record Faust dropped is never counted either: its
+        recovery, and with it the whole worker, would wait forever. The
+        control table counts offsets itself (and re-reads what it misses), so
+        once it holds every record up to the topic's end, that partition's
+        recovery is marked done.
+        """
+        tp = self.tp
+        recovery = self.app.tables.recovery
+        while True:
+            await asyncio.sleep(1.0)
+            if not recovery.in_recovery:
+                continue
+            highwater = recovery.active_highwaters.get(tp)
+            seen = recovery.active_offsets.get(tp)
+            if highwater is None or seen is None or seen >= highwater:
+                continue
+            try:
+                position = await self.position()
+            except Exception as exc:  # not assigned (yet), or a rebalance under way
+                log.debug("control partition position not known yet: %r", exc)
+                continue
+            if position is None or position <= highwater:
+                continue  # still reading
+            end = await records_end(self.settings, self.settings.control_topic)
+            if self.state.offset + 1 >= end and recovery.active_offsets.get(tp, -1) < highwater:
+                log.info(
+                    "control table holds the control topic to its last record (offset %d); "
+                    "its recovery is complete", end - 1,
+                )
+                recovery.active_offsets[tp] = highwater

@@ -1,4 +1,35 @@
-"""Batch delivery of records to projector, under Faust's own tracking, acks and commits.
+"""Every use of Faust's private names, in one module: one named patch each.
+
+Checked against **faust-streaming 0.15.3** (with mode-streaming 0.7.1 and
+aiokafka 0.14.0, as pinned in ``pyproject.toml``). :data:`FAUST_PRIVATE_NAMES`
+lists each private name used here; ``tests/unit/runtime/test_faust_patches.py``
+fails if the pinned Faust no longer has one, or if another version is
+installed. Re-check each patch's "without it" before changing the pin.
+
+The patches:
+
+1. :class:`BatchingConsumer` (batch delivery, with its rebalance fixes).
+   Without it Faust delivers one message at a time through tasks (a no-op
+   agent tops out near 9k events/s), commits late at a revoke, and folds
+   records twice around a rebalance's seek.
+2. :func:`keep_changelog_records_on_resume`. Without it a standby copy drops
+   the changelog record queued when a rebalance ends, for good.
+3. :func:`check_restore_offsets`. Without it a table partition whose stored
+   offset lies outside its changelog (deleted and recreated, or cut by
+   retention) keeps stale rows or silently skips records.
+4. :class:`PatchedApp` (``_new_transport``, ``_stop_consumer``,
+   ``on_rebalance_end``). Without it the batching consumer is not used, a
+   batch being folded at shutdown is cut off, and held partitions are never
+   resumed after a rebalance.
+5. :class:`GlobalTableOnTopic` (``_changelog_topic_name``). Without it a
+   global table cannot read an existing topic (the control topic): Faust's
+   assignor looks the table's partitions up by that name and the group hangs.
+6. Accessors for Faust state projector reads: :func:`read_offset`,
+   :func:`active_partitions`, :func:`raw_producer`, :func:`partition_db`,
+   :func:`forget_key`, :func:`open_partition_dbs`.
+
+Batch delivery (1), in more detail:
+Batch delivery of records to projector, under Faust's own tracking, acks and commits.
 
 Faust hands every fetched message to its conductor one at a time, through
 ``wait_first(callback(message), suspend_flow.wait())``, which creates tasks
@@ -23,14 +54,52 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 from time import monotonic
 from typing import Any, Awaitable, Callable, Optional, Sequence, cast
 
+import faust
+from faust.tables.globaltable import GlobalTable
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode import Service
 
 from projector.runtime.slicing import TimeSlice
+
+log = logging.getLogger(__name__)
+
+#: The faust-streaming release these patches were checked against.
+CHECKED_AGAINST = "0.15.3"
+
+#: (where, private name, what projector does with it), for every private name used here.
+FAUST_PRIVATE_NAMES: tuple[tuple[str, str, str], ...] = (
+    ("faust.transport.drivers.aiokafka.Consumer", "_drain_messages", "replaced: batch delivery"),
+    ("faust.transport.consumer.Consumer", "_read_offset", "read and advanced per delivered message"),
+    ("faust.transport.consumer.Consumer", "_unacked_messages", "tracked per batch message"),
+    ("faust.transport.consumer.Consumer", "_acked", "committed at revoke and stop"),
+    ("faust.transport.consumer.Consumer", "_committed_offset", "compared around a commit"),
+    ("faust.transport.consumer.Consumer", "_commit_fut", "a commit under way"),
+    ("faust.transport.consumer.Consumer", "_commit_every", "commit after so many acks"),
+    ("faust.transport.consumer.Consumer", "_n_acked", "acks since the last commit"),
+    ("faust.transport.consumer.Consumer", "_add_gap", "offsets skipped in a fetch"),
+    ("mode.Service", "_stopped", "the fetch loop's stop check"),
+    ("faust.app.base.App", "_new_transport", "replaced: the batching transport"),
+    ("faust.app.base.App", "_stop_consumer", "wrapped: finish the batch first"),
+    ("faust.app.base.App", "_consumer", "the consumer, if started"),
+    ("faust.tables.base.Collection", "_changelog_topic_name", "replaced: a global table on an existing topic"),
+    ("faust.tables.recovery.Recovery", "_build_offsets", "wrapped: check the stored offsets first"),
+    ("mode.utils.queues.FlowControlEvent", "_suspend", "resume without clearing the changelog queue"),
+    ("mode.utils.queues.FlowControlEvent", "_resume", "resume without clearing the changelog queue"),
+    ("mode.utils.queues.FlowControlEvent", "_queues", "resume without clearing the changelog queue"),
+    ("faust.assignor.partition_assignor.PartitionAssignor", "_active_tps", "this worker's active partitions"),
+    ("faust.transport.drivers.aiokafka.Producer", "_ensure_producer", "the aiokafka producer, for batch appends"),
+    ("faust.stores.rocksdb.Store", "_db_for_partition", "each partition's RocksDB database"),
+    ("faust.stores.rocksdb.Store", "_dbs", "the open partition databases"),
+    ("faust.stores.rocksdb.Store", "_key_index", "Faust's key-to-partition cache, dropped on clear"),
+)
+
+
+# --- 1. batch delivery ---------------------------------------------------------------------
 
 BatchHandler = Callable[[Sequence[Any]], Awaitable[None]]
 
@@ -278,3 +347,177 @@ class BatchingConsumer(faust_aiokafka.Consumer):
 
 class BatchingTransport(faust_aiokafka.Transport):
     Consumer = BatchingConsumer
+
+
+# --- 2. standby copies keep their changelog records ------------------------------------------
+
+
+def keep_changelog_records_on_resume(app: faust.App) -> None:
+    """Faust's flow control, but resuming it no longer empties the queue of changelog records.
+
+    Faust's tables read every changelog record (active recovery, standby
+    copies, global tables) through one queue that flow control empties each
+    time it resumes. The last resume of a rebalance comes after the standby
+    partitions were resumed and fetching: the records queued at that moment
+    (most often one, between two deliveries) were dropped while the consumer
+    moved past them, and the standby copy lacked them for good. Once
+    promoted, it folded on a stale row: a re-keyed group whose member record
+    was dropped kept a wrong sum. Resuming now keeps what is queued: those
+    records belong to the assignment being resumed, and the recovery applies
+    each offset at most once. A revoke still empties the queue (the next
+    recovery reads again from the offsets applied).
+    """
+    flow_control = app.flow_control
+    changelog_queue = app.tables.changelog_queue
+
+    def resume() -> None:
+        flow_control._suspend.clear()
+        flow_control._resume.set()
+        for queue in list(flow_control._queues):
+            if queue is not changelog_queue:
+                queue.clear()
+
+    flow_control.resume = resume  # type: ignore[method-assign]
+
+
+# --- 3. stored changelog offsets are checked before a restore ---------------------------------
+
+
+def check_restore_offsets(app: faust.App, tables: dict[str, Any], clear_partition: Callable[[str, int], int]) -> None:
+    """Rebuild a table partition whose local offset does not fit its changelog, instead of trusting it.
+
+    Faust restores a partition from the offset stored with it in RocksDB.
+    That offset must lie within the changelog: at least its first
+    record minus one, at most its last record. Past the end (the
+    changelog was deleted and created again), Faust would keep rows the
+    changelog no longer has; before the start (retention deleted the
+    records that followed it), it would silently skip them. In both
+    cases the worker says so, empties the partition (``clear_partition``,
+    which returns the rows dropped) and rebuilds it from the changelog's
+    first record.
+    """
+    recovery = app.tables.recovery
+    build = recovery._build_offsets
+    by_topic = {t.changelog_topic.get_topic_name(): name for name, t in tables.items()}
+
+    async def checked(consumer: Any, tps: Any, destination: Any, title: str) -> None:
+        stored = {tp: destination.get(tp) for tp in tps if destination.get(tp) is not None}
+        if stored:
+            try:
+                earliest = await consumer.earliest_offsets(*stored)
+                highwaters = await consumer.highwaters(*stored)
+            except Exception as exc:  # keep Faust's own behaviour if the broker cannot say
+                log.warning("cannot check the stored changelog offsets: %r", exc)
+                earliest, highwaters = {}, {}
+            for tp, offset in stored.items():
+                first, end = earliest.get(tp), highwaters.get(tp)
+                table = by_topic.get(tp.topic)
+                if first is None or end is None or table is None:
+                    continue
+                if offset >= end or offset < first - 1:
+                    why = (f"past the changelog's end ({end}): the changelog was deleted or replaced"
+                           if offset >= end else
+                           f"before the changelog's first record ({first}): records after it were deleted "
+                           "(retention)")
+                    deleted = clear_partition(table, tp.partition)
+                    log.error(
+                        "%s partition %d: the local state is at changelog offset %d, %s. Rebuilding it "
+                        "from the changelog's first record (%d local rows dropped).",
+                        table, tp.partition, offset, why, deleted,
+                    )
+                    destination[tp] = None
+        await build(consumer, tps, destination, title)
+
+    recovery._build_offsets = checked
+
+
+# --- 4. the app: batch delivery, a clean stop, held partitions resumed --------------------------
+
+
+class PatchedApp(faust.App):
+    """A Faust app that uses :class:`BatchingConsumer` and stops and rebalances with it."""
+
+    #: Batch handlers by topic name (see :class:`BatchingConsumer`).
+    batch_handlers: dict[str, Any]
+
+    def _new_transport(self) -> Any:
+        return BatchingTransport(self.conf.broker_consumer, self)
+
+    async def _stop_consumer(self) -> None:
+        """On shutdown, let the batch being folded finish before Faust cancels the fetch loop.
+
+        Faust cancels the loop first and commits afterwards; a batch cut off
+        mid-fold is never acked, so its records would be read again by the
+        next owner (harmless, the folds are idempotent, but not a clean
+        hand-over).
+        """
+        consumer = self._consumer
+        if isinstance(consumer, BatchingConsumer):
+            if not await consumer.finish_fetch(timeout=self.conf.broker_session_timeout / 2):
+                self.log.warning("the batch being folded did not finish in time; its records will be read again")
+        await super()._stop_consumer()
+        if isinstance(consumer, BatchingConsumer):
+            log.info("stopping: %s", consumer.commit_positions())
+
+    def on_rebalance_end(self) -> None:
+        """The rebalance is over: the stream partitions are sought, deliver them again (BatchingConsumer)."""
+        super().on_rebalance_end()
+        consumer = self._consumer
+        if isinstance(consumer, BatchingConsumer):
+            consumer.release_held()
+
+
+# --- 5. a global table on an existing topic ---------------------------------------------------
+
+
+class GlobalTableOnTopic(GlobalTable):
+    """A Faust ``GlobalTable`` whose changelog is the existing topic ``topic``.
+
+    Faust's assignor finds a global table's partitions by
+    ``_changelog_topic_name()``; a ``changelog_topic=`` argument alone is
+    ignored there, and the group hangs.
+    """
+
+    def __init__(self, app: Any, *, topic: str, **kwargs: Any) -> None:
+        self._topic_on = topic
+        super().__init__(app, **kwargs)
+
+    def _changelog_topic_name(self) -> str:
+        return self._topic_on
+
+
+# --- 6. Faust state projector reads -----------------------------------------------------------
+
+
+def read_offset(consumer: Any, tp: Any) -> Optional[int]:
+    """The offset of the last record the consumer delivered on ``tp`` (after a seek: the one before the next)."""
+    return consumer._read_offset.get(tp)
+
+
+def active_partitions(app: faust.App) -> Any:
+    """The partitions this worker actively processes, as the assignor keeps them since its last assignment.
+
+    ``assigned_actives()`` would build a new set on every call.
+    """
+    actives = getattr(app.assignor, "_active_tps", None)
+    return app.assignor.assigned_actives() if actives is None else actives
+
+
+def raw_producer(app: faust.App) -> Any:
+    """The app's aiokafka producer (for appending whole batches), started by Faust."""
+    return app.producer._ensure_producer()
+
+
+def partition_db(store: Any, partition: int) -> Any:
+    """The RocksDB database of one partition of a Faust table's store (``table.data``), opened if needed."""
+    return store._db_for_partition(partition)
+
+
+def forget_key(store: Any, key: bytes) -> None:
+    """Drop ``key`` from Faust's key-to-partition cache (only its ``table[key]`` API reads it)."""
+    store._key_index.pop(key, None)
+
+
+def open_partition_dbs(store: Any) -> dict[int, Any]:
+    """The partition databases the store has open, by partition."""
+    return store._dbs

@@ -55,7 +55,8 @@ class RecoveryProgress:
         try:
             active = {("active", tp): max(0, n) for tp, n in r.active_remaining().items()}
             standby = {("standby", tp): max(0, n) for tp, n in r.standby_remaining().items()}
-        except Exception:  # offsets not built yet, or a rebalance resetting them
+        except Exception as exc:  # offsets not built yet, or a rebalance resetting them
+            log.debug("recovery offsets not known yet: %r", exc)
             return {}
         return {**standby, **active}
 

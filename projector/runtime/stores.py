@@ -7,7 +7,7 @@ write half (``write``, ``clear_partition``, the changelog topic and offset).
 tables, :class:`MemoryStore` in memory (tests, tools); the store tests run on
 both.
 
-FaustStore is the one place that touches Faust's table and store internals.
+FaustStore reaches Faust's stores through :mod:`projector.runtime.faust_patches`.
 The engine's writes go straight into each partition's RocksDB database, in
 one ``WriteBatch`` per table and partition together with the changelog offset
 they reach, and to the changelog with the partition given explicitly, so a
@@ -25,6 +25,7 @@ import rocksdict
 from faust.types import TP
 
 from projector.core.engine import Store
+from projector.runtime.faust_patches import forget_key, open_partition_dbs, partition_db
 
 #: RocksDB sizes per partition database. rocksdict's defaults through Faust
 #: reserve a 2 GiB block cache and 3 x 64 MiB write buffers for *each* one.
@@ -84,7 +85,7 @@ class FaustStore:
         return self.tables[table].data
 
     def _db(self, table: str, partition: int) -> Any:
-        return self._store(table)._db_for_partition(partition)
+        return partition_db(self._store(table), partition)
 
     def changelog_topic(self, table: str) -> str:
         return self.tables[table].changelog_topic.get_topic_name()
@@ -110,14 +111,14 @@ class FaustStore:
     def clear_partition(self, table: str, partition: int) -> int:
         """Delete every row of one table partition, and its changelog offset; returns the rows deleted."""
         store = self._store(table)
-        db = store._db_for_partition(partition)
+        db = partition_db(store, partition)
         deleted = 0
         batch = rocksdict.WriteBatch(raw_mode=True)
         for n, key in enumerate(db.keys(), 1):
             batch.delete(key)
             if key != store.offset_key:
                 deleted += 1
-            store._key_index.pop(key, None)
+            forget_key(store, key)
             if n % 10_000 == 0:
                 db.write(batch)
                 batch = rocksdict.WriteBatch(raw_mode=True)
@@ -141,12 +142,12 @@ class FaustStore:
                 put(key, value)
         if changelog_offset is not None:
             batch.put(store.offset_key, str(changelog_offset).encode())
-        store._db_for_partition(partition).write(batch)
+        partition_db(store, partition).write(batch)
 
     def close(self) -> None:
         """Close every open partition database (Faust's own ``stop`` leaves them to the garbage collector)."""
         for table in self.tables.values():
-            dbs = table.data._dbs
+            dbs = open_partition_dbs(table.data)
             for db in dbs.values():
                 db.close()
             dbs.clear()

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from projector.runtime.config import BrokerSecurity, ConfigError, Settings, parse_brokers
+from projector.runtime.config import BrokerSecurity, Settings, parse_brokers
+from projector.runtime.errors import ConfigError
 
 CONTRACT_DEFAULTS = {
     "broker": "kafka://127.0.0.1:9092",

@@ -12,7 +12,7 @@ import asyncio
 
 import faust
 
-from projector.runtime.app import keep_changelog_records_on_resume
+from projector.runtime.faust_patches import keep_changelog_records_on_resume
 
 
 def _app() -> faust.App:

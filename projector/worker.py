@@ -1,0 +1,70 @@
+"""The wiring: a worker is the runtime (:mod:`projector.runtime`) with the web views (:mod:`projector.web`).
+
+The one module that knows both layers: it builds the :class:`Projector`,
+hands it the web layer's middlewares and routes, and lets the command side
+answer other workers over HTTP. ``projector worker`` runs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from typing import Any, Optional
+
+from projector.core.catalog import Catalog, load_catalog
+from projector.core.errors import ReadModelError
+from projector.core.engine import tables_of
+from projector.core.schemas import Schemas
+from projector.core.errors import SchemaError
+from projector.runtime.app import Projector
+from projector.runtime.config import Settings
+from projector.runtime.errors import BrokerError
+from projector.runtime.topics import prepare_worker_topics
+from projector.runtime.errors import TopicError
+from projector.web.forwarding import post_internal
+from projector.web.middleware import web_application_options
+from projector.web.routes import install_routes
+
+log = logging.getLogger(__name__)
+
+
+def build_worker(settings: Settings, catalog: Optional[Catalog] = None, partitions: Optional[int] = None) -> Projector:
+    """One worker with its web views, ready for Faust's ``Worker`` to run."""
+    projector: Projector
+
+    async def send_answers(url: str, items: list[dict[str, Any]]) -> None:
+        await post_internal(projector, url, "/internal/command-answers", items)
+
+    projector = Projector(
+        settings, catalog, partitions,
+        web_options=web_application_options, install_web=install_routes, send_answers=send_answers,
+    )
+    return projector
+
+
+def run_worker(settings: Settings, loglevel: str) -> None:
+    """Check the read models, create the topics, then run one worker until it is stopped (exits on a bad setup)."""
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
+    try:
+        catalog = load_catalog()
+        Schemas.from_modules(catalog.modules)
+    except (ReadModelError, SchemaError) as exc:
+        sys.exit(f"projector: {exc}")
+    log.info("Kafka at %s (%s)", settings.broker, settings.security.describe())
+    # Every topic must exist, with the events topic's partition count, before
+    # Faust joins the group, or its first assignment leaves some out.
+    tables = [name for name, _ in tables_of(catalog)]
+    try:
+        settings, partitions = asyncio.run(prepare_worker_topics(settings, [d.name for d in catalog.derived], tables))
+    except (BrokerError, TopicError) as exc:
+        sys.exit(f"projector: {exc}")
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        sys.exit(f"projector: cannot create PROJECTOR_DATA_DIR {settings.data_dir}: {exc}")
+    projector = build_worker(settings, catalog, partitions)
+    from faust.worker import Worker
+
+    worker = Worker(projector.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()
