@@ -9,7 +9,7 @@ below zero, touch a closed account, or close one with money in it raises,
 and the engine rejects the record as ``fold_error``.
 """
 
-from projector.core.decider import InvalidCommand, Rejected
+from projector import InvalidCommand, Rejected
 
 NAME = "accounts"
 DESCRIPTION = "Bank accounts: owner, currency, balance, status and counts of deposits and withdrawals"
@@ -90,6 +90,56 @@ def fold(state, event):
 #: The largest amount one command moves (minor units): balances stay far from 64-bit limits.
 MAX_AMOUNT = 10**15
 MAX_BALANCE = 2**62
+
+_AMOUNT = {
+    "type": "integer",
+    "minimum": 1,
+    "maximum": MAX_AMOUNT,
+    "description": f"Minor units: an integer from 1 to {MAX_AMOUNT:,} (`5.0` counts as `5`).",
+}
+
+#: The ``data`` of each command, as :func:`decide` checks it (a field it does not
+#: name is ignored; a missing or ill-typed one is 400 ``invalid``), with the
+#: reasons it can be rejected for: JSON schemas, for ``GET /openapi.json``.
+COMMAND_SCHEMAS = {
+    "OpenAccount": {
+        "type": "object",
+        "description": "Opens the account. Rejected: `already_exists`.",
+        "required": ["owner", "currency"],
+        "properties": {
+            "owner": {"type": "string", "minLength": 1},
+            "currency": {"type": "string", "minLength": 1},
+            "initial_deposit": {
+                "anyOf": [
+                    {
+                        **_AMOUNT,
+                        "description": "Opens and funds the account in one decision (two events). "
+                        + _AMOUNT["description"],
+                    },
+                    {"type": "null"},
+                ]
+            },
+        },
+    },
+    "Deposit": {
+        "type": "object",
+        "description": f"Rejected: `not_open`, `balance_limit` (the balance would pass {MAX_BALANCE:,}).",
+        "required": ["amount"],
+        "properties": {"amount": _AMOUNT},
+        "examples": [{"amount": 100}],
+    },
+    "Withdraw": {
+        "type": "object",
+        "description": f"Rejected, checked in this order: `not_open`, `over_limit` (above the control setting "
+        f"`{MAX_WITHDRAWAL}`), `insufficient_funds`.",
+        "required": ["amount"],
+        "properties": {"amount": _AMOUNT},
+    },
+    "CloseAccount": {
+        "type": "object",
+        "description": "No fields: `{}`. Rejected: `not_open`, `balance_not_zero`.",
+    },
+}
 
 
 def _command_amount(data) -> int:

@@ -15,7 +15,9 @@ Its rows are keyed by aggregate id.
 Such a read model may also be the state of an aggregate that takes commands
 (``POST /commands``): it then declares ``AGGREGATE_TYPE`` (the commands'
 ``aggregate_type``) and ``decide(state, command, settings)`` (see
-:mod:`projector.decider`), and optionally ``COMMANDS``, the command types.
+:mod:`projector.decider`), and optionally ``COMMANDS``, the command types, and
+``COMMAND_SCHEMAS``: ``{command type: JSON schema of its data}`` for some of
+them, which ``GET /openapi.json`` documents.
 
 A *re-keyed* read model is declared over an aggregate-keyed one, the way a
 Kafka Streams ``groupBy(...).aggregate(adder, subtractor)`` is over a KTable:
@@ -53,21 +55,21 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
-from typing import Any, Callable, Optional
+from types import MappingProxyType, ModuleType
+from typing import Any, Callable, Mapping, Optional
+
+import orjson
+
+from projector.core.errors import ReadModelError
 
 PACKAGE = "projector_tables"
 _NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,62}")
 
 
-class ReadModelError(Exception):
-    """A module in tables/ does not declare a usable read model."""
-
-
 def _sum_fields(state: dict, contribution: dict, sign: int) -> dict:
     out = dict(state)
-    for field, value in contribution.items():
-        out[field] = out.get(field, 0) + sign * value
+    for name, value in contribution.items():
+        out[name] = out.get(name, 0) + sign * value
     return out
 
 
@@ -191,6 +193,8 @@ class ReadModel:
     aggregate_type: Optional[str] = None
     decide: Optional[Callable[[Any, dict, Any], Any]] = None
     commands: tuple[str, ...] = ()
+    #: JSON schemas of the ``data`` of some of ``commands`` (``COMMAND_SCHEMAS``), by command type.
+    command_schemas: Mapping[str, dict] = field(default_factory=lambda: MappingProxyType({}), hash=False)
 
     @property
     def keyed_by_aggregate(self) -> bool:
@@ -312,6 +316,7 @@ def read_model_from_module(module: ModuleType, origin: str = "") -> Any:
             )
         if isinstance(commands, str) or not all(isinstance(c, str) for c in commands):
             raise ReadModelError(f"{where}: COMMANDS must be a tuple of command type names")
+    command_schemas = _command_schemas(module, where, tuple(commands) if decide is not None else None)
     return ReadModel(
         name=name,
         description=description,
@@ -324,7 +329,40 @@ def read_model_from_module(module: ModuleType, origin: str = "") -> Any:
         aggregate_type=aggregate_type,
         decide=decide,
         commands=tuple(commands),
+        command_schemas=command_schemas,
     )
+
+
+def _command_schemas(module: ModuleType, where: str, commands: Optional[tuple[str, ...]]) -> Mapping[str, dict]:
+    """The module's ``COMMAND_SCHEMAS``, checked; ``commands`` is None when it takes no commands."""
+    declared = getattr(module, "COMMAND_SCHEMAS", None)
+    if declared is None:
+        return MappingProxyType({})
+    if commands is None:
+        raise ReadModelError(f"{where}: COMMAND_SCHEMAS is for an aggregate that takes commands "
+                             "(AGGREGATE_TYPE and decide)")
+    if not isinstance(declared, dict):
+        raise ReadModelError(f"{where}: COMMAND_SCHEMAS must be a dict of command type -> JSON schema of its data, "
+                             f"got {type(declared).__name__}")
+    if not commands:
+        raise ReadModelError(f"{where}: COMMAND_SCHEMAS needs COMMANDS, the command types it describes")
+    unknown = [kind for kind in declared if kind not in commands]
+    if unknown:
+        raise ReadModelError(f"{where}: COMMAND_SCHEMAS names {unknown}, which are not in COMMANDS "
+                             f"({', '.join(commands)})")
+    out = {}
+    for kind, schema in declared.items():
+        if not isinstance(schema, dict):
+            raise ReadModelError(f"{where}: COMMAND_SCHEMAS[{kind!r}] must be a dict (a JSON schema of the "
+                                 f"command's data), got {type(schema).__name__}")
+        if schema.get("type", "object") != "object":
+            raise ReadModelError(f"{where}: COMMAND_SCHEMAS[{kind!r}] describes a command's data, a JSON object: "
+                                 f"its type must be 'object', got {schema['type']!r}")
+        try:
+            out[kind] = orjson.loads(orjson.dumps(schema))  # a copy, and plain JSON
+        except (TypeError, orjson.JSONEncodeError) as exc:
+            raise ReadModelError(f"{where}: COMMAND_SCHEMAS[{kind!r}] must be plain JSON: {exc}") from None
+    return MappingProxyType(out)
 
 
 def _fold_arity(fold: Callable, where: str) -> int:

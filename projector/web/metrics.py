@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 from typing import Any
 
 from projector.core.control import COMMANDS_ENABLED
 from projector.core.metrics import BATCH_BUCKETS, LAG_BUCKETS, LAG_PROBE_INTERVAL, Metrics
+
+log = logging.getLogger(__name__)
 
 
 def _gauge(value: Any) -> str:
@@ -37,7 +41,8 @@ def _recovery_lines(projector) -> list[str]:
     ]
     try:
         remaining = {**recovery.standby_remaining(), **recovery.active_remaining()}
-    except Exception:  # offsets not built yet
+    except Exception as exc:  # offsets not built yet
+        log.debug("recovery offsets not known yet: %r", exc)
         remaining = {}
     for tp, n in sorted(remaining.items()):
         lines.append(f'projector_recovery_remaining{{topic="{_escape(tp.topic)}",partition="{tp.partition}"}} {max(0, n)}')
@@ -114,7 +119,7 @@ def prometheus_text(projector) -> str:
         f"projector_events_per_second {m.events_per_second():.1f}",
         "# HELP projector_parked_requests Requests waiting for a row version (min_version).",
         "# TYPE projector_parked_requests gauge",
-        f"projector_parked_requests {projector.parked_requests}",
+        f"projector_parked_requests {projector.rows.parked}",
         "# HELP projector_batch_phase_seconds_total Time spent per phase of a batch.",
         "# TYPE projector_batch_phase_seconds_total counter",
         *(f'projector_batch_phase_seconds_total{{phase="{p}"}} {v:.6f}' for p, v in sorted(m.phase_seconds.items())),

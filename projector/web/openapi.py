@@ -3,24 +3,39 @@
 :func:`document` builds the document from the worker's read-model catalog, with
 no I/O, so it can be checked without Kafka (tests/unit/test_openapi.py), and a
 schemathesis run fuzzes a live worker against it (tests/integration/test_api_fuzz.py).
-It describes the API as projector/web.py and projector/statuspage.py serve it:
-keep them in step (the unit test fails when a route is missing here).
+It describes the API as the views of :mod:`projector.web.routes` serve it: keep
+them in step (the unit test fails when a route is missing here).
+
+Nothing here knows a domain: the commands' ``data`` schemas come from the read
+models that take commands (``COMMAND_SCHEMAS``), the control keys with a meaning
+from projector's own settings and the ones the modules declare (``CONTROL``).
+
+Layout: small builders; the shared parameters; one function per path, in the
+order :func:`_paths` lists them; the components; :func:`document`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import orjson
+from aiohttp import web
 
 from projector import __version__
-
-#: Longest wait a request may ask for (projector.web.MAX_WAIT_MS, CONTRACT §5: timeout_ms <= 30000).
-MAX_WAIT_MS = 30000
-#: Most rows or events one answer holds (projector.web.MAX_LIMIT); a larger limit is capped, not refused.
-MAX_LIMIT = 1000
+from projector.core.catalog import ControlSetting
+from projector.core.commands import MAX_ID, MAX_VERSION
+from projector.core.control import settings_with_builtin
+from projector.web.commands import COMMAND_WAIT_MS
+from projector.web.forwarding import SERVED_BY_HEADER
+from projector.web.params import MAX_LIMIT, MAX_WAIT_MS
 
 JSON = "application/json"
+
+#: Longest command id, aggregate type, aggregate id or command type, in bytes of UTF-8.
+MAX_COMMAND_ID = MAX_ID
+#: The example key of rows and aggregates: the first id of projector's demo data
+#: (projector.demo.data), which the API fuzz test loads. Only an example.
+EXAMPLE_KEY = "acc-000001"
 
 # --- small builders --------------------------------------------------------------
 
@@ -79,39 +94,9 @@ def _int(minimum: int, maximum: Optional[int] = None, default: Optional[int] = N
     return out
 
 
-#: Longest command id, aggregate type, aggregate id or command type, in bytes of UTF-8 (projector.writer.MAX_ID).
-MAX_COMMAND_ID = 256
-#: Default wait for a command's answer (projector.web.Views.post_command).
-COMMAND_WAIT_MS = 10000
-#: Largest JSON integer the API reads as an integer (orjson parses a larger one as a float).
-MAX_JSON_INT = 2**64 - 1
+def _object(required: list[str], properties: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "required": required, "properties": properties}
 
-_AMOUNT = {
-    "type": "integer",
-    "minimum": 1,
-    "maximum": 10**15,
-    "description": "Minor units: an integer from 1 to 10^15 (`5.0` counts as `5`).",
-}
-#: The ``data`` of the demo domain's commands, as tables/accounts.py's ``decide`` checks it
-#: (a field it does not name is ignored; a missing or ill-typed one is 400 ``invalid``).
-#: Any other command of a catalog is documented as taking any JSON object.
-COMMAND_DATA: dict[tuple[str, str], dict[str, Any]] = {
-    ("account", "OpenAccount"): {
-        "type": "object",
-        "required": ["owner", "currency"],
-        "properties": {
-            "owner": {"type": "string", "minLength": 1},
-            "currency": {"type": "string", "minLength": 1},
-            "initial_deposit": _nullable({
-                **_AMOUNT,
-                "description": "Opens and funds the account in one decision (two events). " + _AMOUNT["description"],
-            }),
-        },
-    },
-    ("account", "Deposit"): {"type": "object", "required": ["amount"], "properties": {"amount": _AMOUNT}},
-    ("account", "Withdraw"): {"type": "object", "required": ["amount"], "properties": {"amount": _AMOUNT}},
-    ("account", "CloseAccount"): {"type": "object", "description": "No fields: `{}`."},
-}
 
 UNAUTHORIZED = {"$ref": "#/components/responses/Unauthorized"}
 UNAVAILABLE = {"$ref": "#/components/responses/Unavailable"}
@@ -119,7 +104,7 @@ INVALID = {"$ref": "#/components/responses/Invalid"}
 TOO_LARGE = {"$ref": "#/components/responses/TooLarge"}
 WRITE_TIMEOUT = {"$ref": "#/components/responses/WriteTimeout"}
 SERVED_BY = {
-    "X-Projector-Served-By": {
+    SERVED_BY_HEADER: {
         "description": "Set when this worker forwarded the request: the URL of the worker that answered it.",
         "schema": {"type": "string"},
     }
@@ -146,194 +131,56 @@ def _operation(operation_id: str, summary: str, responses: dict[str, Any], *, ta
     return out
 
 
-def _command_schema(catalog: Any) -> tuple[dict[str, Any], Optional[dict[str, Any]]]:
-    """A ``POST /commands`` body as projector.writer.check_command takes it, and an example.
-
-    One alternative per command type of each aggregate of the catalog that takes
-    commands (``catalog.deciders``), each with its ``data``; an aggregate that
-    lists no command types takes any non-empty ``type``.
-    """
-
-    def text(description: str) -> dict[str, Any]:
-        # At most MAX_COMMAND_ID bytes of UTF-8: maxLength (in characters) is the bound for ASCII.
-        return {"type": "string", "minLength": 1, "maxLength": MAX_COMMAND_ID, "description": description}
-
-    common = {
-        "command_id": _nullable(text(
-            f"The command's id, at most {MAX_COMMAND_ID} bytes of UTF-8; absent or null: the worker makes "
-            "one up (a UUID). A command id seen before gets the answer it got then, and nothing is appended."
-        )),
-        "aggregate_id": text(f"The aggregate's id, at most {MAX_COMMAND_ID} bytes of UTF-8."),
-        "expected_version": _nullable({
-            "type": "integer",
-            "minimum": 0,
-            "maximum": 2**63 - 1,
-            "description": "Decide only if the aggregate is at this version (0: it has no event yet); "
-            "otherwise 409 `version_conflict`. Absent or null: no check.",
-        }),
-    }
-    required = ["aggregate_type", "aggregate_id", "type", "data"]
-    variants = []
-    for aggregate_type, model in sorted(catalog.deciders.items()):
-        for kind in list(model.commands) or [None]:
-            data = COMMAND_DATA.get((aggregate_type, kind)) or {
-                "type": "object",
-                "description": "The command's fields, as the aggregate's decider takes them.",
-            }
-            variants.append({
-                "type": "object",
-                "required": required,
-                "additionalProperties": False,
-                "properties": {
-                    "command_id": common["command_id"],
-                    "aggregate_type": {"type": "string", "const": aggregate_type},
-                    "aggregate_id": common["aggregate_id"],
-                    "type": {"type": "string", "const": kind} if kind else text("The command type."),
-                    "expected_version": common["expected_version"],
-                    "data": data,
-                },
-            })
-    if not variants:  # no aggregate of this catalog takes commands: every command is 400 `invalid`
-        return {
-            "type": "object",
-            "required": required,
-            "additionalProperties": False,
-            "properties": {
-                **common,
-                "aggregate_type": text("An aggregate type (none of this worker's catalog takes commands)."),
-                "type": text("The command type."),
-                "data": {"type": "object"},
-            },
-        }, None
-    example = None
-    if "Deposit" in getattr(catalog.deciders.get("account"), "commands", ()):
-        example = {"aggregate_type": "account", "aggregate_id": "acc-000001", "type": "Deposit",
-                   "data": {"amount": 100}}
-    schema = variants[0] if len(variants) == 1 else {"oneOf": variants}
-    return {**schema, "description": "A command: its aggregate, its type and its `data` (CONTRACT §5)."}, example
+# --- shared parameters -------------------------------------------------------------
 
 
-# --- the document ------------------------------------------------------------------
-
-
-def document(projector: Any) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of ``projector``'s HTTP API (only ``catalog`` and ``partitions`` are read)."""
-    tables = [m.name for m in projector.catalog.all]
+def _table_param(tables: list[str]) -> dict[str, Any]:
     table_list = ", ".join(f"`{t}`" for t in tables)
-
-    table_param = _path(
+    return _path(
         "table",
         {"type": "string", "enum": tables},
         f"A read model of this worker's catalog ({table_list}); any other name is 404 `unknown_table`.",
         example=tables[0] if tables else None,
     )
-    key_param = _path("key", {"type": "string", "minLength": 1}, "The row's key (UTF-8).", example="acc-000001")
-    aggregate_param = _path("id", {"type": "string", "minLength": 1}, "The aggregate id.", example="acc-000001")
-    control_key_param = _path(
+
+
+def _key_param() -> dict[str, Any]:
+    return _path("key", {"type": "string", "minLength": 1}, "The row's key (UTF-8).", example=EXAMPLE_KEY)
+
+
+def _aggregate_param() -> dict[str, Any]:
+    return _path("id", {"type": "string", "minLength": 1}, "The aggregate id.", example=EXAMPLE_KEY)
+
+
+def _control_key_param() -> dict[str, Any]:
+    return _path(
         "key",
-        # projector.control.check_key: non-empty, at most 1024 bytes of UTF-8, no control
+        # projector.core.control.check_key: non-empty, at most 1024 bytes of UTF-8, no control
         # character (Cc) nor line or paragraph separator (Zl, Zp).
         {"type": "string", "minLength": 1, "pattern": "^[^\\u0000-\\u001F\\u007F-\\u009F\\u2028\\u2029]+$"},
         "A control key: at most 1024 bytes of UTF-8, without control characters or line separators "
         "(writing such a key is 400 `invalid`). It may contain `/`.",
         example="commands.enabled",
     )
-    command_schema, command_example = _command_schema(projector.catalog)
-    timeout_ms = _query(
+
+
+def _timeout_ms_param() -> dict[str, Any]:
+    return _query(
         "timeout_ms",
         _int(0, MAX_WAIT_MS, default=0),
         f"How long to wait, in milliseconds (0 to {MAX_WAIT_MS}); more is 400 `invalid`.",
     )
 
-    schemas: dict[str, Any] = {
-        "Error": {
-            "type": "object",
-            "description": "Every error answer: a code in `error`, and sometimes more fields (`detail`, ...).",
-            "required": ["error"],
-            "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
-            "additionalProperties": True,
-        },
-        "ControlProgress": {
-            "type": "object",
-            "required": ["offset", "target"],
-            "properties": {
-                "offset": {"type": "integer", "description": "The last control offset applied (-1: none)."},
-                "target": _nullable(
-                    {"type": "integer", "description": "The control topic's end offset when the worker started."}
-                ),
-            },
-        },
-        "BrokerState": {
-            "type": "object",
-            "description": "Whether this worker reaches Kafka now. Losing it does not make a ready worker "
-            "unready: it serves reads from its local state.",
-            "required": ["reachable", "since"],
-            "properties": {
-                "reachable": {"type": "boolean"},
-                "since": {"type": "string", "format": "date-time",
-                          "description": "When it became reachable or unreachable (or the worker started)."},
-                "error": {"type": "string", "description": "While unreachable: why."},
-            },
-        },
-        "Row": {
-            "type": "object",
-            "required": ["table", "key", "version", "value"],
-            "properties": {
-                "table": {"type": "string"},
-                "key": {"type": "string"},
-                "version": {"type": "integer"},
-                "value": {"description": "The read model's row (an object for the built-in read models)."},
-            },
-        },
-        "ListedRow": {
-            "type": "object",
-            "required": ["key", "version", "value"],
-            "properties": {"key": {"type": "string"}, "version": {"type": "integer"}, "value": {}},
-        },
-        "Envelope": {
-            "type": "object",
-            "description": "An event envelope as it was sent (CONTRACT §2), before upcasting.",
-            "required": ["aggregate_id", "version"],
-            "properties": {
-                "id": {"type": "string"},
-                "aggregate_id": {"type": "string"},
-                "aggregate_type": {"type": "string"},
-                "type": {"type": "string"},
-                "version": {"type": "integer", "minimum": 1},
-                "timestamp": {"type": "string"},
-                "schema_version": {"type": "integer", "minimum": 1},
-                "data": {"type": "object"},
-                "metadata": {"type": "object"},
-            },
-        },
-        "Command": command_schema,
-        "DeadLetter": {
-            "type": "object",
-            "required": ["reason", "error", "source", "aggregate_id", "key"],
-            "properties": {
-                name: _nullable({"type": "string"}) for name in ("reason", "error", "source", "aggregate_id", "key")
-            },
-        },
-    }
 
-    responses = {
-        "Unauthorized": _error(
-            "PROJECTOR_API_TOKEN is set and the bearer token is missing or wrong "
-            "(or the operation needs PROJECTOR_ADMIN_TOKEN).",
-            ["unauthorized"],
-        ),
-        "Unavailable": _error("The worker cannot answer now (rebalancing, Kafka unreachable: "
-                              "`broker_unreachable`, ...); retry."),
-        "WriteTimeout": _error("Kafka did not acknowledge the write in time: the outcome is unknown, it may "
-                               "still be written.", ["timeout"]),
-        "Invalid": _error("A bad query parameter or body.", ["invalid"]),
-        "TooLarge": _error("The request body is larger than the worker or the broker accepts.", ["too_large"]),
-    }
+def _command_id() -> dict[str, Any]:
+    return {"type": "string", "description": "The command's id (made up when the request had none)."}
 
-    paths: dict[str, Any] = {}
 
-    # --- operations -----------------------------------------------------------------
-    paths["/healthz"] = {
+# --- operations: health ------------------------------------------------------------
+
+
+def _healthz() -> dict[str, Any]:
+    return {
         "get": _operation(
             "healthz",
             "200 while the process runs (no token needed)",
@@ -343,18 +190,18 @@ def document(projector: Any) -> dict[str, Any]:
             public=True,
         )
     }
-    paths["/readyz"] = {
+
+
+def _readyz() -> dict[str, Any]:
+    return {
         "get": _operation(
             "readyz",
             "200 once the tables are recovered, the control topic is read and no rebalance is under way",
             {
                 "200": _json(
-                    {
-                        "type": "object",
-                        "required": ["status", "control", "broker"],
-                        "properties": {"status": {"const": "ready"}, "control": _ref("ControlProgress"),
-                                       "broker": _ref("BrokerState")},
-                    },
+                    _object(["status", "control", "broker"],
+                            {"status": {"const": "ready"}, "control": _ref("ControlProgress"),
+                             "broker": _ref("BrokerState")}),
                     "Ready (also while Kafka is unreachable: `broker` says so).",
                 ),
                 "503": _error("Not ready yet.", ["not_ready", "unavailable"], control=_ref("ControlProgress"),
@@ -363,50 +210,45 @@ def document(projector: Any) -> dict[str, Any]:
             tags=["operations"],
         )
     }
-    paths["/tables"] = {
+
+
+# --- tables ------------------------------------------------------------------------
+
+
+def _tables() -> dict[str, Any]:
+    table = _object(
+        ["name", "description", "partitions"],
+        {
+            "name": {"type": "string"},
+            "description": {"type": "string"},
+            "partitions": {"type": "integer", "minimum": 1},
+        },
+    )
+    return {
         "get": _operation(
             "listTables",
             "The read models",
             {
                 "200": _json(
-                    {
-                        "type": "object",
-                        "required": ["tables"],
-                        "properties": {
-                            "tables": {
-                                "type": "array",
-                                "items": {
-                                    "type": "object",
-                                    "required": ["name", "description", "partitions"],
-                                    "properties": {
-                                        "name": {"type": "string"},
-                                        "description": {"type": "string"},
-                                        "partitions": {"type": "integer", "minimum": 1},
-                                    },
-                                },
-                            }
-                        },
-                    },
+                    _object(["tables"], {"tables": {"type": "array", "items": table}}),
                     "Every read model of this worker's catalog.",
                 )
             },
             tags=["tables"],
         )
     }
-    paths["/tables/{table}"] = {
+
+
+def _rows(table_param: dict[str, Any]) -> dict[str, Any]:
+    return {
         "get": _operation(
             "listRows",
             "Rows of a read model in key order, over all partitions and workers",
             {
                 "200": _json(
-                    {
-                        "type": "object",
-                        "required": ["rows", "next_cursor"],
-                        "properties": {
-                            "rows": {"type": "array", "items": _ref("ListedRow")},
-                            "next_cursor": _nullable({"type": "string"}),
-                        },
-                    },
+                    _object(["rows", "next_cursor"],
+                            {"rows": {"type": "array", "items": _ref("ListedRow")},
+                             "next_cursor": _nullable({"type": "string"})}),
                     "One page; `next_cursor` is null at the end.",
                 ),
                 "400": _error("`limit` is 0 or less or not a number, or the cursor is not one this API gave.",
@@ -423,21 +265,19 @@ def document(projector: Any) -> dict[str, Any]:
             ],
         )
     }
-    partitions = int(getattr(projector, "partitions", 0) or 0)
+
+
+def _internal_scan(table_param: dict[str, Any], partitions: int) -> dict[str, Any]:
     partition_item: dict[str, Any] = {"type": "integer", "minimum": 0}
     if partitions > 0:
         partition_item["maximum"] = partitions - 1
-    paths["/internal/scan/{table}"] = {
+    return {
         "get": _operation(
             "internalScan",
             "Rows of some partitions this worker owns (used between workers by the listing)",
             {
                 "200": _json(
-                    {
-                        "type": "object",
-                        "required": ["rows"],
-                        "properties": {"rows": {"type": "array", "items": _ref("ListedRow")}},
-                    },
+                    _object(["rows"], {"rows": {"type": "array", "items": _ref("ListedRow")}}),
                     "Up to `limit` rows after `after`, in key order.",
                 ),
                 "400": _error("Bad `partitions` or `limit`.", ["invalid"]),
@@ -465,7 +305,10 @@ def document(projector: Any) -> dict[str, Any]:
             ],
         )
     }
-    paths["/tables/{table}/{key}"] = {
+
+
+def _row(table_param: dict[str, Any]) -> dict[str, Any]:
+    return {
         "get": _operation(
             "getRow",
             "One row, from whichever worker owns its partition",
@@ -486,29 +329,29 @@ def document(projector: Any) -> dict[str, Any]:
             "`min_version`, waiting up to `timeout_ms` (read-your-writes).",
             parameters=[
                 table_param,
-                key_param,
+                _key_param(),
                 _query("min_version", _int(0), "Wait until the row's version is at least this."),
-                timeout_ms,
+                _timeout_ms_param(),
             ],
         )
     }
-    paths["/aggregates/{id}/events"] = {
+
+
+# --- aggregates --------------------------------------------------------------------
+
+
+def _aggregate_events() -> dict[str, Any]:
+    return {
         "get": _operation(
             "aggregateEvents",
             "An aggregate's applied events, from the aggregate index",
             {
                 "200": _json(
-                    {
-                        "type": "object",
-                        "required": ["aggregate_id", "events", "next_version"],
-                        "properties": {
-                            "aggregate_id": {"type": "string"},
-                            "events": {"type": "array", "items": _ref("Envelope")},
-                            "next_version": _nullable(
-                                {"type": "integer", "description": "The version to ask for next."}
-                            ),
-                        },
-                    },
+                    _object(["aggregate_id", "events", "next_version"],
+                            {"aggregate_id": {"type": "string"},
+                             "events": {"type": "array", "items": _ref("Envelope")},
+                             "next_version": _nullable(
+                                 {"type": "integer", "description": "The version to ask for next."})}),
                     "The events from `from_version` on; `next_version` is null when no later event is stored yet.",
                     headers=SERVED_BY,
                 ),
@@ -517,28 +360,26 @@ def document(projector: Any) -> dict[str, Any]:
             },
             tags=["aggregates"],
             parameters=[
-                aggregate_param,
+                _aggregate_param(),
                 _query("from_version", _int(1, default=1), "The first version to answer (default 1)."),
                 _query("limit", _int(1, default=100),
                        f"Most events to answer (default 100); more than {MAX_LIMIT} is capped to {MAX_LIMIT}."),
             ],
         )
     }
-    paths["/aggregates/{id}/release"] = {
+
+
+def _aggregate_release() -> dict[str, Any]:
+    return {
         "post": _operation(
             "releaseAggregate",
             "Release a parked aggregate (admin)",
             {
                 "202": _json(
-                    {
-                        "type": "object",
-                        "required": ["aggregate_id", "skip_to", "offset"],
-                        "properties": {
-                            "aggregate_id": {"type": "string"},
-                            "skip_to": _nullable({"type": "integer", "minimum": 1}),
-                            "offset": {"type": "integer", "minimum": 0},
-                        },
-                    },
+                    _object(["aggregate_id", "skip_to", "offset"],
+                            {"aggregate_id": {"type": "string"},
+                             "skip_to": _nullable({"type": "integer", "minimum": 1}),
+                             "offset": {"type": "integer", "minimum": 0}}),
                     "The release command is written; `offset` is its offset in the commands topic.",
                 ),
                 "400": INVALID,
@@ -549,7 +390,7 @@ def document(projector: Any) -> dict[str, Any]:
             tags=["aggregates"],
             description="Needs PROJECTOR_ADMIN_TOKEN when it is set. The body is optional: `{}` or "
             '`{"skip_to": <version>}`.',
-            parameters=[aggregate_param],
+            parameters=[_aggregate_param()],
             requestBody={
                 "required": False,
                 "content": {
@@ -564,79 +405,160 @@ def document(projector: Any) -> dict[str, Any]:
             },
         )
     }
-    command_id = {"type": "string", "description": "The command's id (made up when the request had none)."}
+
+
+# --- commands ----------------------------------------------------------------------
+
+
+def _command_schema(catalog: Any) -> tuple[dict[str, Any], Optional[dict[str, Any]]]:
+    """A ``POST /commands`` body as projector.core.commands.check_command takes it, and an example.
+
+    One alternative per command type of each aggregate of the catalog that takes
+    commands (``catalog.deciders``), each with its ``data`` as the read model
+    declares it (``COMMAND_SCHEMAS``; undeclared: any object); an aggregate that
+    lists no command types takes any non-empty ``type``. The example is the first
+    command whose ``data`` schema has ``examples``.
+    """
+
+    def text(description: str) -> dict[str, Any]:
+        # At most MAX_COMMAND_ID bytes of UTF-8: maxLength (in characters) is the bound for ASCII.
+        return {"type": "string", "minLength": 1, "maxLength": MAX_COMMAND_ID, "description": description}
+
+    common = {
+        "command_id": _nullable(text(
+            f"The command's id, at most {MAX_COMMAND_ID} bytes of UTF-8; absent or null: the worker makes "
+            "one up (a UUID). A command id seen before gets the answer it got then, and nothing is appended."
+        )),
+        "aggregate_id": text(f"The aggregate's id, at most {MAX_COMMAND_ID} bytes of UTF-8."),
+        "expected_version": _nullable({
+            "type": "integer",
+            "minimum": 0,
+            "maximum": MAX_VERSION,
+            "description": "Decide only if the aggregate is at this version (0: it has no event yet); "
+            "otherwise 409 `version_conflict`. Absent or null: no check.",
+        }),
+    }
+    required = ["aggregate_type", "aggregate_id", "type", "data"]
+    variants = []
+    example = None
+    for aggregate_type, model in sorted(catalog.deciders.items()):
+        schemas = getattr(model, "command_schemas", {})
+        for kind in list(model.commands) or [None]:
+            data = schemas.get(kind) or {
+                "type": "object",
+                "description": "The command's fields, as the aggregate's decider takes them.",
+            }
+            if example is None and kind and data.get("examples"):
+                example = {"aggregate_type": aggregate_type, "aggregate_id": EXAMPLE_KEY, "type": kind,
+                           "data": data["examples"][0]}
+            variants.append({
+                "type": "object",
+                "required": required,
+                "additionalProperties": False,
+                "properties": {
+                    "command_id": common["command_id"],
+                    "aggregate_type": {"type": "string", "const": aggregate_type},
+                    "aggregate_id": common["aggregate_id"],
+                    "type": {"type": "string", "const": kind} if kind else text("The command type."),
+                    "expected_version": common["expected_version"],
+                    "data": data,
+                },
+            })
+    if not variants:  # no aggregate of this catalog takes commands: every command is 400 `invalid`
+        return {
+            "type": "object",
+            "required": required,
+            "additionalProperties": False,
+            "properties": {
+                **common,
+                "aggregate_type": text("An aggregate type (none of this worker's catalog takes commands)."),
+                "type": text("The command type."),
+                "data": {"type": "object"},
+            },
+        }, None
+    schema = variants[0] if len(variants) == 1 else {"oneOf": variants}
+    return {**schema, "description": "A command: its aggregate, its type and its `data` (CONTRACT §5)."}, example
+
+
+def _command_answers(command_id: dict[str, Any]) -> dict[str, Any]:
+    """The answers of ``POST /commands``: the writer's decision, or why there is none."""
+    accepted = _object(
+        ["command_id", "aggregate_id", "version", "events"],
+        {
+            "command_id": command_id,
+            "aggregate_id": {"type": "string"},
+            "version": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "The aggregate's version after the command (its last event's).",
+            },
+            "events": {
+                "type": "array",
+                "items": _ref("Envelope"),
+                "description": "The events the command appended, in order (none when the "
+                "decider decided none).",
+            },
+        },
+    )
+    return {
+        "200": _json(
+            accepted,
+            "Accepted: its events are in the events topic, and the writer's read-model rows include them.",
+        ),
+        "400": INVALID,
+        "409": _error(
+            "`expected_version` is not the aggregate's version (final for this command id).",
+            ["version_conflict"],
+            required=("command_id", "expected_version", "actual_version"),
+            command_id=command_id,
+            expected_version={"type": "integer", "minimum": 0},
+            actual_version={"type": "integer", "minimum": 0},
+        ),
+        "413": TOO_LARGE,
+        "422": _error(
+            "The aggregate refuses the command. Final for this command id, but for `parked`, "
+            "`fold_error`, `decide_error` and `invalid_event`, which are not recorded.",
+            ["rejected"],
+            required=("command_id", "reason", "detail"),
+            command_id=command_id,
+            reason={
+                "type": "string",
+                "description": "A short code. The aggregate's decider's: the description of each "
+                "command's `data` in the `Command` schema names the ones it gives. Projector's: "
+                "`parked` (the aggregate waits for an operator's release), `fold_error` (a read "
+                "model's fold refused the decided events), `decide_error` (the decider raised), "
+                "`invalid_event` (it decided an event that is not a valid envelope).",
+            },
+            detail={"type": "string"},
+        ),
+        "503": _error(
+            "`commands_disabled` (the control key `commands.enabled` is false), `not_ready` (this "
+            "worker, or the aggregate's writer, is not ready), `broker_unreachable` (this worker cannot "
+            "reach Kafka; nothing was written) or `unavailable` (Kafka refused the command); retry with "
+            "the same `command_id`.",
+            ["commands_disabled", "not_ready", "broker_unreachable", "unavailable"],
+            command_id=command_id,
+        ),
+        "504": _error(
+            "No answer within `timeout_ms`: the outcome is unknown, the command may still be decided. "
+            "Send the same `command_id` again to learn it.",
+            ["timeout"],
+            required=("command_id", "detail"),
+            command_id=command_id,
+        ),
+    }
+
+
+def _commands(command_example: Optional[dict[str, Any]]) -> dict[str, Any]:
+    command_id = _command_id()
     command_body: dict[str, Any] = {"schema": _ref("Command")}
     if command_example is not None:
         command_body["example"] = command_example
-    paths["/commands"] = {
+    return {
         "post": _operation(
             "postCommand",
             "Have the writer of an aggregate decide a command, and answer with its decision",
-            {
-                "200": _json(
-                    {
-                        "type": "object",
-                        "required": ["command_id", "aggregate_id", "version", "events"],
-                        "properties": {
-                            "command_id": command_id,
-                            "aggregate_id": {"type": "string"},
-                            "version": {
-                                "type": "integer",
-                                "minimum": 0,
-                                "description": "The aggregate's version after the command (its last event's).",
-                            },
-                            "events": {
-                                "type": "array",
-                                "items": _ref("Envelope"),
-                                "description": "The events the command appended, in order (none when the "
-                                "decider decided none).",
-                            },
-                        },
-                    },
-                    "Accepted: its events are in the events topic, and the writer's read-model rows include them.",
-                ),
-                "400": INVALID,
-                "409": _error(
-                    "`expected_version` is not the aggregate's version (final for this command id).",
-                    ["version_conflict"],
-                    required=("command_id", "expected_version", "actual_version"),
-                    command_id=command_id,
-                    expected_version={"type": "integer", "minimum": 0},
-                    actual_version={"type": "integer", "minimum": 0},
-                ),
-                "413": TOO_LARGE,
-                "422": _error(
-                    "The aggregate refuses the command. Final for this command id, but for `parked`, "
-                    "`fold_error`, `decide_error` and `invalid_event`, which are not recorded.",
-                    ["rejected"],
-                    required=("command_id", "reason", "detail"),
-                    command_id=command_id,
-                    reason={
-                        "type": "string",
-                        "description": "A short code. The demo domain's: `already_exists`, `not_open`, "
-                        "`insufficient_funds`, `over_limit`, `balance_not_zero`, `balance_limit` (a balance would pass 2^62). Projector's: `parked` (the "
-                        "aggregate waits for an operator's release), `fold_error` (a read model's fold refused "
-                        "the decided events), `decide_error` (the decider raised), `invalid_event` (it "
-                        "decided an event that is not a valid envelope).",
-                    },
-                    detail={"type": "string"},
-                ),
-                "503": _error(
-                    "`commands_disabled` (the control key `commands.enabled` is false), `not_ready` (this "
-                    "worker, or the aggregate's writer, is not ready), `broker_unreachable` (this worker cannot "
-                    "reach Kafka; nothing was written) or `unavailable` (Kafka refused the command); retry with "
-                    "the same `command_id`.",
-                    ["commands_disabled", "not_ready", "broker_unreachable", "unavailable"],
-                    command_id=command_id,
-                ),
-                "504": _error(
-                    "No answer within `timeout_ms`: the outcome is unknown, the command may still be decided. "
-                    "Send the same `command_id` again to learn it.",
-                    ["timeout"],
-                    required=("command_id", "detail"),
-                    command_id=command_id,
-                ),
-            },
+            _command_answers(command_id),
             tags=["commands"],
             description="Any worker takes the command and puts it on the command topic, keyed by aggregate "
             "id; the worker owning that partition decides it against the aggregate's state and version, "
@@ -654,17 +576,24 @@ def document(projector: Any) -> dict[str, Any]:
             requestBody={"required": True, "content": {JSON: command_body}},
         )
     }
-    paths["/internal/command-answers"] = {
+
+
+def _internal_command_answers() -> dict[str, Any]:
+    answer = _object(
+        ["command_id", "status", "body"],
+        {
+            "command_id": {"type": "string"},
+            "status": {"type": "integer", "description": "The HTTP status of the answer."},
+            "body": {"type": "object", "description": "The answer's body."},
+        },
+    )
+    return {
         "post": _operation(
             "internalCommandAnswers",
             "Answers of commands this worker took (used between workers by POST /commands)",
             {
                 "200": _json(
-                    {
-                        "type": "object",
-                        "required": ["delivered"],
-                        "properties": {"delivered": {"type": "integer", "minimum": 0}},
-                    },
+                    _object(["delivered"], {"delivered": {"type": "integer", "minimum": 0}}),
                     "`delivered` answers were handed to the requests waiting for them (if any still waits).",
                 ),
                 "400": _error("The body is not a list of `{command_id, status, body}`.", ["invalid"]),
@@ -673,41 +602,46 @@ def document(projector: Any) -> dict[str, Any]:
             tags=["internal"],
             description="Worker to worker: the writer of an aggregate sends each command's answer to the "
             "worker that took the command. Not a stable API.",
-            requestBody={
-                "required": True,
-                "content": {
-                    JSON: {
-                        "schema": {
-                            "type": "array",
-                            "items": {
-                                "type": "object",
-                                "required": ["command_id", "status", "body"],
-                                "properties": {
-                                    "command_id": {"type": "string"},
-                                    "status": {"type": "integer", "description": "The HTTP status of the answer."},
-                                    "body": {"type": "object", "description": "The answer's body."},
-                                },
-                            },
-                        }
-                    }
-                },
-            },
+            requestBody={"required": True, "content": {JSON: {"schema": {"type": "array", "items": answer}}}},
         )
     }
-    paths["/control"] = {
+
+
+# --- the control table -------------------------------------------------------------
+
+
+def control_settings(catalog: Any) -> dict[str, ControlSetting]:
+    """The control keys with a meaning: projector's own and the ones the catalog's modules declare (``CONTROL``).
+
+    The same settings a running worker holds (``projector.control.settings``), from
+    the catalog alone, so the document needs no running worker.
+    """
+    return settings_with_builtin(getattr(catalog, "control_settings", {}))
+
+
+def _setting_values(setting: ControlSetting) -> str:
+    """What a setting takes, in words: ``true or false``, ``an integer >= 0, or null``, ..."""
+    if setting.type == "boolean":
+        return "true or false"
+    article = "an" if setting.type[0] in "aeiou" else "a"
+    out = f"{article} {setting.type}"
+    if setting.minimum is not None:
+        out += f" >= {setting.minimum:g}"
+    if setting.default is None:
+        out += ", or null"
+    return out
+
+
+def _control() -> dict[str, Any]:
+    return {
         "get": _operation(
             "getControl",
             "The control table as this worker holds it",
             {
                 "200": _json(
-                    {
-                        "type": "object",
-                        "required": ["offset", "entries"],
-                        "properties": {
-                            "offset": {"type": "integer", "minimum": -1},
-                            "entries": {"type": "object", "additionalProperties": True},
-                        },
-                    },
+                    _object(["offset", "entries"],
+                            {"offset": {"type": "integer", "minimum": -1},
+                             "entries": {"type": "object", "additionalProperties": True}}),
                     "The control table.",
                 ),
                 "400": _error("A bad `min_offset` or `timeout_ms`.", ["invalid"]),
@@ -722,30 +656,27 @@ def document(projector: Any) -> dict[str, Any]:
             parameters=[
                 _query("min_offset", _int(-1, default=-1),
                        "Wait until this worker has applied the control record at this offset."),
-                timeout_ms,
+                _timeout_ms_param(),
             ],
         )
     }
-    control_written = _json(
-        {
-            "type": "object",
-            "required": ["key", "offset"],
-            "properties": {"key": {"type": "string"}, "offset": {"type": "integer", "minimum": 0}},
-        },
+
+
+def _control_entry(settings: Mapping[str, ControlSetting]) -> dict[str, Any]:
+    written = _json(
+        _object(["key", "offset"], {"key": {"type": "string"}, "offset": {"type": "integer", "minimum": 0}}),
         "Written to the control topic at `offset`; every worker applies it.",
     )
-    paths["/control/{key}"] = {
-        "parameters": [control_key_param],
+    refused = "; ".join(f"`{key}`: {_setting_values(s)}" for key, s in settings.items())
+    return {
+        "parameters": [_control_key_param()],
         "get": _operation(
             "getControlKey",
             "One control entry",
             {
                 "200": _json(
-                    {
-                        "type": "object",
-                        "required": ["key", "value", "offset"],
-                        "properties": {"key": {"type": "string"}, "value": {}, "offset": {"type": "integer"}},
-                    },
+                    _object(["key", "value", "offset"],
+                            {"key": {"type": "string"}, "value": {}, "offset": {"type": "integer"}}),
                     "The entry.",
                 ),
                 "404": _error("No such key.", ["not_found"]),
@@ -755,32 +686,34 @@ def document(projector: Any) -> dict[str, Any]:
         "put": _operation(
             "putControlKey",
             "Set a control entry (admin)",
-            {"202": control_written, "400": INVALID, "401": UNAUTHORIZED, "413": TOO_LARGE, "504": WRITE_TIMEOUT},
+            {"202": written, "400": INVALID, "401": UNAUTHORIZED, "413": TOO_LARGE, "504": WRITE_TIMEOUT},
             tags=["control"],
             description="Needs PROJECTOR_ADMIN_TOKEN when it is set. The body is any JSON value; `null` "
-            "deletes the key. A value the key's meaning refuses (`commands.enabled`: a boolean; "
-            "`accounts.max_withdrawal`: an integer or null) is 400 `invalid`.",
+            f"deletes the key. A value the key's meaning refuses ({refused}) is 400 `invalid`; the "
+            "`ControlSettings` schema describes each of these keys. Any other key takes any JSON value.",
             requestBody={"required": True, "content": {JSON: {"schema": {}}}},
         ),
         "delete": _operation(
             "deleteControlKey",
             "Delete a control entry (admin)",
-            {"202": control_written, "400": INVALID, "401": UNAUTHORIZED, "504": WRITE_TIMEOUT},
+            {"202": written, "400": INVALID, "401": UNAUTHORIZED, "504": WRITE_TIMEOUT},
             tags=["control"],
             description="Needs PROJECTOR_ADMIN_TOKEN when it is set.",
         ),
     }
-    paths["/deadletters"] = {
+
+
+# --- operations and the status page ------------------------------------------------
+
+
+def _deadletters() -> dict[str, Any]:
+    return {
         "get": _operation(
             "deadletters",
             "The newest dead letters, newest first",
             {
                 "200": _json(
-                    {
-                        "type": "object",
-                        "required": ["deadletters"],
-                        "properties": {"deadletters": {"type": "array", "items": _ref("DeadLetter")}},
-                    },
+                    _object(["deadletters"], {"deadletters": {"type": "array", "items": _ref("DeadLetter")}}),
                     "The dead letters.",
                 ),
                 "400": _error("A bad `limit`.", ["invalid"]),
@@ -792,7 +725,10 @@ def document(projector: Any) -> dict[str, Any]:
             ],
         )
     }
-    paths["/metrics"] = {
+
+
+def _metrics() -> dict[str, Any]:
+    return {
         "get": _operation(
             "metrics",
             "Prometheus metrics of this worker",
@@ -800,7 +736,10 @@ def document(projector: Any) -> dict[str, Any]:
             tags=["operations"],
         )
     }
-    paths["/openapi.json"] = {
+
+
+def _openapi() -> dict[str, Any]:
+    return {
         "get": _operation(
             "openapi",
             "This document",
@@ -808,7 +747,10 @@ def document(projector: Any) -> dict[str, Any]:
             tags=["operations"],
         )
     }
-    paths["/"] = {
+
+
+def _status_page() -> dict[str, Any]:
+    return {
         "get": _operation(
             "statusPage",
             "The status page, for people (HTML, no external assets)",
@@ -816,7 +758,10 @@ def document(projector: Any) -> dict[str, Any]:
             tags=["status"],
         )
     }
-    paths["/status"] = {
+
+
+def _status() -> dict[str, Any]:
+    return {
         "get": _operation(
             "status",
             "The data behind the status page",
@@ -832,45 +777,184 @@ def document(projector: Any) -> dict[str, Any]:
         )
     }
 
+
+def _paths(tables: list[str], partitions: int, command_example: Optional[dict[str, Any]],
+           settings: Mapping[str, ControlSetting]) -> dict[str, Any]:
+    """Every path of the API (projector.web.routes serves them)."""
+    table = _table_param(tables)
     return {
-        "openapi": "3.1.0",
-        "info": {
-            "title": "projector",
-            "version": __version__,
-            "description": "Read models of an event-sourced system on Kafka, and its command side "
-            "(`POST /commands`). Every worker answers every "
-            "request (it forwards to the owner of the key's partition). Every body is JSON but "
-            "`/metrics` and `/`; every error is `{\"error\": \"<code>\", ...}`; the only 5xx answers "
-            "are 503 and 504.",
-        },
-        "tags": [
-            {"name": name}
-            for name in ("tables", "aggregates", "commands", "control", "operations", "status", "internal")
-        ],
-        "security": [{"bearer": []}],
-        "paths": paths,
-        "components": {
-            "securitySchemes": {
-                "bearer": {
-                    "type": "http",
-                    "scheme": "bearer",
-                    "description": "PROJECTOR_API_TOKEN (or PROJECTOR_ADMIN_TOKEN). A worker without "
-                    "PROJECTOR_API_TOKEN is open; writes need PROJECTOR_ADMIN_TOKEN when that is set.",
-                }
-            },
-            "schemas": schemas,
-            "responses": responses,
+        "/healthz": _healthz(),
+        "/readyz": _readyz(),
+        "/tables": _tables(),
+        "/tables/{table}": _rows(table),
+        "/internal/scan/{table}": _internal_scan(table, partitions),
+        "/tables/{table}/{key}": _row(table),
+        "/aggregates/{id}/events": _aggregate_events(),
+        "/aggregates/{id}/release": _aggregate_release(),
+        "/commands": _commands(command_example),
+        "/internal/command-answers": _internal_command_answers(),
+        "/control": _control(),
+        "/control/{key}": _control_entry(settings),
+        "/deadletters": _deadletters(),
+        "/metrics": _metrics(),
+        "/openapi.json": _openapi(),
+        "/": _status_page(),
+        "/status": _status(),
+    }
+
+
+# --- components --------------------------------------------------------------------
+
+
+def _envelope_schema() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "description": "An event envelope as it was sent (CONTRACT §2), before upcasting.",
+        "required": ["aggregate_id", "version"],
+        "properties": {
+            "id": {"type": "string"},
+            "aggregate_id": {"type": "string"},
+            "aggregate_type": {"type": "string"},
+            "type": {"type": "string"},
+            "version": {"type": "integer", "minimum": 1},
+            "timestamp": {"type": "string"},
+            "schema_version": {"type": "integer", "minimum": 1},
+            "data": {"type": "object"},
+            "metadata": {"type": "object"},
         },
     }
 
 
-def install(app: Any, projector: Any) -> None:
-    """Add ``GET /openapi.json`` to the aiohttp ``app``."""
-    from aiohttp import web
+def _control_settings_schema(settings: Mapping[str, ControlSetting]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "description": "The control keys with a meaning to this worker (CONTRACT §3), each with the values it "
+        "takes and its default. A value of the wrong type is refused when written through the API, and "
+        "ignored (the default applies) when something else wrote it. Any other key takes any JSON value.",
+        "properties": {key: setting.schema for key, setting in settings.items()},
+        "additionalProperties": True,
+    }
 
-    body = orjson.dumps(document(projector))
 
-    async def openapi_json(request: web.Request) -> web.Response:
-        return web.Response(body=body, content_type="application/json")
+def _schemas(command_schema: dict[str, Any], settings: Mapping[str, ControlSetting]) -> dict[str, Any]:
+    return {
+        "Error": {
+            "type": "object",
+            "description": "Every error answer: a code in `error`, and sometimes more fields (`detail`, ...).",
+            "required": ["error"],
+            "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
+            "additionalProperties": True,
+        },
+        "ControlProgress": _object(
+            ["offset", "target"],
+            {
+                "offset": {"type": "integer", "description": "The last control offset applied (-1: none)."},
+                "target": _nullable(
+                    {"type": "integer", "description": "The control topic's end offset when the worker started."}
+                ),
+            },
+        ),
+        "BrokerState": {
+            "type": "object",
+            "description": "Whether this worker reaches Kafka now. Losing it does not make a ready worker "
+            "unready: it serves reads from its local state.",
+            "required": ["reachable", "since"],
+            "properties": {
+                "reachable": {"type": "boolean"},
+                "since": {"type": "string", "format": "date-time",
+                          "description": "When it became reachable or unreachable (or the worker started)."},
+                "error": {"type": "string", "description": "While unreachable: why."},
+            },
+        },
+        "Row": _object(
+            ["table", "key", "version", "value"],
+            {
+                "table": {"type": "string"},
+                "key": {"type": "string"},
+                "version": {"type": "integer"},
+                "value": {"description": "The read model's row (an object for the built-in read models)."},
+            },
+        ),
+        "ListedRow": _object(
+            ["key", "version", "value"], {"key": {"type": "string"}, "version": {"type": "integer"}, "value": {}}
+        ),
+        "Envelope": _envelope_schema(),
+        "Command": command_schema,
+        "DeadLetter": _object(
+            ["reason", "error", "source", "aggregate_id", "key"],
+            {name: _nullable({"type": "string"}) for name in ("reason", "error", "source", "aggregate_id", "key")},
+        ),
+        "ControlSettings": _control_settings_schema(settings),
+    }
 
-    app.router.add_get("/openapi.json", openapi_json)
+
+def _responses() -> dict[str, Any]:
+    return {
+        "Unauthorized": _error(
+            "PROJECTOR_API_TOKEN is set and the bearer token is missing or wrong "
+            "(or the operation needs PROJECTOR_ADMIN_TOKEN).",
+            ["unauthorized"],
+        ),
+        "Unavailable": _error("The worker cannot answer now (rebalancing, Kafka unreachable: "
+                              "`broker_unreachable`, ...); retry."),
+        "WriteTimeout": _error("Kafka did not acknowledge the write in time: the outcome is unknown, it may "
+                               "still be written.", ["timeout"]),
+        "Invalid": _error("A bad query parameter or body.", ["invalid"]),
+        "TooLarge": _error("The request body is larger than the worker or the broker accepts.", ["too_large"]),
+    }
+
+
+def _info() -> dict[str, Any]:
+    return {
+        "title": "projector",
+        "version": __version__,
+        "description": "Read models of an event-sourced system on Kafka, and its command side "
+        "(`POST /commands`). Every worker answers every "
+        "request (it forwards to the owner of the key's partition). Every body is JSON but "
+        "`/metrics` and `/`; every error is `{\"error\": \"<code>\", ...}`; the only 5xx answers "
+        "are 503 and 504.",
+    }
+
+
+BEARER = {
+    "type": "http",
+    "scheme": "bearer",
+    "description": "PROJECTOR_API_TOKEN (or PROJECTOR_ADMIN_TOKEN). A worker without "
+    "PROJECTOR_API_TOKEN is open; writes need PROJECTOR_ADMIN_TOKEN when that is set.",
+}
+
+TAGS = ("tables", "aggregates", "commands", "control", "operations", "status", "internal")
+
+
+# --- the document ------------------------------------------------------------------
+
+
+def document(projector: Any) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of ``projector``'s HTTP API (only ``catalog`` and ``partitions`` are read)."""
+    catalog = projector.catalog
+    tables = [m.name for m in catalog.all]
+    partitions = int(getattr(projector, "partitions", 0) or 0)
+    command_schema, command_example = _command_schema(catalog)
+    settings = control_settings(catalog)
+    return {
+        "openapi": "3.1.0",
+        "info": _info(),
+        "tags": [{"name": name} for name in TAGS],
+        "security": [{"bearer": []}],
+        "paths": _paths(tables, partitions, command_example, settings),
+        "components": {
+            "securitySchemes": {"bearer": dict(BEARER)},
+            "schemas": _schemas(command_schema, settings),
+            "responses": _responses(),
+        },
+    }
+
+
+class OpenAPIView:
+    """``GET /openapi.json``: the document, built once when the routes are installed."""
+
+    def __init__(self, projector: Any) -> None:
+        self.body = orjson.dumps(document(projector))
+
+    async def openapi_json(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.body, content_type="application/json")

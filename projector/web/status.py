@@ -1,7 +1,8 @@
 """The status page at ``/`` and the ``/status`` JSON behind it (issue 5, item 6).
 
-Routes (all behind the bearer-token middleware of :mod:`projector.web`, like
-every route but ``/healthz``):
+Routes (installed by :mod:`projector.web.routes`; all behind the bearer-token
+middleware of :mod:`projector.web.middleware`, like every route but
+``/healthz``):
 
 ``GET /status``
     This worker, as JSON::
@@ -11,7 +12,7 @@ every route but ``/healthz``):
          "partitions": [0, 2],                 # active partitions of the events topic
          "partitions_total": 8,                # partitions of the events topic
          "lag": [{"partition": 0, "lag": 12}], # records not yet read, per assigned partition
-         "events_applied": {"accounts": 5000, ...},  # per read model, since the worker started
+         "events_applied": {"<table>": 5000, ...},  # per read model, since the worker started
          "records_total": 5000,                # events-topic records handled since it started
          "deadletters": {"version_gap": 1},    # dead letters sent, by reason
          "control": {"offset": 3, "entries": {...}},  # the control table as GET /control
@@ -44,14 +45,14 @@ every route but ``/healthz``):
 
     Authentication: with ``PROJECTOR_API_TOKEN`` set, open the page as
     ``/?token=<t>``. A browser cannot send a header when it opens a page, so
-    the middleware in :mod:`projector.web` takes the token from the query for
-    ``GET /`` only (the page holds no data); the page then drops it from the
+    the middleware (:mod:`projector.web.middleware`) takes the token from the
+    query for ``GET /`` only (the page holds no data); the page then drops it from the
     address bar and sends it as ``Authorization: Bearer <t>`` on its own
     requests. ``/#token=<t>`` works too, with the page itself behind a header.
 
 Faust serves a placeholder ``{"status": "OK"}`` index at ``/`` when its
-statistics pages are off; :func:`install` takes it out of the route index so
-this page answers there.
+statistics pages are off; :func:`unindex_placeholder` takes it out of the
+route index so this page answers there.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from projector.web.views import json_error, json_response
+from projector.web.responses import json_error, json_response
 
 if TYPE_CHECKING:
     from projector.runtime.app import Projector
@@ -100,7 +101,8 @@ def worker_status(projector: "Projector") -> dict[str, Any]:
     partitions = sorted(tp.partition for tp in actives if tp.topic == events_topic)
     try:
         standbys = sorted({tp.partition for tp in p.app.assignor.assigned_standbys()})
-    except Exception:  # no assignment yet
+    except Exception as exc:  # no assignment yet
+        log.debug("no standby assignment to show: %r", exc)
         standbys = []
     if partitions:
         role = "active"
@@ -231,19 +233,11 @@ class StatusViews:
         )
 
 
-def install(app: Any, projector: Any) -> None:
-    """Add ``/status`` and the page at ``/`` to the aiohttp ``app``."""
-    views = StatusViews(projector)
-    router = app.router
-    # Faust's placeholder index ({"status": "OK"}) is registered at "/" before
-    # us and would win: take it out of the route index.
+def unindex_placeholder(router: web.UrlDispatcher) -> None:
+    """Take Faust's placeholder index at ``/`` (``{"status": "OK"}``) out of the route index: the page answers there."""
     for resource in list(router.resources()):
         if isinstance(resource, web.PlainResource) and resource.canonical == "/":
             router.unindex_resource(resource)
-    router.add_get("/", views.page)
-    router.add_get("/status", views.status)
-    app.on_startup.append(views.start)
-    app.on_cleanup.append(views.close)
 
 
 PAGE = r"""<!doctype html>

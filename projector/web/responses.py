@@ -1,0 +1,46 @@
+"""JSON answers: every answer of the HTTP API is JSON (CONTRACT §5).
+
+Errors are ``{"error": "<code>", ...}``; the only 5xx answers are 503 and 504,
+each with a JSON body. The helpers for the errors several resources share
+(Kafka unreachable, a write Kafka did not acknowledge) live here too.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Optional
+
+import orjson
+from aiohttp import web
+
+from projector.runtime.kafka import KAFKA_WRITE_TIMEOUT
+
+if TYPE_CHECKING:
+    from projector.runtime.app import Projector
+
+
+def json_response(body: Any, status: int = 200, headers: Optional[dict[str, str]] = None) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(body), status=status, content_type="application/json", headers=headers
+    )
+
+
+def json_error(status: int, code: str, **extra: Any) -> web.Response:
+    return json_response({"error": code, **extra}, status=status)
+
+
+def broker_unreachable(projector: "Projector", **extra: Any) -> Optional[web.Response]:
+    """503 before anything is written, while this worker cannot reach Kafka; None when it can."""
+    broker = projector.broker
+    if broker.reachable:
+        return None
+    snapshot = broker.snapshot()
+    return json_error(503, "broker_unreachable", broker=snapshot, **extra,
+                      detail=f"Kafka at {projector.settings.broker} is unreachable since {snapshot['since']}: "
+                             "nothing was written; retry once it is back")
+
+
+def write_timeout(what: str, hint: str) -> web.Response:
+    """504: Kafka did not acknowledge ``what`` in time; ``hint`` says how to learn the outcome."""
+    return json_error(504, "timeout", detail=f"Kafka did not acknowledge {what} within {KAFKA_WRITE_TIMEOUT:g} s: "
+                                             f"the outcome is unknown, it may still be written ({hint})")
+

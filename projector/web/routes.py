@@ -1,0 +1,74 @@
+"""Every route of projector's HTTP API (CONTRACT §5), and the view that answers it.
+
+The worker (projector.runtime.app) calls :func:`install_routes` on Faust's
+aiohttp application, whose options come from
+:func:`projector.web.middleware.web_application_options`. A route added here
+must be documented in :mod:`projector.web.openapi` (tests/unit/test_openapi.py
+checks both ways).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from projector.web.aggregates import AggregateViews
+from projector.web.commands import CommandViews
+from projector.web.control import ControlViews
+from projector.web.deadletters import DeadLetterViews
+from projector.web.forwarding import Peers
+from projector.web.openapi import OpenAPIView
+from projector.web.operations import OperationsViews
+from projector.web.status import StatusViews, unindex_placeholder
+from projector.web.tables import TableViews
+
+if TYPE_CHECKING:
+    from projector.runtime.app import Projector
+
+
+def install_routes(app: web.Application, projector: "Projector") -> None:
+    peers = Peers(projector)
+    operations = OperationsViews(projector)
+    tables = TableViews(projector, peers)
+    aggregates = AggregateViews(projector, peers)
+    commands = CommandViews(projector)
+    control = ControlViews(projector)
+    deadletters = DeadLetterViews(projector)
+    status = StatusViews(projector)
+    openapi = OpenAPIView(projector)
+
+    router = app.router
+    # Faust's placeholder index ({"status": "OK"}) is registered at "/" before
+    # the status page and would win: take it out of the route index.
+    unindex_placeholder(router)
+
+    router.add_get("/healthz", operations.healthz)
+    router.add_get("/readyz", operations.readyz)
+    router.add_get("/metrics", operations.metrics)
+    router.add_get("/openapi.json", openapi.openapi_json)
+
+    router.add_get("/tables", tables.list_tables)
+    router.add_get("/tables/{table}", tables.list_rows)
+    router.add_get("/tables/{table}/{key}", tables.get_row)
+    router.add_get("/internal/scan/{table}", tables.internal_scan)
+
+    router.add_get("/aggregates/{id}/events", aggregates.events)
+    router.add_post("/aggregates/{id}/release", aggregates.release)
+
+    router.add_post("/commands", commands.post_command)
+    router.add_post("/internal/command-answers", commands.internal_command_answers)
+
+    router.add_get("/control", control.get_control)
+    router.add_get("/control/{key:.+}", control.get_control_key)
+    router.add_put("/control/{key:.+}", control.put_control)
+    router.add_delete("/control/{key:.+}", control.delete_control)
+
+    router.add_get("/deadletters", deadletters.deadletters)
+
+    router.add_get("/", status.page)
+    router.add_get("/status", status.status)
+
+    app.on_startup.append(status.start)
+    app.on_cleanup.append(status.close)
+    app.on_cleanup.append(peers.close)

@@ -1,0 +1,211 @@
+"""The read models over HTTP (CONTRACT §5): ``GET /tables``, a row, a listing, and the listing's internal scan.
+
+A row is answered by the worker that owns its partition (:class:`~projector.web.forwarding.Peers`
+forwards to it); a listing merges every partition's rows in key order,
+asking each owner for its own (``GET /internal/scan/{table}``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import heapq
+import logging
+from typing import TYPE_CHECKING, Optional
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from projector.web.forwarding import ROUTE_DEADLINE, Peers, forwarded_headers
+from projector.web.params import MAX_KEY_PARAM, MAX_LIMIT, MAX_WAIT_MS, int_param
+from projector.web.responses import json_error, json_response
+
+if TYPE_CHECKING:
+    from projector.runtime.app import Projector
+
+log = logging.getLogger(__name__)
+
+#: Requests a worker keeps waiting for a row version at once; more get 503.
+MAX_PARKED = 1000
+#: Faust's own keys in each RocksDB partition database (its changelog offset).
+FAUST_KEY = b"__faust\x00"
+
+
+def encode_cursor(table: str, key: str) -> str:
+    """An opaque cursor: the last key returned, for this table."""
+    return base64.urlsafe_b64encode(orjson.dumps([table, key])).decode().rstrip("=")
+
+
+def decode_cursor(cursor: Optional[str], table: str) -> Optional[str]:
+    """The key a cursor of :func:`encode_cursor` holds (None for no cursor); 400 for any other string."""
+    if cursor is None:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        cursor_table, key = orjson.loads(raw)
+    except (ValueError, TypeError, orjson.JSONDecodeError):
+        raise web.HTTPBadRequest(reason="cursor is not one this API gave out") from None
+    if cursor_table != table or not isinstance(key, str) or len(key.encode("utf-8")) > MAX_KEY_PARAM:
+        raise web.HTTPBadRequest(reason=f"cursor does not belong to table {table}")
+    return key
+
+
+class TableViews:
+    def __init__(self, projector: "Projector", peers: Peers) -> None:
+        self.projector = projector
+        self.peers = peers
+
+    async def list_tables(self, request: web.Request) -> web.Response:
+        p = self.projector
+        return json_response(
+            {
+                "tables": [
+                    {"name": m.name, "description": m.description, "partitions": p.partitions}
+                    for m in p.catalog.all
+                ]
+            }
+        )
+
+    async def get_row(self, request: web.Request) -> web.Response:
+        """One row. ``min_version`` + ``timeout_ms``: wait on the owner until the row reaches that version."""
+        p = self.projector
+        table = request.match_info["table"]
+        key = request.match_info["key"]
+        if p.model(table) is None:
+            return json_error(404, "unknown_table", table=table)
+        min_version = int_param(request, "min_version", 0, 0)
+        timeout_ms = int_param(request, "timeout_ms", 0, 0, MAX_WAIT_MS)
+        key_bytes = key.encode("utf-8")
+        deadline = asyncio.get_running_loop().time() + timeout_ms / 1000
+
+        def read(partition: int) -> Optional[dict]:
+            raw = p.store.get(table, partition, key_bytes)
+            row = orjson.loads(raw) if raw is not None else None
+            return row if row is not None and row.get("value") is not None else None
+
+        async def local(partition: int) -> web.Response:
+            row = read(partition)
+            while min_version and (row is None or row["version"] < min_version):
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0 or not p.owns(partition):
+                    return json_error(504, "timeout", version=row["version"] if row else None)
+                if p.rows.parked >= MAX_PARKED:
+                    return json_error(503, "unavailable", detail=f"{MAX_PARKED} requests are already waiting; retry")
+                waiter = p.rows.park(table, partition, key_bytes)
+                try:
+                    await asyncio.wait_for(waiter, remaining)
+                except asyncio.TimeoutError:
+                    pass
+                finally:
+                    p.rows.unpark(table, partition, key_bytes, waiter)
+                row = read(partition)
+            if row is None:
+                return json_error(404, "not_found", table=table, key=key)
+            return json_response({"table": table, "key": key, "version": row["version"], "value": row["value"]})
+
+        return await self.peers.on_owner(request, table, key_bytes, local, extra_timeout=timeout_ms / 1000)
+
+    async def list_rows(self, request: web.Request) -> web.Response:
+        """Rows of a table in key order, over all partitions and workers, a page at a time."""
+        p = self.projector
+        table = request.match_info["table"]
+        if p.model(table) is None:
+            return json_error(404, "unknown_table", table=table)
+        limit = int_param(request, "limit", 100, 1, MAX_LIMIT, cap=True)
+        prefix = request.query.get("prefix", "")
+        if len(prefix.encode("utf-8")) > MAX_KEY_PARAM:
+            raise web.HTTPBadRequest(reason=f"prefix must be at most {MAX_KEY_PARAM} bytes")
+        after = decode_cursor(request.query.get("cursor"), table)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ROUTE_DEADLINE
+        while True:
+            rows = await self._gather_rows(request, table, prefix, after, limit + 1)
+            if rows is not None:
+                break
+            if loop.time() >= deadline:
+                return json_error(503, "unavailable",
+                                  detail=f"some partitions of {table} have no owner yet (rebalancing); retry")
+            await asyncio.sleep(0.2)
+        rows.sort(key=lambda r: r["key"].encode("utf-8"))
+        page = rows[:limit]
+        next_cursor = encode_cursor(table, page[-1]["key"]) if len(rows) > limit else None
+        return json_response({"rows": page, "next_cursor": next_cursor})
+
+    async def _gather_rows(
+        self, request: web.Request, table: str, prefix: str, after: Optional[str], limit: int
+    ) -> Optional[list[dict]]:
+        """Up to ``limit`` rows after ``after`` from every partition, asking each owner; None if one has no owner."""
+        p = self.projector
+        by_owner: dict[Optional[str], list[int]] = {}
+        for partition in range(p.partitions):
+            if p.owns(partition):
+                by_owner.setdefault(None, []).append(partition)
+                continue
+            owner = p.owner_url(table, partition)
+            if not owner or owner.rstrip("/") == p.settings.url:
+                return None
+            by_owner.setdefault(owner, []).append(partition)
+        rows: list[dict] = []
+        for owner, partitions in by_owner.items():
+            if owner is None:
+                rows.extend(self._scan_local(table, partitions, prefix, after, limit))
+                continue
+            query = {"partitions": ",".join(map(str, partitions)), "prefix": prefix, "limit": str(limit)}
+            if after is not None:
+                query["after"] = after
+            url = f"{owner.rstrip('/')}/internal/scan/{table}"
+            try:
+                async with self.peers.session.get(url, params=query, headers=forwarded_headers(request)) as r:
+                    if r.status != 200:
+                        return None  # the owner moved meanwhile: ask again
+                    rows.extend((await r.json())["rows"])
+            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError) as exc:
+                # The owner is gone or moving: the caller asks again until its deadline.
+                log.debug("scan of %s partitions %s at %s failed: %r", table, partitions, owner, exc)
+                return None
+        return rows
+
+    def _scan_local(
+        self, table: str, partitions: list[int], prefix: str, after: Optional[str], limit: int
+    ) -> list[dict]:
+        """Up to ``limit`` rows in key order from this worker's ``partitions``."""
+        p = self.projector
+        prefix_b = prefix.encode("utf-8")
+        start = prefix_b
+        if after is not None:
+            start = max(start, after.encode("utf-8") + b"\x00")
+        iterators = []
+        for partition in partitions:
+            iterators.append(
+                (k, v) for k, v in p.store.scan(table, partition, prefix_b, start=start) if not k.startswith(FAUST_KEY)
+            )
+        out = []
+        for key, raw in heapq.merge(*iterators, key=lambda kv: kv[0]):
+            row = orjson.loads(raw)
+            if row.get("value") is None:
+                continue
+            out.append({"key": key.decode("utf-8", "replace"), "version": row["version"], "value": row["value"]})
+            if len(out) >= limit:
+                break
+        return out
+
+    async def internal_scan(self, request: web.Request) -> web.Response:
+        """Rows of the listed partitions, which this worker must own (used by :meth:`list_rows`)."""
+        p = self.projector
+        table = request.match_info["table"]
+        if p.model(table) is None:
+            return json_error(404, "unknown_table", table=table)
+        try:
+            partitions = [int(x) for x in request.query.get("partitions", "").split(",") if x]
+        except ValueError:
+            raise web.HTTPBadRequest(reason="partitions must be a comma-separated list of integers") from None
+        if not partitions or any(not 0 <= x < p.partitions for x in partitions):
+            raise web.HTTPBadRequest(reason=f"partitions must be between 0 and {p.partitions - 1}")
+        not_owned = [x for x in partitions if not p.owns(x)]
+        if not_owned:
+            return json_error(409, "not_owner", partitions=not_owned)
+        limit = int_param(request, "limit", 100, 1, MAX_LIMIT + 1, cap=True)
+        prefix = request.query.get("prefix", "")
+        after = request.query.get("after")
+        return json_response({"rows": self._scan_local(table, partitions, prefix, after, limit)})

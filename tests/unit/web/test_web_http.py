@@ -1,0 +1,207 @@
+"""projector.web over HTTP, without Kafka: the middlewares and the views' own answers.
+
+An aiohttp application built as the worker builds it (``web_application_options``
+and ``install_routes``) around a stand-in projector with a real catalog and a real
+control table; whatever would need Kafka or Faust is a mock. Each test drives it
+with aiohttp's test client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Awaitable, Callable
+from unittest import mock
+
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from projector.core.catalog import load_catalog
+from projector.core.control import ControlState
+from projector.web.middleware import MAX_BODY, web_application_options
+from projector.web.routes import install_routes
+
+TABLES_DIR = Path(__file__).resolve().parents[3] / "tables"
+API, ADMIN = "api-token", "admin-token"
+
+
+@pytest.fixture(scope="module")
+def catalog() -> Any:
+    return load_catalog(TABLES_DIR)
+
+
+@pytest.fixture
+def projector(catalog: Any) -> Any:
+    fake = mock.MagicMock(name="projector")
+    fake.catalog = catalog
+    fake.partitions = 4
+    fake.settings = SimpleNamespace(api_token=API, admin_token=ADMIN, url="http://127.0.0.1:1",
+                                    broker="kafka://127.0.0.1:1")
+    fake.control = ControlState(catalog.control_settings)
+    fake.model = catalog.get
+    fake.readiness.return_value = (True, "ready")
+    fake.broker.reachable = True
+    fake.broker.snapshot.return_value = {"reachable": True, "since": "2026-01-01T00:00:00Z"}
+    return fake
+
+
+Call = Callable[..., Awaitable[tuple[int, Any, Any]]]
+
+
+def serve(projector: Any, scenario: Callable[[Call], Awaitable[None]]) -> None:
+    """Run ``scenario(call)`` against the worker's application; ``call`` answers (status, body, headers)."""
+
+    async def main() -> None:
+        app = web.Application(**web_application_options(projector))
+        install_routes(app, projector)
+        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+
+            async def call(method: str, path: str, token: str | None = API, **kwargs: Any) -> tuple[int, Any, Any]:
+                headers = {"Authorization": f"Bearer {token}"} if token else {}
+                r = await client.request(method, path, headers={**headers, **kwargs.pop("headers", {})}, **kwargs)
+                raw = await r.read()
+                body = orjson.loads(raw) if r.content_type == "application/json" else raw.decode()
+                return r.status, body, r.headers
+
+            await scenario(call)
+
+    asyncio.run(main())
+
+
+# --- the middlewares ----------------------------------------------------------------
+
+
+def test_tokens(projector: Any) -> None:
+    async def scenario(call: Call) -> None:
+        assert (await call("GET", "/healthz", token=None))[:2] == (200, {"status": "ok"})
+        status, body, _ = await call("GET", "/tables", token=None)
+        assert (status, body["error"]) == (401, "unauthorized")
+        assert (await call("GET", "/tables", token="wrong"))[0] == 401
+        status, body, _ = await call("GET", "/tables")
+        assert status == 200 and [t["name"] for t in body["tables"]] == [m.name for m in projector.catalog.all]
+        assert (await call("GET", "/tables", token=ADMIN))[0] == 200, "the admin token reads too"
+        # The status page takes the token from the query (a browser cannot send a header).
+        status, page, _ = await call("GET", f"/?token={API}", token=None)
+        assert status == 200 and "<html" in page
+        assert (await call("GET", "/?token=wrong", token=None))[0] == 401
+        assert (await call("GET", f"/status?token={API}", token=None))[0] == 401, "only the page itself"
+
+    serve(projector, scenario)
+
+
+def test_http_errors_are_json(projector: Any) -> None:
+    async def scenario(call: Call) -> None:
+        status, body, _ = await call("GET", "/nowhere")
+        assert (status, body["error"]) == (404, "not_found")
+        status, body, headers = await call("DELETE", "/tables")
+        assert (status, body["error"]) == (405, "method_not_allowed")
+        assert "GET" in headers["Allow"]
+        status, body, _ = await call("POST", "/commands", data=b"x" * (MAX_BODY + 1),
+                                     headers={"Content-Type": "application/json"})
+        assert (status, body["error"]) == (413, "too_large")
+
+    serve(projector, scenario)
+
+
+def test_an_unexpected_error_is_a_logged_503(projector: Any, caplog: pytest.LogCaptureFixture) -> None:
+    projector.readiness.side_effect = RuntimeError("boom")
+
+    async def scenario(call: Call) -> None:
+        status, body, _ = await call("GET", "/readyz")
+        assert (status, body) == (503, {"error": "unavailable", "detail": "RuntimeError: boom"})
+
+    with caplog.at_level(logging.ERROR, logger="projector.web.middleware"):
+        serve(projector, scenario)
+    assert any("GET /readyz failed" in r.getMessage() and r.exc_info for r in caplog.records)
+
+
+# --- the views' own answers -----------------------------------------------------------
+
+
+def test_tables_refuse_unknown_tables_and_bad_parameters(projector: Any) -> None:
+    async def scenario(call: Call) -> None:
+        for path in ("/tables/nope", "/tables/nope/key", "/internal/scan/nope?partitions=0"):
+            status, body, _ = await call("GET", path)
+            assert (status, body) == (404, {"error": "unknown_table", "table": "nope"}), path
+        for query in ("limit=0", "limit=x", "cursor=nonsense"):
+            status, body, _ = await call("GET", f"/tables/accounts?{query}")
+            assert (status, body["error"]) == (400, "invalid"), query
+        status, body, _ = await call("GET", "/tables/accounts/k?timeout_ms=30001")
+        assert (status, body["error"]) == (400, "invalid")
+
+    serve(projector, scenario)
+
+
+def test_control_writes_need_the_admin_token_and_a_value_the_setting_takes(projector: Any) -> None:
+    async def scenario(call: Call) -> None:
+        status, body, _ = await call("PUT", "/control/commands.enabled", data=b"false")
+        assert (status, body["error"]) == (401, "unauthorized")
+        status, body, _ = await call("PUT", "/control/commands.enabled", token=ADMIN, data=b"1")
+        assert (status, body["error"]) == (400, "invalid") and "commands.enabled" in body["detail"]
+        # A setting a read model declares (CONTROL) is checked the same way.
+        for key in projector.catalog.control_settings:
+            status, body, _ = await call("PUT", f"/control/{key}", token=ADMIN, data=b'"not a number"')
+            assert (status, body["error"]) == (400, "invalid"), key
+        status, body, _ = await call("PUT", "/control/anything", token=ADMIN, data=b"not json")
+        assert (status, body["error"]) == (400, "invalid")
+        projector.write_control.assert_not_called()
+
+    serve(projector, scenario)
+
+
+def test_control_reads(projector: Any) -> None:
+    projector.control.apply(b"feature.x", b'{"on": true}', 0)
+
+    async def scenario(call: Call) -> None:
+        assert (await call("GET", "/control"))[:2] == (200, {"offset": 0, "entries": {"feature.x": {"on": True}}})
+        assert (await call("GET", "/control/feature.x"))[:2] == (200, {"key": "feature.x", "value": {"on": True},
+                                                                         "offset": 0})
+        status, body, _ = await call("GET", "/control/missing")
+        assert (status, body["error"]) == (404, "not_found")
+
+    serve(projector, scenario)
+
+
+def test_commands_are_checked_then_refused_while_disabled(projector: Any) -> None:
+    projector.control.apply(b"commands.enabled", b"false", 0)
+    command = {"aggregate_type": "account", "aggregate_id": "a-1", "type": "Deposit", "data": {"amount": 5},
+               "command_id": "c-1"}
+
+    async def scenario(call: Call) -> None:
+        status, body, _ = await call("POST", "/commands", data=b"{")
+        assert (status, body["error"]) == (400, "invalid")
+        status, body, _ = await call("POST", "/commands", data=orjson.dumps({**command, "aggregate_type": "nope"}))
+        assert (status, body["error"], body["command_id"]) == (400, "invalid", "c-1")
+        status, body, _ = await call("POST", "/commands", data=orjson.dumps(command))
+        assert (status, body["error"], body["command_id"]) == (503, "commands_disabled", "c-1")
+
+    serve(projector, scenario)
+
+
+def test_writes_answer_503_while_the_broker_is_unreachable(projector: Any) -> None:
+    projector.broker.reachable = False
+    projector.broker.snapshot.return_value = {"reachable": False, "since": "2026-01-01T00:00:00Z"}
+
+    async def scenario(call: Call) -> None:
+        for method, path, data in (("PUT", "/control/feature.x", b"1"), ("DELETE", "/control/feature.x", None),
+                                   ("POST", "/aggregates/a-1/release", b"{}"), ("GET", "/deadletters", None)):
+            status, body, _ = await call(method, path, token=ADMIN, data=data)
+            assert (status, body["error"]) == (503, "broker_unreachable"), path
+
+    serve(projector, scenario)
+
+
+def test_internal_command_answers_reach_the_waiting_requests(projector: Any) -> None:
+    async def scenario(call: Call) -> None:
+        items = [{"command_id": "c-1", "status": 200, "body": {"version": 1}}]
+        assert (await call("POST", "/internal/command-answers", data=orjson.dumps(items)))[:2] == \
+            (200, {"delivered": 1})
+        status, body, _ = await call("POST", "/internal/command-answers", data=b'[{"command_id": 1}]')
+        assert (status, body["error"]) == (400, "invalid")
+
+    serve(projector, scenario)
+    projector.commands.resolve.assert_called_once_with("c-1", 200, {"version": 1})
