@@ -13,20 +13,16 @@ measures:
 
 First one client, one command at a time (latency without queueing), then
 several clients at once (the rate the command side sustains).
+
+The broker must run; the workers, the topic and the report come from
+:mod:`projector.bench.common`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
 import random
-import shutil
-import subprocess
-import sys
-import tempfile
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -34,8 +30,17 @@ from typing import Any
 import aiohttp
 import orjson
 
-from projector.bench.compare import BenchError, Kafka, free_port, log, machine_info, stop_process
-from projector.bench.lookups import _summary, _wait_ready
+from projector.bench.common import (
+    BenchError,
+    Workers,
+    kafka_for_run,
+    latency_header,
+    latency_line,
+    latency_summary,
+    log,
+    report_head,
+    run_command,
+)
 from projector.runtime.config import Settings
 
 
@@ -94,88 +99,52 @@ async def _phase(urls: list[str], accounts: list[str], clients: int, count: int,
 
         await asyncio.gather(*(client(i) for i in range(clients)))
     took = loop.time() - began
-    return {"clients": clients, "command": _summary(out["command"], errors["command"], took),
-            "visible": _summary(out["visible"], errors["visible"], took)}
+    return {"clients": clients, "command": latency_summary(out["command"], errors["command"], took),
+            "visible": latency_summary(out["visible"], errors["visible"], took)}
 
 
 async def _run(args: argparse.Namespace, settings: Settings, workdir: Path) -> dict[str, Any]:
     tag = f"cm{uuid.uuid4().hex[:8]}"
     topic = f"{tag}-events"
-    kafka = Kafka(settings)
-    await kafka.start()
-    procs: list[subprocess.Popen] = []
-    try:
+    async with kafka_for_run(settings, tag) as kafka:
         await kafka.create_topic(topic, args.partitions, 1)
-        urls = []
-        for name in ("w1", "w2"):
-            port = free_port()
-            env = dict(os.environ, PROJECTOR_BROKER=settings.broker, PROJECTOR_APP_ID=tag,
-                       PROJECTOR_EVENTS_TOPIC=topic, PROJECTOR_CONTROL_TOPIC=f"{tag}-control",
-                       PROJECTOR_DATA_DIR=str(workdir / name), PROJECTOR_WEB_PORT=str(port),
-                       PROJECTOR_WEB_HOST="127.0.0.1", PROJECTOR_PARTITIONS=str(args.partitions))
-            env.pop("PROJECTOR_API_TOKEN", None)
-            log_file = open(workdir / f"{name}.log", "wb")
-            procs.append(subprocess.Popen([sys.executable, "-m", "projector", "worker"], env=env,
-                                          stdout=log_file, stderr=subprocess.STDOUT))
-            urls.append(f"http://127.0.0.1:{port}")
-        accounts = [f"bench-{i:04d}" for i in range(args.accounts)]
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-            await _wait_ready(session, urls, workdir)
-            log(f"opening {len(accounts)} accounts through the command side")
-            for aid in accounts:
-                body = {"command_id": f"open-{aid}", "aggregate_type": "account", "aggregate_id": aid,
-                        "type": "OpenAccount", "data": {"owner": "bench", "currency": "EUR", "initial_deposit": 1000}}
-                for _ in range(100):  # a writer answers not_ready until it has caught up; the worker retries
-                    async with session.post(f"{urls[0]}/commands", data=orjson.dumps(body)) as r:
-                        if r.status == 200:
-                            break
-                    await asyncio.sleep(0.2)
-                else:
-                    raise BenchError(f"could not open {aid}")
-        log(f"one client, one command at a time: {args.commands} commands")
-        single = await _phase(urls, accounts, 1, args.commands, args.seconds * 4, f"{tag}-s")
-        log(f"{args.clients} clients for {args.seconds} s")
-        many = await _phase(urls, accounts, args.clients, 10**9, args.seconds, f"{tag}-m")
-        return {
-            "tool": "projector bench-commands",
-            "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "machine": machine_info(),
-            "broker": settings.broker,
-            "partitions": args.partitions, "accounts": args.accounts,
-            "one_client": single,
-            "concurrent": many,
-        }
-    finally:
-        for proc in procs:
-            stop_process(proc)
-        try:
-            await kafka.delete_topics([n for n in await kafka.list_topics() if n.startswith(tag)])
-        finally:
-            await kafka.close()
+        with Workers(settings, topic, args.partitions, workdir, tag) as workers:
+            urls = [workers.start(name) for name in ("w1", "w2")]
+            accounts = [f"bench-{i:04d}" for i in range(args.accounts)]
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+                await workers.ready(session, ["w1", "w2"], timeout=180)
+                log(f"opening {len(accounts)} accounts through the command side")
+                for aid in accounts:
+                    body = {"command_id": f"open-{aid}", "aggregate_type": "account", "aggregate_id": aid,
+                            "type": "OpenAccount",
+                            "data": {"owner": "bench", "currency": "EUR", "initial_deposit": 1000}}
+                    for _ in range(100):  # a writer answers not_ready until it has caught up; the worker retries
+                        async with session.post(f"{urls[0]}/commands", data=orjson.dumps(body)) as r:
+                            if r.status == 200:
+                                break
+                        await asyncio.sleep(0.2)
+                    else:
+                        raise BenchError(f"could not open {aid}")
+            log(f"one client, one command at a time: {args.commands} commands")
+            single = await _phase(urls, accounts, 1, args.commands, args.seconds * 4, f"{tag}-s")
+            log(f"{args.clients} clients for {args.seconds} s")
+            many = await _phase(urls, accounts, args.clients, 10**9, args.seconds, f"{tag}-m")
+            return {
+                **report_head("projector bench-commands", settings),
+                "partitions": args.partitions, "accounts": args.accounts,
+                "one_client": single,
+                "concurrent": many,
+            }
 
 
 def cmd_bench_commands(args: argparse.Namespace) -> None:
-    settings = Settings.from_env({**os.environ, **({"PROJECTOR_BROKER": args.broker} if args.broker else {})})
-    workdir = Path(tempfile.mkdtemp(prefix="projector-commands-"))
-    try:
-        report = asyncio.run(_run(args, settings, workdir))
-    except BenchError as exc:
-        sys.exit(f"projector bench-commands: {exc}")
-    finally:
-        if not args.keep_data:
-            shutil.rmtree(workdir, ignore_errors=True)
-    out = Path(args.output or f"bench-results/commands-{time.strftime('%Y%m%d-%H%M%S')}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    report, out = run_command("projector bench-commands", "commands", args, _run)
     print(f"\ncommand round trip and visibility, two workers, {report['partitions']} partitions; report: {out}")
-    print(f"{'':>34} {'rate/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'errors':>7}")
+    print(latency_header(34))
     for phase in ("one_client", "concurrent"):
         r = report[phase]
         for what, label in (("command", "POST /commands to 200"), ("visible", "200 to row at that version")):
-            row = r[what]
-            name = f"{label} (c={r['clients']})"
-            print(f"{name:>34} {row['rate']:>8} {row['p50_ms']!s:>8} {row['p99_ms']!s:>8} "
-                  f"{row['max_ms']!s:>8} {row['errors']:>7}")
+            print(latency_line(f"{label} (c={r['clients']})", r[what], 34))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

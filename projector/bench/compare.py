@@ -6,12 +6,16 @@ real subprocess, one after the other, each from offset 0 with its own consumer
 group and data dir:
 
 - ``projector``: ``python -m projector worker``;
-- ``naive-faust``: ``python -m projector.bench_naive``, one Faust agent doing
+- ``naive-faust``: ``python -m projector.bench.naive``, one Faust agent doing
   ``table[key] = fold(table[key], event)`` per event;
-- ``quix``: ``python -m projector.bench_quix``, Quix Streams with its RocksDB
-  state and changelog, the same fold (:mod:`projector.bench_fold`);
-- ``raw-aiokafka`` and ``raw-confluent``: ``python -m projector.bench_raw``, a
+- ``quix``: ``python -m projector.bench.quix``, Quix Streams with its RocksDB
+  state and changelog, the same fold (:mod:`projector.bench.fold`);
+- ``raw-aiokafka`` and ``raw-confluent``: ``python -m projector.bench.raw``, a
   plain consumer loop with orjson and a dict fold, no state store: the ceiling.
+
+Quix Streams and confluent-kafka (the ``bench`` extra) are imported only by
+the contestants that use them, in their own process; without the extra those
+contestants are reported ``crashed``, their log naming what to install.
 
 A contestant is caught up when its consumer group's committed offsets reach the
 topic's end offsets on every partition. Its state is then checked against rows
@@ -22,7 +26,9 @@ first 200 on ``/readyz``), events/s, CPU seconds per million events and peak
 RSS, and the ratio of each contestant to projector. A contestant whose state is
 wrong is reported ``WRONG``, never fast.
 
-Only processes this module starts are stopped, by PID.
+Only processes this module starts are stopped, by PID. The broker, the Kafka
+client, the processes' costs and the machine's description come from
+:mod:`projector.bench.common`; this module holds the comparison itself.
 """
 
 from __future__ import annotations
@@ -31,11 +37,9 @@ import argparse
 import asyncio
 import datetime as _dt
 import os
-import platform
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,23 +47,37 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 from urllib.parse import quote
 
 import orjson
 
-from projector.runtime.config import ConfigError, Settings, broker_reachable
-from projector.runtime.kafka import client_options, settings_for
+from projector.bench.common import (
+    DEFAULT_BROKER,
+    POLL,
+    BenchError,
+    Kafka,
+    Progress,
+    ensure_broker,
+    free_port,
+    log,
+    machine_info,
+    proc_cpu_seconds,
+    proc_peak_rss_mib,
+    produce,
+    stop_broker,
+    stop_process,
+    worker_vars,
+)
+from projector.runtime.config import Settings
+from projector.runtime.errors import ConfigError
+from projector.runtime.kafka import settings_for
 
-REPO = Path(__file__).resolve().parents[2]
-KAFKA_SH = REPO / "deploy" / "kafka" / "kafka.sh"
-DEFAULT_BROKER = "kafka://127.0.0.1:9092"
 CONTESTANTS = ("projector", "naive-faust", "quix", "raw-aiokafka", "raw-confluent")
 #: The state check reads at least this many accounts when it samples.
 MIN_SAMPLE = 500
 #: After the offsets are caught up, how long a wrong state may take to settle.
 STATE_GRACE = 15.0
-POLL = 0.2
 #: Issue 8's goals: projector's events/s over each peer's, measured in one run.
 GOALS = (("naive-faust", 8.0), ("quix", 2.0), ("raw-aiokafka", 0.40))
 #: The figures other commands measure (BENCHMARKS.md has a section for each).
@@ -72,47 +90,6 @@ OTHER_FIGURES = (
     ("control propagation to every worker",
      "pytest tests/integration/test_control.py -k three_workers -s", "Control propagation"),
 )
-STOP_TIMEOUT = 30.0
-
-
-class BenchError(RuntimeError):
-    """The bench cannot run (broker, topic, arguments); the message says why."""
-
-
-def log(msg: str) -> None:
-    Progress.clear_line()
-    print(f"bench: {msg}", file=sys.stderr, flush=True)
-
-
-class Progress:
-    """A progress bar on stderr for a long phase: redrawn in place on a terminal, a line every ``every`` s otherwise."""
-
-    _drawn = False  # a bar is on the terminal's last line
-
-    def __init__(self, label: str, total: int, every: float, unit: str = "events") -> None:
-        self.label, self.total, self.every, self.unit = label, max(total, 1), every, unit
-        self.started = time.monotonic()
-        self.last_line = self.started
-        self.tty = sys.stderr.isatty()
-
-    def update(self, done: int, extra: str = "") -> None:
-        now = time.monotonic()
-        frac = min(max(done / self.total, 0.0), 1.0)
-        text = f"{done:,}/{self.total:,} {self.unit} ({100 * frac:.0f}%) after {now - self.started:.0f}s{extra}"
-        if self.tty:
-            bar = "#" * int(frac * 30)
-            sys.stderr.write(f"\rbench: {self.label} [{bar:<30}] {text}\x1b[K")
-            sys.stderr.flush()
-            Progress._drawn = True
-        elif now - self.last_line >= self.every:
-            self.last_line = now
-            log(f"{self.label} {text}")
-
-    @staticmethod
-    def clear_line() -> None:
-        if Progress._drawn:
-            sys.stderr.write("\r\x1b[K")
-            Progress._drawn = False
 
 
 # --- configuration --------------------------------------------------------------
@@ -170,84 +147,6 @@ def fold_into(rows: dict[str, dict[str, Any]], e: dict[str, Any]) -> None:
         elif etype == "AccountClosed":
             value["status"] = "closed"
     rows[aid] = {"version": e["version"], "value": value}
-
-
-# --- processes --------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-
-
-def proc_cpu_seconds(pid: int) -> Optional[float]:
-    """utime + stime of ``pid`` from /proc/<pid>/stat, in seconds."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = raw[raw.rindex(")") + 2:].split()
-    # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def proc_peak_rss_mib(pid: int) -> Optional[float]:
-    """VmHWM (peak resident set size) of ``pid``, in MiB."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def stop_process(proc: subprocess.Popen, timeout: float = STOP_TIMEOUT) -> str:
-    """SIGTERM ``proc`` (only it, by PID); SIGKILL when it outlives ``timeout``."""
-    if proc.poll() is not None:
-        return f"already exited ({proc.returncode})"
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=timeout)
-        return "stopped (SIGTERM)"
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        return f"killed (SIGKILL after {timeout:.0f}s)"
-
-
-def machine_info() -> dict[str, Any]:
-    mem_total = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem_total = round(int(line.split()[1]) / 1024)
-    except OSError:
-        pass
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        affinity = None
-    from importlib.metadata import PackageNotFoundError, version
-
-    versions = {}
-    for dist in ("faust-streaming", "aiokafka", "rocksdict", "orjson", "quixstreams", "confluent-kafka"):
-        try:
-            versions[dist] = version(dist)
-        except PackageNotFoundError:
-            versions[dist] = None
-    return {
-        "nproc": os.cpu_count(),
-        "cpus_usable": affinity,
-        "memory_mib": mem_total,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "loadavg_at_start": list(os.getloadavg()),
-        "packages": versions,
-    }
 
 
 # --- results ----------------------------------------------------------------------
@@ -339,135 +238,18 @@ def _naive_row(status: int, body: Any, key: str) -> Any:
     return {"version": body.get("version"), "value": body.get("value")}
 
 
-# --- Kafka ------------------------------------------------------------------------
-
-
-class Kafka:
-    """An admin client and a group-less consumer for offsets."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.bootstrap = ",".join(settings.bootstrap_servers)
-        self.admin: Any = None
-        self.consumer: Any = None
-
-    async def start(self, timeout: float = 60.0) -> None:
-        from aiokafka import AIOKafkaConsumer
-        from aiokafka.admin import AIOKafkaAdminClient
-        from aiokafka.errors import KafkaConnectionError
-
-        deadline = time.monotonic() + timeout
-        while True:
-            admin = AIOKafkaAdminClient(**client_options(self.settings), request_timeout_ms=15000,
-                                        client_id="projector-bench")
-            try:
-                await admin.start()
-                break
-            except KafkaConnectionError as exc:
-                await admin.close()
-                if time.monotonic() > deadline:
-                    raise BenchError(f"cannot reach Kafka at {self.bootstrap}: {exc}") from exc
-                await asyncio.sleep(1.0)
-        self.admin = admin
-        self.consumer = AIOKafkaConsumer(**client_options(self.settings), group_id=None,
-                                         enable_auto_commit=False, client_id="projector-bench")
-        await self.consumer.start()
-
-    async def close(self) -> None:
-        if self.consumer is not None:
-            await self.consumer.stop()
-        if self.admin is not None:
-            await self.admin.close()
-
-    async def partitions(self, topic: str) -> Optional[int]:
-        for t in await self.admin.describe_topics([topic]):
-            if t["topic"] == topic and t["error_code"] == 0:
-                return len(t["partitions"])
-        return None
-
-    async def create_topic(self, topic: str, partitions: int, replication_factor: int) -> None:
-        from aiokafka.admin import NewTopic
-
-        resp = await self.admin.create_topics(
-            [NewTopic(topic, partitions, replication_factor,
-                      topic_configs={"retention.ms": "-1", "retention.bytes": "-1"})]
-        )
-        obj = resp.to_object()
-        for row in obj.get("topic_errors") or obj.get("topics") or []:
-            if row["error_code"] not in (0, 36):  # 36: already exists
-                raise BenchError(f"creating topic {topic!r} failed: error {row['error_code']} "
-                                 f"{row.get('error_message') or ''}".strip())
-        deadline = time.monotonic() + 30
-        while await self.partitions(topic) != partitions:
-            if time.monotonic() > deadline:
-                raise BenchError(f"topic {topic!r} not visible 30s after creating it")
-            await asyncio.sleep(0.2)
-
-    async def offsets(self, topic: str, partitions: int) -> tuple[dict[int, int], dict[int, int]]:
-        """(beginning, end) offsets per partition."""
-        from aiokafka import TopicPartition
-
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        begin = await self.consumer.beginning_offsets(tps)
-        end = await self.consumer.end_offsets(tps)
-        return {tp.partition: o for tp, o in begin.items()}, {tp.partition: o for tp, o in end.items()}
-
-    async def committed(self, group: str, topic: str) -> dict[int, int]:
-        """The group's committed offsets on ``topic`` (partitions without a commit are left out)."""
-        offsets = await self.admin.list_consumer_group_offsets(group)
-        return {tp.partition: om.offset for tp, om in offsets.items() if tp.topic == topic and om.offset >= 0}
-
-    async def internal_lag(self, group: str) -> dict[str, int]:
-        """Unconsumed records per internal input topic of ``group`` (``<group>-*`` but changelogs)."""
-        names = [t for t in await self.list_topics() if t.startswith(f"{group}-")
-                 and not t.endswith(("-changelog", "-__assignor-__leader"))]
-        if not names:
-            return {}
-        offsets = await self.admin.list_consumer_group_offsets(group)
-        lag = {}
-        for name in sorted(names):
-            n = await self.partitions(name)
-            if not n:
-                continue
-            begin, end = await self.offsets(name, n)
-            committed = {tp.partition: om.offset for tp, om in offsets.items() if tp.topic == name}
-            lag[name] = sum(end[p] - min(max(committed.get(p, begin[p]), begin[p]), end[p]) for p in end)
-        return lag
-
-    async def delete_topics(self, names: list[str]) -> None:
-        if names:
-            await self.admin.delete_topics(names)
-
-    async def list_topics(self) -> list[str]:
-        return list(await self.admin.list_topics())
-
-
 async def produce_workload(settings: Settings, topic: str, config: BenchConfig,
                            expected: dict[str, dict[str, Any]]) -> int:
-    """Produce the demo histories keyed by aggregate id; fold ``expected`` on the way."""
-    from aiokafka import AIOKafkaProducer
-
+    """Produce the demo histories keyed by aggregate id, idempotently; fold ``expected`` on the way."""
     from projector.demo.data import generate_histories
 
-    producer = AIOKafkaProducer(**client_options(settings), acks="all", enable_idempotence=True,
-                                linger_ms=20, max_batch_size=256 * 1024)
-    await producer.start()
-    n = 0
-    progress = Progress("producing", config.events, config.progress_every)
-    try:
-        pending = []
+    def folded() -> Iterator[dict[str, Any]]:
         for env in generate_histories(config.accounts, config.events, config.seed):
             fold_into(expected, env)
-            pending.append(await producer.send(topic, key=env["aggregate_id"].encode(), value=orjson.dumps(env)))
-            n += 1
-            if len(pending) >= 20_000:
-                await asyncio.gather(*pending)
-                pending.clear()
-                progress.update(n)
-        await asyncio.gather(*pending)
-    finally:
-        await producer.stop()
-    return n
+            yield env
+
+    return await produce(settings, topic, folded(), idempotent=True,
+                         progress=Progress("producing", config.events, config.progress_every))
 
 
 # --- the bench ----------------------------------------------------------------------
@@ -507,20 +289,11 @@ class Bench:
     # - broker -
 
     def ensure_broker(self) -> None:
-        if any(broker_reachable(hp) for hp in self.bootstrap):
-            return
-        if self.bootstrap != ["127.0.0.1:9092"] or not self.config.start_broker:
-            raise BenchError(f"no Kafka broker answers at {self.config.broker}; start it first")
-        log("no broker on 127.0.0.1:9092: starting one (deploy/kafka/kafka.sh start)")
-        proc = subprocess.run(["bash", str(KAFKA_SH), "start"], capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise BenchError(f"deploy/kafka/kafka.sh start failed:\n{proc.stdout}{proc.stderr}")
-        self.started_broker = True
+        self.started_broker = ensure_broker(self.bootstrap, self.config.broker, self.config.start_broker)
 
     def stop_broker(self) -> None:
         if self.started_broker:
-            log("stopping the broker this bench started")
-            subprocess.run(["bash", str(KAFKA_SH), "stop"], capture_output=True, text=True)
+            stop_broker()
 
     # - workload -
 
@@ -589,17 +362,8 @@ class Bench:
             self.extra_topics += [control]
             if self.created_topic:
                 self.extra_topics.append(f"{self.topic}.deadletter")
-            env.update({
-                "PROJECTOR_BROKER": broker,
-                "PROJECTOR_APP_ID": app_id,
-                "PROJECTOR_EVENTS_TOPIC": self.topic,
-                "PROJECTOR_CONTROL_TOPIC": control,
-                "PROJECTOR_PARTITIONS": str(partitions),
-                "PROJECTOR_DATA_DIR": str(data_dir),
-                "PROJECTOR_WEB_HOST": "127.0.0.1",
-                "PROJECTOR_WEB_PORT": str(port),
-                "PROJECTOR_REPLICATION_FACTOR": str(self.config.replication_factor),
-            })
+            env.update(worker_vars(broker, app_id, self.topic, partitions, data_dir, port, control))
+            env["PROJECTOR_REPLICATION_FACTOR"] = str(self.config.replication_factor)
             argv = [sys.executable, "-m", "projector", "worker"]
             return Contestant(name, app_id, argv, env, url, data_dir, log_path,
                               lambda key: f"{url}/tables/accounts/{quote(key, safe='')}", _projector_row)

@@ -8,11 +8,13 @@ not apply raises :class:`Skip`.
 
 Contestants without HTTP note their first record in a ready file
 (:func:`note_first_record`) and leave their rows in a state file when stopped
-(:func:`write_state`); ``projector bench`` reads both.
+(:func:`write_state`); ``projector bench`` reads both, and passes their paths
+as ``--state-file`` and ``--ready-file`` (:func:`add_file_arguments`).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import time
 from pathlib import Path
@@ -87,3 +89,9 @@ def note_first_record(path: Path) -> None:
 def write_state(path: Path, rows: dict[str, Any], counts: dict[str, int]) -> None:
     """Write the state file, ``{"rows": {id: row}, "counts": {...}}``, through ``PATH.tmp`` and a rename."""
     _write_atomic(path, orjson.dumps({"rows": rows, "counts": counts}))
+
+
+def add_file_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--state-file`` (required) and ``--ready-file``, the files of a contestant without HTTP."""
+    parser.add_argument("--state-file", type=Path, required=True)
+    parser.add_argument("--ready-file", type=Path)

@@ -9,48 +9,36 @@ does not (forwarded to worker 2). A
 request's latency runs from the moment it was *scheduled* to its answer, so
 a generator that falls behind is charged for it (no coordinated omission).
 Then a closed loop measures the request rate worker 1 sustains on local keys.
+
+The broker must run; the workers, the topic and the report come from
+:mod:`projector.bench.common`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
 import random
-import shutil
-import statistics
-import subprocess
-import sys
-import tempfile
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
 
-from projector.bench.compare import BenchError, Kafka, free_port, log, machine_info, stop_process
+from projector.bench.common import (
+    BenchError,
+    Workers,
+    fetch_metrics,
+    kafka_for_run,
+    latency_header,
+    latency_line,
+    latency_summary,
+    log,
+    produce,
+    report_head,
+    run_command,
+)
 from projector.runtime.config import Settings
-from projector.runtime.kafka import client_options
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
-
-
-def _summary(latencies: list[float], errors: int, seconds: float) -> dict[str, Any]:
-    ms = [x * 1000 for x in latencies]
-    return {
-        "requests": len(latencies) + errors,
-        "errors": errors,
-        "rate": round((len(latencies) + errors) / seconds, 1),
-        "p50_ms": round(statistics.median(ms), 2) if ms else None,
-        "p99_ms": round(_percentile(ms, 0.99), 2) if ms else None,
-        "max_ms": round(max(ms), 2) if ms else None,
-    }
 
 
 async def _open_loop(session: aiohttp.ClientSession, base: str, keys: dict[str, list[str]], rate: float,
@@ -84,7 +72,7 @@ async def _open_loop(session: aiohttp.ClientSession, base: str, keys: dict[str, 
         kind = kinds[i % len(kinds)]
         tasks.append(asyncio.ensure_future(one(kind, rng.choice(keys[kind]), start + i / rate)))
     await asyncio.gather(*tasks)
-    return {k: _summary(lat[k], errors[k], seconds * len(lat[k]) / max(1, total) * len(kinds)) for k in kinds}
+    return {k: latency_summary(lat[k], errors[k], seconds * len(lat[k]) / max(1, total) * len(kinds)) for k in kinds}
 
 
 async def _closed_loop(session: aiohttp.ClientSession, base: str, keys: list[str], seconds: float,
@@ -112,23 +100,17 @@ async def _closed_loop(session: aiohttp.ClientSession, base: str, keys: list[str
 
     began = loop.time()
     await asyncio.gather(*(client() for _ in range(concurrency)))
-    return _summary(lat, errors, loop.time() - began)
+    return latency_summary(lat, errors, loop.time() - began)
 
 
 async def _events_per_second(session: aiohttp.ClientSession, base: str) -> float:
-    async with session.get(f"{base}/metrics") as r:
-        for line in (await r.text()).splitlines():
-            if line.startswith("projector_events_per_second "):
-                return float(line.split()[1])
-    return 0.0
+    return (await fetch_metrics(session, base)).get("projector_events_per_second", 0.0)
 
 
 async def _loop_lag_buckets(session: aiohttp.ClientSession, base: str) -> dict[str, int]:
     """The worker's cumulative event loop lag histogram: {upper bound: count}."""
-    async with session.get(f"{base}/metrics") as r:
-        text = await r.text()
-    return {line.split('"')[1]: int(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-            if line.startswith("projector_event_loop_lag_seconds_bucket")}
+    return {key.split('"')[1]: int(value) for key, value in (await fetch_metrics(session, base)).items()
+            if key.startswith("projector_event_loop_lag_seconds_bucket")}
 
 
 def _lag_quantiles(before: dict[str, int], after: dict[str, int]) -> dict[str, Any]:
@@ -152,43 +134,10 @@ async def _classify(session: aiohttp.ClientSession, base: str, keys: list[str]) 
     return out
 
 
-async def _wait_ready(session: aiohttp.ClientSession, urls: list[str], workdir: Path) -> None:
-    deadline = time.monotonic() + 180
-    for url in urls:
-        while True:
-            try:
-                async with session.get(f"{url}/readyz") as r:
-                    if r.status == 200:
-                        break
-            except aiohttp.ClientError:
-                pass
-            if time.monotonic() > deadline:
-                raise BenchError(f"{url} not ready in 180 s; see the logs in {workdir} (--keep-data)")
-            await asyncio.sleep(0.5)
-
-
 async def _wait_row(session: aiohttp.ClientSession, url: str, key: str) -> None:
     async with session.get(f"{url}/tables/accounts/{key}?min_version=1&timeout_ms=30000") as r:
         if r.status != 200:
             raise BenchError(f"account {key} not applied in 30 s: {await r.text()}")
-
-
-async def _produce(settings: Settings, topic: str, envelopes: list[dict]) -> None:
-    from aiokafka import AIOKafkaProducer
-
-    producer = AIOKafkaProducer(**client_options(settings), acks="all",
-                                linger_ms=20, max_batch_size=256 * 1024)
-    await producer.start()
-    try:
-        pending = []
-        for e in envelopes:
-            pending.append(await producer.send(topic, key=e["aggregate_id"].encode(), value=orjson.dumps(e)))
-            if len(pending) >= 20_000:
-                await asyncio.gather(*pending)
-                pending.clear()
-        await asyncio.gather(*pending)
-    finally:
-        await producer.stop()
 
 
 async def _run(args: argparse.Namespace, settings: Settings, workdir: Path) -> dict[str, Any]:
@@ -197,95 +146,60 @@ async def _run(args: argparse.Namespace, settings: Settings, workdir: Path) -> d
 
     tag = f"lk{uuid.uuid4().hex[:8]}"
     topic = f"{tag}-events"
-    kafka = Kafka(settings)
-    await kafka.start()
-    procs: list[subprocess.Popen] = []
-    try:
+    async with kafka_for_run(settings, tag) as kafka:
         await kafka.create_topic(topic, args.partitions, 1)
-        urls = []
-        for name in ("w1", "w2"):
-            port = free_port()
-            env = dict(os.environ, PROJECTOR_BROKER=settings.broker, PROJECTOR_APP_ID=tag,
-                       PROJECTOR_EVENTS_TOPIC=topic, PROJECTOR_CONTROL_TOPIC=f"{tag}-control",
-                       PROJECTOR_DATA_DIR=str(workdir / name), PROJECTOR_WEB_PORT=str(port),
-                       PROJECTOR_WEB_HOST="127.0.0.1", PROJECTOR_PARTITIONS=str(args.partitions))
-            env.pop("PROJECTOR_API_TOKEN", None)
-            log_file = open(workdir / f"{name}.log", "wb")
-            procs.append(subprocess.Popen([sys.executable, "-m", "projector", "worker"], env=env,
-                                          stdout=log_file, stderr=subprocess.STDOUT))
-            urls.append(f"http://127.0.0.1:{port}")
-        histories = list(generate_histories(args.accounts, args.events, seed=1))
-        opened = [e for e in histories if e["version"] == 1]
-        timeout = aiohttp.ClientTimeout(total=30)
-        connector = aiohttp.TCPConnector(limit=256)
-        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
-            await _wait_ready(session, urls, workdir)
-            log(f"opening {len(opened)} accounts")
-            await _produce(settings, topic, opened)
-            last = opened[-1]["aggregate_id"]
-            await _wait_row(session, urls[0], last)
-            keys = await _classify(session, urls[0], sorted(e["aggregate_id"] for e in opened)[: args.keys])
-            log(f"{len(keys['local'])} local and {len(keys['forwarded'])} forwarded keys")
-            mine = {partition_for(k.encode(), args.partitions) for k in keys["local"]}
-            backlog = [e for e in histories if e["version"] > 1
-                       and partition_for(e["aggregate_id"].encode(), args.partitions) in mine]
-            log(f"producing a backlog of {len(backlog)} events for worker 1's partitions {sorted(mine)}")
-            await _produce(settings, topic, backlog)
-            while await _events_per_second(session, urls[0]) < 100:
-                await asyncio.sleep(0.5)
-            fold_rate_before = await _events_per_second(session, urls[0])
-            log(f"open loop: {args.rate} requests/s for {args.seconds} s while worker 1 folds")
-            lag_before = await _loop_lag_buckets(session, urls[0])
-            under_load = await _open_loop(session, urls[0], keys, args.rate, args.seconds)
-            loop_lag = _lag_quantiles(lag_before, await _loop_lag_buckets(session, urls[0]))
-            fold_rate_during = await _events_per_second(session, urls[0])
-            log("closed loop: the request rate worker 1 sustains on local keys, while folding")
-            sustained = await _closed_loop(session, urls[0], keys["local"], args.seconds, args.concurrency)
-            fold_rate_after = await _events_per_second(session, urls[0])
-            idle_w2 = await _events_per_second(session, urls[1])
-        return {
-            "tool": "projector bench-lookups",
-            "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "machine": machine_info(),
-            "broker": settings.broker,
-            "events": args.events, "accounts": args.accounts, "partitions": args.partitions,
-            "rate": args.rate, "seconds": args.seconds, "concurrency": args.concurrency,
-            "open_loop": under_load,
-            "sustained_local": sustained,
-            "worker1_event_loop_lag_during_open_loop": loop_lag,
-            "worker1_events_per_second": [fold_rate_before, fold_rate_during, fold_rate_after],
-            "worker2_events_per_second": idle_w2,
-            "backlog": len(backlog),
-        }
-    finally:
-        for proc in procs:
-            stop_process(proc)
-        try:
-            await kafka.delete_topics([n for n in await kafka.list_topics() if n.startswith(tag)])
-        finally:
-            await kafka.close()
+        with Workers(settings, topic, args.partitions, workdir, tag) as workers:
+            urls = [workers.start(name) for name in ("w1", "w2")]
+            histories = list(generate_histories(args.accounts, args.events, seed=1))
+            opened = [e for e in histories if e["version"] == 1]
+            timeout = aiohttp.ClientTimeout(total=30)
+            connector = aiohttp.TCPConnector(limit=256)
+            async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+                await workers.ready(session, ["w1", "w2"], timeout=180)
+                log(f"opening {len(opened)} accounts")
+                await produce(settings, topic, opened)
+                last = opened[-1]["aggregate_id"]
+                await _wait_row(session, urls[0], last)
+                keys = await _classify(session, urls[0], sorted(e["aggregate_id"] for e in opened)[: args.keys])
+                log(f"{len(keys['local'])} local and {len(keys['forwarded'])} forwarded keys")
+                mine = {partition_for(k.encode(), args.partitions) for k in keys["local"]}
+                backlog = [e for e in histories if e["version"] > 1
+                           and partition_for(e["aggregate_id"].encode(), args.partitions) in mine]
+                log(f"producing a backlog of {len(backlog)} events for worker 1's partitions {sorted(mine)}")
+                await produce(settings, topic, backlog)
+                while await _events_per_second(session, urls[0]) < 100:
+                    await asyncio.sleep(0.5)
+                fold_rate_before = await _events_per_second(session, urls[0])
+                log(f"open loop: {args.rate} requests/s for {args.seconds} s while worker 1 folds")
+                lag_before = await _loop_lag_buckets(session, urls[0])
+                under_load = await _open_loop(session, urls[0], keys, args.rate, args.seconds)
+                loop_lag = _lag_quantiles(lag_before, await _loop_lag_buckets(session, urls[0]))
+                fold_rate_during = await _events_per_second(session, urls[0])
+                log("closed loop: the request rate worker 1 sustains on local keys, while folding")
+                sustained = await _closed_loop(session, urls[0], keys["local"], args.seconds, args.concurrency)
+                fold_rate_after = await _events_per_second(session, urls[0])
+                idle_w2 = await _events_per_second(session, urls[1])
+            return {
+                **report_head("projector bench-lookups", settings),
+                "events": args.events, "accounts": args.accounts, "partitions": args.partitions,
+                "rate": args.rate, "seconds": args.seconds, "concurrency": args.concurrency,
+                "open_loop": under_load,
+                "sustained_local": sustained,
+                "worker1_event_loop_lag_during_open_loop": loop_lag,
+                "worker1_events_per_second": [fold_rate_before, fold_rate_during, fold_rate_after],
+                "worker2_events_per_second": idle_w2,
+                "backlog": len(backlog),
+            }
 
 
 def cmd_bench_lookups(args: argparse.Namespace) -> None:
-    settings = Settings.from_env({**os.environ, **({"PROJECTOR_BROKER": args.broker} if args.broker else {})})
-    workdir = Path(tempfile.mkdtemp(prefix="projector-lookups-"))
-    try:
-        report = asyncio.run(_run(args, settings, workdir))
-    except BenchError as exc:
-        sys.exit(f"projector bench-lookups: {exc}")
-    finally:
-        if not args.keep_data:
-            shutil.rmtree(workdir, ignore_errors=True)
-    out = Path(args.output or f"bench-results/lookups-{time.strftime('%Y%m%d-%H%M%S')}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    report, out = run_command("projector bench-lookups", "lookups", args, _run)
     print(f"\nkey lookups on worker 1 while both workers fold ({report['events']} events, "
           f"{report['partitions']} partitions); report: {out}")
-    print(f"{'':>24} {'rate/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'errors':>7}")
+    print(latency_header(24))
     for name, row in [*((f"{k} @ {args.rate}/s", v) for k, v in report["open_loop"].items()),
                       (f"sustained (c={args.concurrency})", report["sustained_local"])]:
-        print(f"{name:>24} {row['rate']:>8} {row['p50_ms']!s:>8} {row['p99_ms']!s:>8} "
-              f"{row['max_ms']!s:>8} {row['errors']:>7}")
+        print(latency_line(name, row, 24))
     print(f"worker 1 folding its {report['backlog']}-event backlog (events/s, 10 s window): "
           f"before {report['worker1_events_per_second'][0]:.0f}, "
           f"after the open loop {report['worker1_events_per_second'][1]:.0f}, "

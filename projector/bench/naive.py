@@ -13,7 +13,7 @@ account, balance below zero, ...) is logged, counted and skipped.
 
 Run as a subprocess by ``projector bench``::
 
-    python -m projector.bench_naive --broker kafka://127.0.0.1:9092 \\
+    python -m projector.bench.naive --broker kafka://127.0.0.1:9092 \\
         --topic EVENTS --partitions 8 --app-id bench-naive \\
         --data-dir /tmp/naive --web-port 6099
 
@@ -121,7 +121,7 @@ def build_app(args: argparse.Namespace) -> faust.App:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m projector.bench_naive", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m projector.bench.naive", description=__doc__.split("\n\n")[0])
     parser.add_argument("--broker", required=True, help="kafka://host:port[,host:port]")
     parser.add_argument("--topic", required=True)
     parser.add_argument("--partitions", type=int, required=True, help="must equal the topic's partition count")

@@ -3,7 +3,7 @@
 This is what one would write with Quix Streams and no projector: one
 StreamingDataFrame over the events topic and one stateful ``update`` that, for
 every event, reads the account's row from Quix's RocksDB store with
-``state.get("row")``, folds the event into it (:func:`projector.bench_fold.fold`,
+``state.get("row")``, folds the event into it (:func:`projector.bench.fold.fold`,
 the fold every contestant but projector uses) and writes it back with
 ``state.set("row", ...)``. Quix batches the writes of a checkpoint, flushes
 them to RocksDB and produces them to its changelog topic when it commits:
@@ -16,8 +16,13 @@ duplicate and skipped; an event that does not apply is counted and skipped.
 
 Run as a subprocess by ``projector bench``::
 
-    python -m projector.bench_quix --broker 127.0.0.1:9092 --topic EVENTS \\
+    python -m projector.bench.quix --broker 127.0.0.1:9092 --topic EVENTS \\
         --group GROUP --data-dir DIR --state-file PATH [--ready-file PATH]
+
+Quix Streams and confluent-kafka are the ``bench`` extra, not dependencies of
+projector: they are imported only once :func:`main` runs, and a missing one
+ends it with a message that says what to install
+(:mod:`projector.bench.extras`).
 
 The events topic must exist; Quix neither creates nor reconfigures it. Quix
 creates one topic of its own, the store's changelog
@@ -38,34 +43,31 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import orjson
-from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient
-from quixstreams import Application, State
-from quixstreams.kafka.configuration import ConnectionConfig
-from quixstreams.models.serializers import JSONDeserializer
-from quixstreams.state.manager import DEFAULT_STATE_STORE_NAME
-from quixstreams.state.metadata import SEPARATOR
-from quixstreams.state.rocksdb import RocksDBOptions
-from rocksdict import AccessType, Rdict
 
-from projector.bench.fold import note_first_record, step, write_state
+from projector.bench.extras import MissingExtra, require
+from projector.bench.fold import add_file_arguments, note_first_record, step, write_state
 from projector.runtime.config import Settings
 from projector.runtime.kafka import librdkafka_config, settings_for
 
+if TYPE_CHECKING:
+    from quixstreams import Application
+
 ROW = "row"
-STORE_OPTIONS = RocksDBOptions()
-#: The tail of a row's RocksDB key: the state key, prefixed by the message key.
-ROW_SUFFIX = SEPARATOR + STORE_OPTIONS.dumps(ROW)
 COMMIT_INTERVAL = 1.0
 COMMIT_EVERY = 10_000
 METADATA_TIMEOUT = 15.0
+#: The optional packages this contestant imports (the ``bench`` extra); only :func:`main` and what it calls import them.
+EXTRAS = ("quixstreams", "confluent_kafka")
 
 
 def check_topic(settings: Settings, topic: str) -> None:
     """Fail with a clear message when Kafka does not answer or ``topic`` is missing."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
     brokers = ",".join(settings.bootstrap_servers)
     admin = AdminClient(librdkafka_config(settings))
     try:
@@ -78,6 +80,11 @@ def check_topic(settings: Settings, topic: str) -> None:
 
 def build_app(args: argparse.Namespace, settings: Settings, counts: dict[str, int]) -> tuple[Application, Path]:
     """The Quix app, and the directory of its store (one RocksDB per partition)."""
+    from quixstreams import Application, State
+    from quixstreams.kafka.configuration import ConnectionConfig
+    from quixstreams.models.serializers import JSONDeserializer
+    from quixstreams.state.manager import DEFAULT_STATE_STORE_NAME
+
     app = Application(
         broker_address=ConnectionConfig.from_librdkafka_dict(librdkafka_config(settings)),
         consumer_group=args.group,
@@ -109,35 +116,45 @@ def build_app(args: argparse.Namespace, settings: Settings, counts: dict[str, in
 
 def read_rows(store_dir: Path) -> dict[str, Any]:
     """Every row in the RocksDB partitions under ``store_dir``, opened read-only."""
+    from quixstreams.state.metadata import SEPARATOR
+    from quixstreams.state.rocksdb import RocksDBOptions
+    from rocksdict import AccessType, Rdict
+
+    store_options = RocksDBOptions()
+    # The tail of a row's RocksDB key: the state key, prefixed by the message key.
+    row_suffix = SEPARATOR + store_options.dumps(ROW)
     rows: dict[str, Any] = {}
-    options = STORE_OPTIONS.to_options()
+    options = store_options.to_options()
     for path in sorted(p for p in store_dir.iterdir() if p.is_dir()):
         cfs = {name: options for name in Rdict.list_cf(str(path), options)}
         db = Rdict(str(path), options=options, column_families=cfs, access_type=AccessType.read_only())
         try:
             for key, value in db.items():
-                if key.endswith(ROW_SUFFIX):
-                    rows[key[: -len(ROW_SUFFIX)].decode()] = STORE_OPTIONS.loads(value)
+                if key.endswith(row_suffix):
+                    rows[key[: -len(row_suffix)].decode()] = store_options.loads(value)
         finally:
             db.close()
     return rows
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m projector.bench_quix", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m projector.bench.quix", description=__doc__.split("\n\n")[0])
     parser.add_argument("--broker", required=True, help="[kafka://]host:port[,host:port]")
     parser.add_argument("--topic", required=True, help="the events topic; it must exist")
     parser.add_argument("--group", required=True, help="consumer group, also names the state dir and changelog")
     parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--state-file", type=Path, required=True)
-    parser.add_argument("--ready-file", type=Path)
+    add_file_arguments(parser)
     args = parser.parse_args(argv)
-    from projector.runtime.config import ConfigError
+    from projector.runtime.errors import ConfigError
 
     try:
         settings = settings_for(args.broker)
     except ConfigError as exc:
         parser.error(str(exc))
+    try:
+        require("quix", *EXTRAS)
+    except MissingExtra as exc:
+        sys.exit(f"bench_quix: {exc}")
     check_topic(settings, args.topic)
     counts = {"ok": 0, "duplicate": 0, "invalid": 0}
     app, store_dir = build_app(args, settings, counts)

@@ -3,7 +3,7 @@
 This is the least one can do with the events: a plain aiokafka or
 confluent-kafka consumer reads the topic from the beginning, decodes every
 record with orjson and folds it into a Python dict with the shared fold
-(projector/bench_fold.py). There is no Faust, no state store and no changelog,
+(projector/bench/fold.py). There is no Faust, no state store and no changelog,
 so nothing is written while it runs; it is the throughput the other
 contestants could reach if keeping the state cost nothing.
 
@@ -15,7 +15,7 @@ not apply, is counted as invalid and skipped.
 
 Run as a subprocess by ``projector bench``::
 
-    python -m projector.bench_raw --client aiokafka --broker kafka://127.0.0.1:9092 \\
+    python -m projector.bench.raw --client aiokafka --broker kafka://127.0.0.1:9092 \\
         --topic EVENTS --group bench-raw-aiokafka --state-file /tmp/raw.json \\
         --ready-file /tmp/raw.ready
 
@@ -24,6 +24,10 @@ SIGTERM or SIGINT it commits, writes the state file atomically as
 ``{"rows": {id: {"version", "value"}}, "counts": {"ok", "duplicate",
 "invalid"}}`` and exits 0. The two clients share everything but the calls that
 consume and commit.
+
+confluent-kafka is the ``bench`` extra, not a dependency of projector: only
+``--client confluent`` imports it, and exits with a message that says what to
+install when it is missing (:mod:`projector.bench.extras`).
 """
 
 from __future__ import annotations
@@ -33,13 +37,14 @@ import asyncio
 import signal
 import sys
 import time
-from pathlib import Path
 from typing import Any, Iterable, Optional, Protocol
 
 import orjson
 
-from projector.bench.fold import apply, note_first_record, write_state
-from projector.runtime.config import ConfigError, Settings
+from projector.bench.extras import MissingExtra, require
+from projector.bench.fold import add_file_arguments, apply, note_first_record, write_state
+from projector.runtime.config import Settings
+from projector.runtime.errors import ConfigError
 from projector.runtime.kafka import client_options, librdkafka_config, settings_for
 
 MIB = 1024 * 1024
@@ -114,6 +119,7 @@ class AiokafkaClient:
 
 class ConfluentClient:
     def __init__(self, settings: Settings, topic: str, group: str) -> None:
+        require("raw-confluent", "confluent_kafka")
         from confluent_kafka import Consumer
 
         self.brokers, self.topic = settings.bootstrap_servers, topic
@@ -234,13 +240,12 @@ async def run(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m projector.bench_raw", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m projector.bench.raw", description=__doc__.split("\n\n")[0])
     parser.add_argument("--client", required=True, choices=sorted(CLIENTS))
     parser.add_argument("--broker", required=True, help="[kafka://]host:port[,[kafka://]host:port]")
     parser.add_argument("--topic", required=True)
     parser.add_argument("--group", required=True)
-    parser.add_argument("--state-file", type=Path, required=True)
-    parser.add_argument("--ready-file", type=Path)
+    add_file_arguments(parser)
     args = parser.parse_args(argv)
     try:
         settings = settings_for(args.broker)
@@ -248,7 +253,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         parser.error(str(exc))
     try:
         asyncio.run(run(args, settings))
-    except Fatal as exc:
+    except (Fatal, MissingExtra) as exc:
         print(f"bench_raw: {exc}", file=sys.stderr, flush=True)
         sys.exit(1)
 

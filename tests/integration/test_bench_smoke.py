@@ -13,7 +13,8 @@ import os
 import orjson
 import pytest
 
-from projector.bench.compare import CONTESTANTS, BenchConfig, Kafka, format_table, run_bench
+from projector.bench.common import Kafka
+from projector.bench.compare import CONTESTANTS, BenchConfig, format_table, run_bench
 from projector.runtime.kafka import settings_for
 from support import wait_for
 
