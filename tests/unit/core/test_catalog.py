@@ -8,19 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from projector.core.catalog import (
-    PACKAGE,
-    DerivedModel,
-    ReadModel,
-    ReadModelError,
-    default_add,
-    default_subtract,
-    default_tables_dir,
-    load_catalog,
-    load_read_models,
-)
+from projector.core.catalog import PACKAGE, DerivedModel, ReadModel, default_add, default_subtract, default_tables_dir, load_catalog, load_read_models
+from projector.core.errors import ReadModelError
 
-TABLES_DIR = Path(__file__).resolve().parents[2] / "tables"
+TABLES_DIR = Path(__file__).resolve().parents[3] / "tables"
 
 pytestmark = pytest.mark.usefixtures("clean_table_modules")
 
@@ -130,7 +121,7 @@ def test_tables_dir_can_be_set_from_the_environment(monkeypatch, folder):
 
 def test_default_tables_dir_is_beside_the_package(monkeypatch):
     monkeypatch.delenv("PROJECTOR_TABLES_DIR", raising=False)
-    assert default_tables_dir() == Path(__file__).resolve().parents[2] / "tables"
+    assert default_tables_dir() == Path(__file__).resolve().parents[3] / "tables"
 
 
 # --- bad folders: every error names the file -------------------------------------------

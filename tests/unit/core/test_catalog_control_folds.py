@@ -16,8 +16,10 @@ from enginekit import DEADLETTER, Driver, env, headers
 from factories import deposit
 from projector.core.control import ControlState
 from projector.core.engine import HEADER_REASON, Engine
-from projector.core.fold import FOLD_ERROR, NO_CONTROL, RecordRejected, apply_record
-from projector.core.catalog import Catalog, ReadModel, ReadModelError, read_model_from_module
+from projector.core.fold import FOLD_ERROR, NO_CONTROL, apply_record
+from projector.core.errors import InvalidRecord
+from projector.core.catalog import Catalog, ReadModel, read_model_from_module
+from projector.core.errors import ReadModelError
 
 
 def module(fold: Callable, name: str = "rm_ctl_mod", **attrs: Any) -> types.ModuleType:
@@ -216,7 +218,7 @@ def test_a_fold_that_writes_into_the_control_view_is_a_fold_error():
         return state_
 
     model = read_model_from_module(module(fold))
-    with pytest.raises(RecordRejected) as info:
+    with pytest.raises(InvalidRecord) as info:
         apply_record(model, None, [deposit("acc-1", 1, 5)], state.entries)
     assert info.value.reason == FOLD_ERROR
     assert "TypeError" in info.value.message

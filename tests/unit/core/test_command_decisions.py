@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from enginekit import DEADLETTER, EVENTS, PARTITIONS, Driver, Rec
-from projector.core.engine import COMMANDS, INDEX, Plan, _run_steps
+from projector.core.engine import COMMANDS, INDEX, Plan, run_steps
 from projector.core.envelope import decode_record
 from projector.core.partitioning import partition_for
 from projector.core.commands import Answer, check_command, decide_steps, encode_command
@@ -65,7 +65,7 @@ class Commands:
 
 def decide(d: Driver, records: Sequence[Rec], *, enabled: bool = True,
            ready: Callable[[int], bool] = lambda p: True) -> tuple[Plan, list[Answer]]:
-    return _run_steps(decide_steps(d.engine, d.catalog, list(records), events_topic=EVENTS,
+    return run_steps(decide_steps(d.engine, d.catalog, list(records), events_topic=EVENTS,
                                    settings=SETTINGS, enabled=enabled, ready=ready))
 
 

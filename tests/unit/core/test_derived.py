@@ -69,7 +69,7 @@ def test_contribution_must_be_a_dict(c):
 
 
 def test_repository_owners_and_currencies_contributions():
-    catalog = load_catalog(Path(__file__).resolve().parents[2] / "tables")
+    catalog = load_catalog(Path(__file__).resolve().parents[3] / "tables")
     row = {"owner": "ann", "currency": "CHF", "balance": 70, "status": "closed", "deposits": 1, "withdrawals": 0}
     expected = {"accounts": 1, "open_accounts": 0, "balance": 70}
     assert contribution_of(catalog.get("owners"), row) == ("ann", expected)

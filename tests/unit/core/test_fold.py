@@ -15,7 +15,8 @@ import pytest
 
 from factories import closed, deposit, event, opened, withdrawal
 import projector.core.fold as projection
-from projector.core.fold import FOLD_ERROR, Applied, RecordRejected, apply_record
+from projector.core.fold import FOLD_ERROR, Applied, apply_record
+from projector.core.errors import InvalidRecord
 from projector.core.catalog import ReadModel
 
 
@@ -136,7 +137,7 @@ def test_composite_with_a_duplicate_then_a_later_event_applies_the_later_one():
 
 
 def test_fold_that_raises_is_a_fold_error_naming_model_event_and_exception():
-    with pytest.raises(RecordRejected) as info:
+    with pytest.raises(InvalidRecord) as info:
         apply_record(SUMS, row(1, 1, [1]), [added(2, boom=True)])
     err = info.value
     assert err.reason == FOLD_ERROR
@@ -148,7 +149,7 @@ def test_fold_that_raises_is_a_fold_error_naming_model_event_and_exception():
 def test_fold_error_in_the_second_element_leaves_the_row_unchanged():
     before = row(1, 1, [1])
     snapshot = copy.deepcopy(before)
-    with pytest.raises(RecordRejected) as info:
+    with pytest.raises(InvalidRecord) as info:
         apply_record(SUMS, before, [added(2, 10), added(3, boom=True), added(4, 10)])
     assert info.value.reason == FOLD_ERROR
     assert before == snapshot
@@ -157,7 +158,7 @@ def test_fold_error_in_the_second_element_leaves_the_row_unchanged():
 def test_accounts_fold_error_in_second_element_leaves_the_row_unchanged(accounts):
     first = apply_record(accounts, None, [opened("acc-1"), deposit("acc-1", 2, 100)]).row
     snapshot = copy.deepcopy(first)
-    with pytest.raises(RecordRejected) as info:
+    with pytest.raises(InvalidRecord) as info:
         # element 2 is fine, element 3 opens the account a second time
         apply_record(accounts, first, [deposit("acc-1", 3, 5), event("acc-1", 4, "AccountOpened")])
     assert info.value.reason == FOLD_ERROR
@@ -183,7 +184,7 @@ MUTATING = ReadModel(
 
 def test_fold_error_leaves_the_row_unchanged_even_for_an_in_place_fold():
     before = {"version": 1, "value": {"total": 1}}
-    with pytest.raises(RecordRejected):
+    with pytest.raises(InvalidRecord):
         apply_record(MUTATING, before, [added(2, 10), added(3, boom=True)])
     assert before == {"version": 1, "value": {"total": 1}}
 
@@ -275,7 +276,7 @@ def test_accounts_full_history_through_apply_record(accounts):
 
 
 def test_record_rejected_carries_reason_and_message():
-    err = RecordRejected(FOLD_ERROR, "boom")
+    err = InvalidRecord(FOLD_ERROR, "boom")
     assert (err.reason, err.message, str(err)) == ("fold_error", "boom", "boom")
 
 

@@ -7,8 +7,10 @@ import types
 import pytest
 
 from factories import event
-from projector.core.envelope import INVALID_ENVELOPE, InvalidRecord
-from projector.core.schemas import Schemas, SchemaError
+from projector.core.envelope import INVALID_ENVELOPE
+from projector.core.errors import InvalidRecord
+from projector.core.schemas import Schemas
+from projector.core.errors import SchemaError
 
 
 def v1_to_v2(data):

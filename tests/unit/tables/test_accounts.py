@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from factories import closed, deposit, event, opened, withdrawal
 from projector.demo.data import generate_histories
 from projector.core.envelope import Event, decode_record
-from projector.core.fold import FOLD_ERROR, RecordRejected, apply_record
+from projector.core.fold import FOLD_ERROR, apply_record
+from projector.core.errors import InvalidRecord
 from projector.core.catalog import ReadModel
 
 OPEN_ROW = {"owner": "alice", "currency": "EUR", "balance": 0, "status": "open", "deposits": 0, "withdrawals": 0}
@@ -132,7 +133,7 @@ def test_withdrawal_of_the_whole_balance_leaves_zero(accounts):
 
 def test_withdrawal_above_the_balance_is_a_fold_error(accounts):
     row = apply_record(accounts, None, [opened("acc-1"), deposit("acc-1", 2, 100)]).row
-    with pytest.raises(RecordRejected) as info:
+    with pytest.raises(InvalidRecord) as info:
         apply_record(accounts, row, [withdrawal("acc-1", 3, 101)])
     assert info.value.reason == FOLD_ERROR
 
@@ -167,7 +168,7 @@ def test_fold_errors_are_value_errors(accounts):
     err = fold_error(accounts, None, deposit("acc-1", 1, 5))
     assert isinstance(err, ValueError)
     assert type(err).__name__ == "AccountFoldError"
-    with pytest.raises(RecordRejected) as info:
+    with pytest.raises(InvalidRecord) as info:
         apply_record(accounts, None, [deposit("acc-1", 1, 5)])
     assert info.value.reason == FOLD_ERROR
     assert "AccountFoldError" in info.value.message

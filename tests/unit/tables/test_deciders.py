@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from factories import event
-from projector.core.decider import InvalidCommand, Rejected
+from projector.core.errors import InvalidCommand, Rejected
 from projector.core.catalog import ReadModel
 
 AID = "acc-1"
