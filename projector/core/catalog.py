@@ -15,7 +15,7 @@ Its rows are keyed by aggregate id.
 Such a read model may also be the state of an aggregate that takes commands
 (``POST /commands``): it then declares ``AGGREGATE_TYPE`` (the commands'
 ``aggregate_type``) and ``decide(state, command, settings)`` (see
-:mod:`projector.decider`), and optionally ``COMMANDS``, the command types, and
+:mod:`projector.core.errors`), and optionally ``COMMANDS``, the command types, and
 ``COMMAND_SCHEMAS``: ``{command type: JSON schema of its data}`` for some of
 them, which ``GET /openapi.json`` documents.
 

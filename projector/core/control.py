@@ -7,7 +7,7 @@ control key (UTF-8) and its value any JSON value; a tombstone or a JSON
 
 :class:`ControlState` is the table itself, free of Faust and Kafka: it applies
 records in offset order, one at a time, and is what every worker reads.
-``projector.app`` feeds it from a Faust ``GlobalTable`` whose changelog *is*
+:mod:`projector.runtime.control_table` feeds it from a Faust ``GlobalTable`` whose changelog *is*
 the control topic (the way Kafka Streams' ``addGlobalStore`` works), so
 recovery at startup and live updates go through the same :meth:`ControlState.apply`.
 

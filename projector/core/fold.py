@@ -1,7 +1,7 @@
 """Applying admitted events to one read model's row: pure, no Faust, no Kafka.
 
 A row is ``{"version": <aggregate version of the last applied event>, "value": <state>}``.
-The aggregate index (:mod:`projector.aggregates`) decides which events are
+The aggregate index (:mod:`projector.core.index`) decides which events are
 new and in order; the row's own version is the second guard that makes a
 replay idempotent: an event at or below it has already been applied to this
 row (say, before a crash that came before the index was written), and is

@@ -133,7 +133,7 @@ class Projector:
             table_standby_replicas=settings.standby_replicas,
             # Faust's leader election (for on_leader timers) is unused: no topic for it.
             topic_disable_leader=True,
-            # projector creates every topic before Faust starts (projector.topics), with
+            # projector creates every topic before Faust starts (projector.runtime.topics), with
             # the settings each needs; Faust only uses them.
             topic_allow_declare=False,
         )

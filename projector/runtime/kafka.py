@@ -2,7 +2,7 @@
 no topic ever created by asking about it, and errors that say what to fix.
 
 - :func:`client_options`, :func:`faust_credentials` and :func:`librdkafka_config`
-  turn :class:`~projector.config.BrokerSecurity` into what aiokafka, Faust and
+  turn :class:`~projector.runtime.config.BrokerSecurity` into what aiokafka, Faust and
   confluent-kafka take. The worker, the CLI, the demo and the bench all use them.
 - Importing this module makes every aiokafka metadata request say
   ``allow_auto_topic_creation=false``. On a broker with Kafka's default
@@ -10,13 +10,13 @@ no topic ever created by asking about it, and errors that say what to fix.
   (an admin client's ``describe_topics``, a consumer assigned to it, a producer
   sending to it) would otherwise create it with the broker's defaults: one
   partition and ``cleanup.policy=delete``. Missing topics are created by
-  :mod:`projector.topics`, with the settings they need, and by nothing else.
+  :mod:`projector.runtime.topics`, with the settings they need, and by nothing else.
 - :func:`probe` connects the way every client will (TLS, SASL) and turns what
   goes wrong into a :class:`BrokerError` that names the setting to fix.
 - :func:`describe_topics` and :func:`group_operations` ask the broker which
   operations it allows this principal on each topic and on the consumer group
   (Metadata v8 and DescribeGroups v3 with authorized operations), so a missing
-  ACL stops a worker at start (:mod:`projector.topics`) with the principal, the
+  ACL stops a worker at start (:mod:`projector.runtime.topics`) with the principal, the
   operation, the resource and the ``kafka-acls.sh`` command, instead of failing
   somewhere inside Faust.
 """

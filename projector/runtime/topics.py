@@ -1,7 +1,7 @@
 """projector's topics: which it needs, creating the missing ones, and refusing those that cannot serve.
 
 Nothing here asks about a topic in a way that creates it (see
-:mod:`projector.kafka`): on a broker with ``auto.create.topics.enable=true``
+:mod:`projector.runtime.kafka`): on a broker with ``auto.create.topics.enable=true``
 a worker behaves as on one without. The events topic, when it exists, is used
 as it is; every topic derived from it (the command topics, repartition topics
 and changelogs) has its partition count. A topic that exists but cannot serve
@@ -100,7 +100,7 @@ def worker_topics(settings: Settings, partitions: int, derived: Iterable[str] = 
 
 
 async def connect_admin(settings: Settings, timeout: float = STARTUP_TIMEOUT) -> AIOKafkaAdminClient:
-    """An admin client, once a broker answers (:class:`~projector.kafka.BrokerError` if none does in time)."""
+    """An admin client, once a broker answers (:class:`~projector.runtime.kafka.BrokerError` if none does in time)."""
     await wait_for_broker(settings, time.monotonic() + timeout)
     admin = AIOKafkaAdminClient(client_id=f"{settings.app_id}-admin", request_timeout_ms=15000,
                                 **client_options(settings))
@@ -302,7 +302,7 @@ async def prepare_worker_topics(settings: Settings, derived: Iterable[str],
                                 tables: Iterable[str]) -> tuple[Settings, int]:
     """Everything a worker needs of Kafka before Faust starts; returns (settings, events partitions).
 
-    Reaches the broker (:class:`~projector.kafka.BrokerError` when it cannot:
+    Reaches the broker (:class:`~projector.runtime.kafka.BrokerError` when it cannot:
     unreachable, a refused login, a TLS problem), resolves the replication
     settings, creates the missing topics, logs each topic's real settings,
     refuses topics that cannot serve (:class:`TopicError`), and checks that

@@ -1,4 +1,4 @@
-"""The status page at ``/`` and the ``/status`` JSON behind it (issue 5, item 6).
+"""The status page at ``/`` and the ``/status`` JSON behind it.
 
 Routes (installed by :mod:`projector.web.routes`; all behind the bearer-token
 middleware of :mod:`projector.web.middleware`, like every route but

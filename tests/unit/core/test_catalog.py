@@ -1,4 +1,4 @@
-"""projector.readmodels: loading the read-model folder by path, and its errors."""
+"""projector.core.catalog: loading the read-model folder by path, and its errors."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""projector.writer: the command side deciding commands against the writer's own rows, and surviving crashes.
+"""projector.core.commands: the command side deciding commands against the writer's own rows, and surviving crashes.
 
 Command records are decided with ``decide_steps``; the plan is then executed
 the way ``projector.app`` does it: the appended event records first (the

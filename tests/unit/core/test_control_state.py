@@ -1,4 +1,4 @@
-"""projector.control: the control table (CONTRACT §3), applied record by record by ControlState.
+"""projector.core.control: the control table (CONTRACT §3), applied record by record by ControlState.
 
 Key UTF-8, value any JSON; a tombstone or a JSON ``null`` deletes; a record that
 cannot be applied is counted and skipped, its offset still consumed. No Kafka here:

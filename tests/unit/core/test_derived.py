@@ -1,4 +1,4 @@
-"""projector.derived: repartition messages (source side) and group rows (group side)."""
+"""projector.core.derived: repartition messages (source side) and group rows (group side)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""projector.engine.Engine over an in-memory Store: dead letters, parking, release, composites, the index.
+"""projector.core.engine.Engine over an in-memory Store: dead letters, parking, release, composites, the index.
 
 Records go through ``Engine.plan``; its writes are applied to the store the
 way the worker applies them once Kafka has acked, and its repartition sends

@@ -1,4 +1,4 @@
-"""projector.envelope: decoding event-topic records (CONTRACT §2)."""
+"""projector.core.envelope: decoding event-topic records (CONTRACT §2)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
-"""projector.projection.apply_record: handled events only, row-version duplicates, all-or-nothing.
+"""projector.core.fold.apply_record: handled events only, row-version duplicates, all-or-nothing.
 
 Gaps are no longer apply_record's business: the aggregate index
-(:func:`projector.aggregates.admit`, see test_aggregates.py) decides which
+(:func:`projector.core.index.admit`, see test_aggregates.py) decides which
 events are new and in order. apply_record folds the events its model HANDLES
 and skips those at or below the row's version.
 """

@@ -1,4 +1,4 @@
-"""projector.aggregates: index keys, Meta, and admit's version rules (CONTRACT §2)."""
+"""projector.core.index: index keys, Meta, and admit's version rules (CONTRACT §2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""projector.partitioning.partition_for: Kafka's default partitioner (CONTRACT §2).
+"""projector.core.partitioning.partition_for: Kafka's default partitioner (CONTRACT §2).
 
 Known values are the signed 32-bit results of the Java client's ``Utils.murmur2``
 (Kafka's UtilsTest); Java's ``toPositive`` is ``& 0x7fffffff``. aiokafka's

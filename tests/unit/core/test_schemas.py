@@ -1,4 +1,4 @@
-"""projector.schemas: upcaster chains checked at construction, and upcasting (CONTRACT §2 schema_version)."""
+"""projector.core.schemas: upcaster chains checked at construction, and upcasting (CONTRACT §2 schema_version)."""
 
 from __future__ import annotations
 

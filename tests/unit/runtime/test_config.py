@@ -1,4 +1,4 @@
-"""projector.config: settings from the environment (CONTRACT §1)."""
+"""projector.runtime.config: settings from the environment (CONTRACT §1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""projector.kafka: client settings for every Kafka client, errors that name the setting to fix, ACLs.
+"""projector.runtime.kafka: client settings for every Kafka client, errors that name the setting to fix, ACLs.
 
 No broker: only what is decided before a byte is sent.
 """

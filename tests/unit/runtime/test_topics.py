@@ -1,4 +1,4 @@
-"""projector.topics: the topics a worker needs, and why existing ones cannot serve (no broker)."""
+"""projector.runtime.topics: the topics a worker needs, and why existing ones cannot serve (no broker)."""
 
 from __future__ import annotations
 
