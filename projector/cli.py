@@ -24,24 +24,6 @@ def cmd_worker(args: argparse.Namespace) -> None:
     run_worker(_settings(), args.loglevel)
 
 
-def cmd_produce_demo(args: argparse.Namespace) -> None:
-    from projector.demo.data import generate_histories, produce_events
-    from aiokafka.errors import KafkaError
-
-    from projector.runtime.errors import BrokerError
-    from projector.runtime.topics import ensure_topics
-    from projector.runtime.errors import TopicError
-
-    settings = _settings()
-    try:
-        asyncio.run(ensure_topics(settings))
-        envelopes = list(generate_histories(args.accounts, args.events, args.seed))
-        n = asyncio.run(produce_events(settings, envelopes))
-    except (BrokerError, TopicError, KafkaError, ValueError) as exc:
-        sys.exit(f"projector: {exc}")
-    print(f"produced {n} events for {args.accounts} accounts to {settings.events_topic}")
-
-
 def _api(method: str, path: str, body: object = None, admin: bool = False, timeout: float = 30) -> tuple[int, object]:
     """One request to this machine's worker (PROJECTOR_WEB_HOST/PORT), with the configured token."""
     import urllib.error
@@ -123,6 +105,20 @@ def cmd_send(args: argparse.Namespace) -> None:
     print(f"{settings.events_topic}/{meta.partition}/{meta.offset}")
 
 
+def _only_aggregate_type() -> str:
+    """The aggregate type of the one read model in tables/ that takes commands, or exit saying to choose."""
+    from projector.core.catalog import load_catalog
+    from projector.core.errors import ReadModelError
+
+    try:
+        types = sorted(load_catalog().deciders)
+    except ReadModelError as exc:
+        sys.exit(f"projector: {exc}")
+    if len(types) != 1:
+        sys.exit(f"projector: give --aggregate-type, one of: {', '.join(types) or 'none (no read model takes commands)'}")
+    return types[0]
+
+
 def cmd_command(args: argparse.Namespace) -> None:
     """POST one command to this machine's worker and print the answer (exit 1 unless 200)."""
     import orjson
@@ -132,7 +128,8 @@ def cmd_command(args: argparse.Namespace) -> None:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         sys.exit(f"projector: --data is not JSON: {exc}")
-    body: dict = {"aggregate_type": args.aggregate_type, "aggregate_id": args.aggregate_id,
+    aggregate_type = args.aggregate_type or _only_aggregate_type()
+    body: dict = {"aggregate_type": aggregate_type, "aggregate_id": args.aggregate_id,
                   "type": args.type, "data": data}
     if args.command_id:
         body["command_id"] = args.command_id
@@ -224,12 +221,6 @@ def _control_direct(args: argparse.Namespace, value: object) -> None:
         sys.exit(f"projector: control topic {settings.control_topic} at {settings.broker}: {exc}")
 
 
-def cmd_demo(args: argparse.Namespace) -> None:
-    from projector.demo.run import run_demo
-
-    sys.exit(run_demo(_settings(), accounts=args.accounts, events=args.events, seed=args.seed))
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="projector", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -238,15 +229,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_worker)
 
-    for name, func, help_ in (
-        ("produce-demo", cmd_produce_demo, "produce demo account histories to the events topic"),
-        ("demo", cmd_demo, "start the broker (if needed) and a worker, produce demo data, serve until Ctrl-C"),
-    ):
-        p = sub.add_parser(name, help=help_)
-        p.add_argument("--accounts", type=int, default=300)
-        p.add_argument("--events", type=int, default=5000)
-        p.add_argument("--seed", type=int, default=42)
-        p.set_defaults(func=func)
+    from projector.demo.commands import add_commands as add_demo_commands
+
+    add_demo_commands(sub, _settings)
 
     from projector.bench import compare as bench
 
@@ -282,7 +267,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("type", help="the command type (GET /openapi.json lists each aggregate type's commands)")
     p.add_argument("aggregate_id")
     p.add_argument("--data", default="{}", help="the command's data as JSON, e.g. '{\"amount\": 500}'; - reads stdin")
-    p.add_argument("--aggregate-type", default="account")
+    p.add_argument("--aggregate-type", default=None,
+                   help="the aggregate type (default: the only one that takes commands, if there is one)")
     p.add_argument("--expected-version", type=int, default=None, metavar="N",
                    help="only if the aggregate is at version N (else 409 version_conflict)")
     p.add_argument("--command-id", default=None, help="an idempotency key: the same id again gives the first answer")
