@@ -22,7 +22,7 @@ from projector.runtime.config import Settings
 from projector.runtime.errors import BrokerError
 from projector.runtime.topics import prepare_worker_topics
 from projector.runtime.errors import TopicError
-from projector.web.forwarding import post_internal
+from projector.web.forwarding import Peers
 from projector.web.middleware import web_application_options
 from projector.web.routes import install_routes
 
@@ -31,15 +31,19 @@ log = logging.getLogger(__name__)
 
 def build_worker(settings: Settings, catalog: Optional[Catalog] = None, partitions: Optional[int] = None) -> Projector:
     """One worker with its web views, ready for Faust's ``Worker`` to run."""
-    projector: Projector
+    peers: Peers  # this worker's HTTP session to the others: forwarded reads, and command answers
 
     async def send_answers(url: str, items: list[dict[str, Any]]) -> None:
-        await post_internal(projector, url, "/internal/command-answers", items)
+        await peers.post(url, "/internal/command-answers", items)
+
+    def install_web(app: Any, projector: Projector) -> None:
+        install_routes(app, projector, peers)
 
     projector = Projector(
         settings, catalog, partitions,
-        web_options=web_application_options, install_web=install_routes, send_answers=send_answers,
+        web_options=web_application_options, install_web=install_web, send_answers=send_answers,
     )
+    peers = Peers(projector)
     return projector
 
 

@@ -118,13 +118,14 @@ class ControlSetting:
             return None
         if self.type == "boolean":
             return "must be true or false"
+        return f"must be {self.accepts()}" + (", or null for none" if self.default is None else "")
+
+    def accepts(self) -> str:
+        """The values this setting takes, in words: ``true or false``, ``an integer >= 0``..."""
+        if self.type == "boolean":
+            return "true or false"
         article = "an" if self.type[0] in "aeiou" else "a"
-        want = f"must be {article} {self.type}"
-        if self.minimum is not None:
-            want += f" >= {self.minimum:g}"
-        if self.default is None:
-            want += ", or null for none"
-        return want
+        return f"{article} {self.type}" + (f" >= {self.minimum:g}" if self.minimum is not None else "")
 
     def value(self, entries: Any) -> Any:
         """The value in force: the entry if it is valid, else the default."""

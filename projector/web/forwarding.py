@@ -2,8 +2,8 @@
 
 :class:`Peers` holds this worker's HTTP session to the others: :meth:`Peers.on_owner`
 answers locally when this worker owns the partition and forwards otherwise;
-:func:`post_internal` is how the worker itself calls another one's internal
-endpoints (projector.runtime.app sends command answers with it).
+:meth:`Peers.post` is how the worker itself calls another one's internal
+endpoints (the command side sends answers with it, see :mod:`projector.worker`).
 """
 
 from __future__ import annotations
@@ -39,33 +39,29 @@ def forwarded_headers(request: web.Request) -> dict[str, str]:
     return headers
 
 
-async def post_internal(projector: "Projector", url: str, path: str, body: Any) -> None:
-    """POST a JSON body to another worker's internal endpoint, with this deployment's API token."""
-    headers = {FORWARDED_HEADER: "1", "Content-Type": "application/json"}
-    if projector.settings.api_token is not None:
-        headers["Authorization"] = f"Bearer {projector.settings.api_token}"
-    session = getattr(projector, "internal_session", None)
-    if session is None or session.closed:
-        # One session (and its kept-alive connections) for all of this worker's internal calls.
-        session = projector.internal_session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT))
-    async with session.post(url.rstrip("/") + path, data=orjson.dumps(body), headers=headers) as r:
-        if r.status != 200:
-            raise RuntimeError(f"{url}{path} answered {r.status}: {(await r.read())[:200]!r}")
-
-
 class Peers:
     """The other workers, as the views reach them: one HTTP session, opened on first use."""
 
-    def __init__(self, projector: "Projector") -> None:
+    def __init__(self, projector: "Projector", timeout: float = FORWARD_TIMEOUT) -> None:
         self.projector = projector
+        self.timeout = timeout
         self._session: Optional[aiohttp.ClientSession] = None
 
     @property
     def session(self) -> aiohttp.ClientSession:
+        """One session (and its kept-alive connections) for all of these calls, opened on first use."""
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT))
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
         return self._session
+
+    async def post(self, url: str, path: str, body: Any) -> None:
+        """POST a JSON body to another worker's internal endpoint, with this deployment's API token."""
+        headers = {FORWARDED_HEADER: "1", "Content-Type": "application/json"}
+        if self.projector.settings.api_token is not None:
+            headers["Authorization"] = f"Bearer {self.projector.settings.api_token}"
+        async with self.session.post(url.rstrip("/") + path, data=orjson.dumps(body), headers=headers) as r:
+            if r.status != 200:
+                raise RuntimeError(f"{url}{path} answered {r.status}: {(await r.read())[:200]!r}")
 
     async def close(self, app: Any = None) -> None:
         """Close the session (an aiohttp ``on_cleanup`` callback)."""

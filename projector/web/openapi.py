@@ -622,14 +622,8 @@ def control_settings(catalog: Any) -> dict[str, ControlSetting]:
 def _setting_values(setting: ControlSetting) -> str:
     """What a setting takes, in words: ``true or false``, ``an integer >= 0, or null``, ..."""
     if setting.type == "boolean":
-        return "true or false"
-    article = "an" if setting.type[0] in "aeiou" else "a"
-    out = f"{article} {setting.type}"
-    if setting.minimum is not None:
-        out += f" >= {setting.minimum:g}"
-    if setting.default is None:
-        out += ", or null"
-    return out
+        return setting.accepts()
+    return setting.accepts() + (", or null" if setting.default is None else "")
 
 
 def _control() -> dict[str, Any]:

@@ -1,15 +1,15 @@
 """Every route of projector's HTTP API (CONTRACT §5), and the view that answers it.
 
-The worker (projector.runtime.app) calls :func:`install_routes` on Faust's
+:mod:`projector.worker` has :func:`install_routes` called on Faust's
 aiohttp application, whose options come from
 :func:`projector.web.middleware.web_application_options`. A route added here
-must be documented in :mod:`projector.web.openapi` (tests/unit/test_openapi.py
+must be documented in :mod:`projector.web.openapi` (tests/unit/web/test_openapi.py
 checks both ways).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 from aiohttp import web
 
@@ -27,8 +27,9 @@ if TYPE_CHECKING:
     from projector.runtime.app import Projector
 
 
-def install_routes(app: web.Application, projector: "Projector") -> None:
-    peers = Peers(projector)
+def install_routes(app: web.Application, projector: "Projector", peers: Optional[Peers] = None) -> None:
+    """Register every view on ``app``; ``peers`` is the worker's session to the others (a new one if not given)."""
+    peers = peers if peers is not None else Peers(projector)
     operations = OperationsViews(projector)
     tables = TableViews(projector, peers)
     aggregates = AggregateViews(projector, peers)

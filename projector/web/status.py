@@ -66,6 +66,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from projector.web.forwarding import Peers
 from projector.web.responses import json_error, json_response
 
 if TYPE_CHECKING:
@@ -153,14 +154,8 @@ def peer_urls(projector: "Projector") -> list[str]:
 class StatusViews:
     def __init__(self, projector: "Projector") -> None:
         self.projector = projector
-        self._session: Optional[aiohttp.ClientSession] = None
+        self.peers = Peers(projector, timeout=PEER_TIMEOUT)
         self._sampler: Optional[asyncio.Task] = None
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=PEER_TIMEOUT))
-        return self._session
 
     async def start(self, app: web.Application) -> None:
         if self._sampler is None:
@@ -169,8 +164,7 @@ class StatusViews:
     async def close(self, app: web.Application) -> None:
         if self._sampler is not None:
             self._sampler.cancel()
-        if self._session is not None and not self._session.closed:
-            await self._session.close()
+        await self.peers.close()
 
     async def _sample_forever(self) -> None:
         """Note ``records_total`` every second, idle or not: the page draws records/s from these deltas."""
@@ -203,7 +197,7 @@ class StatusViews:
         if auth:
             headers["Authorization"] = auth
         try:
-            async with self.session.get(f"{url}/status", headers=headers) as r:
+            async with self.peers.session.get(f"{url}/status", headers=headers) as r:
                 raw = await r.read()
                 try:
                     body = orjson.loads(raw)

@@ -31,42 +31,9 @@ def signed32(value: int) -> int:
     return struct.unpack("<i", struct.pack("<I", value & 0xFFFFFFFF))[0]
 
 
-def java_murmur2(data: bytes) -> int:
-    """A line-by-line port of org.apache.kafka.common.utils.Utils.murmur2, as a signed int."""
-    mask = 0xFFFFFFFF
-    m, r = 0x5BD1E995, 24
-    length = len(data)
-    h = (0x9747B28C ^ length) & mask
-    for i in range(length // 4):
-        k = int.from_bytes(data[i * 4:i * 4 + 4], "little")
-        k = (k * m) & mask
-        k ^= k >> r
-        k = (k * m) & mask
-        h = (h * m) & mask
-        h ^= k
-    tail = length % 4
-    base = length & ~3
-    if tail == 3:
-        h ^= data[base + 2] << 16
-    if tail >= 2:
-        h ^= data[base + 1] << 8
-    if tail >= 1:
-        h ^= data[base]
-        h = (h * m) & mask
-    h ^= h >> 13
-    h = (h * m) & mask
-    h ^= h >> 15
-    return signed32(h)
-
-
 @pytest.mark.parametrize("key,expected", list(JAVA_MURMUR2.items()), ids=lambda v: repr(v)[:20])
 def test_aiokafka_murmur2_agrees_with_the_java_client(key, expected):
     assert signed32(murmur2(key)) == expected
-
-
-@pytest.mark.parametrize("key,expected", list(JAVA_MURMUR2.items()), ids=lambda v: repr(v)[:20])
-def test_reference_port_agrees_with_the_java_client(key, expected):
-    assert java_murmur2(key) == expected
 
 
 @pytest.mark.parametrize("key,expected", list(JAVA_MURMUR2.items()), ids=lambda v: repr(v)[:20])
@@ -90,18 +57,18 @@ def test_negative_hashes_are_not_taken_as_python_modulo():
 
 
 def test_empty_key_has_a_partition():
-    assert partition_for(b"", 8) == (java_murmur2(b"") & 0x7FFFFFFF) % 8
+    assert partition_for(b"", 8) == (murmur2(b"") & 0x7FFFFFFF) % 8
 
 
 def test_demo_account_keys_use_utf8_bytes():
     key = "acc-000001".encode("utf-8")
-    assert partition_for(key, 8) == (java_murmur2(key) & 0x7FFFFFFF) % 8
+    assert partition_for(key, 8) == (murmur2(key) & 0x7FFFFFFF) % 8
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=64), st.integers(min_value=1, max_value=1024))
 def test_partition_for_matches_the_java_port_for_any_key(key, partitions):
-    expected = (java_murmur2(key) & 0x7FFFFFFF) % partitions
+    expected = (murmur2(key) & 0x7FFFFFFF) % partitions
     assert partition_for(key, partitions) == expected
     assert 0 <= expected < partitions
 
