@@ -18,6 +18,8 @@ HANDLES = ("AccountOpened", "MoneyDeposited", "MoneyWithdrawn", "AccountClosed")
 #: This read model is the state of the ``account`` aggregate, which takes commands.
 AGGREGATE_TYPE = "account"
 COMMANDS = ("OpenAccount", "Deposit", "Withdraw", "CloseAccount")
+#: An account id of the demo data (projector/demo/data.py): GET /openapi.json shows it in examples.
+EXAMPLE_KEY = "acc-000001"
 
 #: The control settings the decider reads (``PUT /control/{key}``).
 MAX_WITHDRAWAL = "accounts.max_withdrawal"

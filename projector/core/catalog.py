@@ -196,6 +196,8 @@ class ReadModel:
     commands: tuple[str, ...] = ()
     #: JSON schemas of the ``data`` of some of ``commands`` (``COMMAND_SCHEMAS``), by command type.
     command_schemas: Mapping[str, dict] = field(default_factory=lambda: MappingProxyType({}), hash=False)
+    #: An id to show in examples (``EXAMPLE_KEY``, e.g. one of the demo data's), if the module gives one.
+    example_key: Optional[str] = None
 
     @property
     def keyed_by_aggregate(self) -> bool:
@@ -318,6 +320,9 @@ def read_model_from_module(module: ModuleType, origin: str = "") -> Any:
         if isinstance(commands, str) or not all(isinstance(c, str) for c in commands):
             raise ReadModelError(f"{where}: COMMANDS must be a tuple of command type names")
     command_schemas = _command_schemas(module, where, tuple(commands) if decide is not None else None)
+    example_key = getattr(module, "EXAMPLE_KEY", None)
+    if example_key is not None and (not isinstance(example_key, str) or not example_key):
+        raise ReadModelError(f"{where}: EXAMPLE_KEY must be a non-empty string (a row key to show in examples)")
     return ReadModel(
         name=name,
         description=description,
@@ -331,6 +336,7 @@ def read_model_from_module(module: ModuleType, origin: str = "") -> Any:
         decide=decide,
         commands=tuple(commands),
         command_schemas=command_schemas,
+        example_key=example_key,
     )
 
 

@@ -33,9 +33,6 @@ JSON = "application/json"
 
 #: Longest command id, aggregate type, aggregate id or command type, in bytes of UTF-8.
 MAX_COMMAND_ID = MAX_ID
-#: The example key of rows and aggregates: the first id of projector's demo data
-#: (projector.demo.data), which the API fuzz test loads. Only an example.
-EXAMPLE_KEY = "acc-000001"
 
 # --- small builders --------------------------------------------------------------
 
@@ -144,12 +141,12 @@ def _table_param(tables: list[str]) -> dict[str, Any]:
     )
 
 
-def _key_param() -> dict[str, Any]:
-    return _path("key", {"type": "string", "minLength": 1}, "The row's key (UTF-8).", example=EXAMPLE_KEY)
+def _key_param(example_key: Optional[str]) -> dict[str, Any]:
+    return _path("key", {"type": "string", "minLength": 1}, "The row's key (UTF-8).", example=example_key)
 
 
-def _aggregate_param() -> dict[str, Any]:
-    return _path("id", {"type": "string", "minLength": 1}, "The aggregate id.", example=EXAMPLE_KEY)
+def _aggregate_param(example_key: Optional[str]) -> dict[str, Any]:
+    return _path("id", {"type": "string", "minLength": 1}, "The aggregate id.", example=example_key)
 
 
 def _control_key_param() -> dict[str, Any]:
@@ -307,7 +304,7 @@ def _internal_scan(table_param: dict[str, Any], partitions: int) -> dict[str, An
     }
 
 
-def _row(table_param: dict[str, Any]) -> dict[str, Any]:
+def _row(table_param: dict[str, Any], example_key: Optional[str]) -> dict[str, Any]:
     return {
         "get": _operation(
             "getRow",
@@ -329,7 +326,7 @@ def _row(table_param: dict[str, Any]) -> dict[str, Any]:
             "`min_version`, waiting up to `timeout_ms` (read-your-writes).",
             parameters=[
                 table_param,
-                _key_param(),
+                _key_param(example_key),
                 _query("min_version", _int(0), "Wait until the row's version is at least this."),
                 _timeout_ms_param(),
             ],
@@ -340,7 +337,7 @@ def _row(table_param: dict[str, Any]) -> dict[str, Any]:
 # --- aggregates --------------------------------------------------------------------
 
 
-def _aggregate_events() -> dict[str, Any]:
+def _aggregate_events(example_key: Optional[str]) -> dict[str, Any]:
     return {
         "get": _operation(
             "aggregateEvents",
@@ -360,7 +357,7 @@ def _aggregate_events() -> dict[str, Any]:
             },
             tags=["aggregates"],
             parameters=[
-                _aggregate_param(),
+                _aggregate_param(example_key),
                 _query("from_version", _int(1, default=1), "The first version to answer (default 1)."),
                 _query("limit", _int(1, default=100),
                        f"Most events to answer (default 100); more than {MAX_LIMIT} is capped to {MAX_LIMIT}."),
@@ -369,7 +366,7 @@ def _aggregate_events() -> dict[str, Any]:
     }
 
 
-def _aggregate_release() -> dict[str, Any]:
+def _aggregate_release(example_key: Optional[str]) -> dict[str, Any]:
     return {
         "post": _operation(
             "releaseAggregate",
@@ -390,7 +387,7 @@ def _aggregate_release() -> dict[str, Any]:
             tags=["aggregates"],
             description="Needs PROJECTOR_ADMIN_TOKEN when it is set. The body is optional: `{}` or "
             '`{"skip_to": <version>}`.',
-            parameters=[_aggregate_param()],
+            parameters=[_aggregate_param(example_key)],
             requestBody={
                 "required": False,
                 "content": {
@@ -408,6 +405,11 @@ def _aggregate_release() -> dict[str, Any]:
 
 
 # --- commands ----------------------------------------------------------------------
+
+
+def example_key(catalog: Any) -> Optional[str]:
+    """The id shown in the examples: the first ``EXAMPLE_KEY`` a read model of the catalog gives, if any."""
+    return next((m.example_key for m in catalog.models if getattr(m, "example_key", None)), None)
 
 
 def _command_schema(catalog: Any) -> tuple[dict[str, Any], Optional[dict[str, Any]]]:
@@ -449,7 +451,7 @@ def _command_schema(catalog: Any) -> tuple[dict[str, Any], Optional[dict[str, An
                 "description": "The command's fields, as the aggregate's decider takes them.",
             }
             if example is None and kind and data.get("examples"):
-                example = {"aggregate_type": aggregate_type, "aggregate_id": EXAMPLE_KEY, "type": kind,
+                example = {"aggregate_type": aggregate_type, "aggregate_id": example_key(catalog) or "id-1", "type": kind,
                            "data": data["examples"][0]}
             variants.append({
                 "type": "object",
@@ -773,7 +775,7 @@ def _status() -> dict[str, Any]:
 
 
 def _paths(tables: list[str], partitions: int, command_example: Optional[dict[str, Any]],
-           settings: Mapping[str, ControlSetting]) -> dict[str, Any]:
+           settings: Mapping[str, ControlSetting], example_key: Optional[str]) -> dict[str, Any]:
     """Every path of the API (projector.web.routes serves them)."""
     table = _table_param(tables)
     return {
@@ -782,9 +784,9 @@ def _paths(tables: list[str], partitions: int, command_example: Optional[dict[st
         "/tables": _tables(),
         "/tables/{table}": _rows(table),
         "/internal/scan/{table}": _internal_scan(table, partitions),
-        "/tables/{table}/{key}": _row(table),
-        "/aggregates/{id}/events": _aggregate_events(),
-        "/aggregates/{id}/release": _aggregate_release(),
+        "/tables/{table}/{key}": _row(table, example_key),
+        "/aggregates/{id}/events": _aggregate_events(example_key),
+        "/aggregates/{id}/release": _aggregate_release(example_key),
         "/commands": _commands(command_example),
         "/internal/command-answers": _internal_command_answers(),
         "/control": _control(),
@@ -935,7 +937,7 @@ def document(projector: Any) -> dict[str, Any]:
         "info": _info(),
         "tags": [{"name": name} for name in TAGS],
         "security": [{"bearer": []}],
-        "paths": _paths(tables, partitions, command_example, settings),
+        "paths": _paths(tables, partitions, command_example, settings, example_key(catalog)),
         "components": {
             "securitySchemes": {"bearer": dict(BEARER)},
             "schemas": _schemas(command_schema, settings),

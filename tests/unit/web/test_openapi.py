@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 from pathlib import Path
+import dataclasses
 from types import SimpleNamespace
 from typing import Any, Iterator
 from unittest import mock
@@ -329,3 +330,20 @@ def test_another_domain_is_documented_from_its_own_declarations(tmp_path: Path) 
     text = orjson.dumps(doc).decode().lower()
     for word in ("account", "withdraw", "deposit", "max_withdrawal", "insufficient_funds"):
         assert word not in text, word
+
+
+def test_examples_use_the_id_a_read_model_declares(doc):
+    """tables/accounts.py declares EXAMPLE_KEY; the row and aggregate paths and the command example show it."""
+    key = doc["paths"]["/tables/{table}/{key}"]["get"]["parameters"]
+    aggregate = doc["paths"]["/aggregates/{id}/events"]["get"]["parameters"]
+    shown = {p["example"] for p in key + aggregate if p["name"] in ("key", "id")}
+    assert shown == {"acc-000001"}
+
+
+def test_a_catalog_without_an_example_key_shows_no_example(fake_projector):
+    catalog = fake_projector.catalog
+    models = [dataclasses.replace(m, example_key=None) for m in catalog.models]
+    bare = dataclasses.replace(catalog, models=models)
+    document = openapi.document(SimpleNamespace(catalog=bare, partitions=PARTITIONS))
+    params = document["paths"]["/tables/{table}/{key}"]["get"]["parameters"]
+    assert all("example" not in p for p in params if p["name"] == "key")
