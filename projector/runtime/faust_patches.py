@@ -59,6 +59,7 @@ from time import monotonic
 from typing import Any, Awaitable, Callable, Optional, Sequence, cast
 
 import faust
+from faust.exceptions import ConsumerNotStarted
 from faust.tables.globaltable import GlobalTable
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -457,7 +458,10 @@ class PatchedApp(faust.App):
                 self.log.warning("the batch being folded did not finish in time; its records will be read again")
         await super()._stop_consumer()
         if isinstance(consumer, BatchingConsumer):
-            log.info("stopping: %s", consumer.commit_positions())
+            try:
+                log.info("stopping: %s", consumer.commit_positions())
+            except ConsumerNotStarted:  # stopping before the consumer ever started: nothing was read
+                log.info("stopping before the consumer started: nothing read, nothing to commit")
 
     def on_rebalance_end(self) -> None:
         """The rebalance is over: the stream partitions are sought, deliver them again (BatchingConsumer)."""
