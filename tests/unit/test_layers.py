@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import re
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,14 @@ def test_the_core_imports_no_kafka_faust_or_web_library():
 def test_every_module_is_in_a_layer_or_on_top():
     loose = [n for n in MODULES if layer(n) not in LAYERS and layer(n) not in TOP and n != "projector"]
     assert not loose, f"modules outside the layers: {loose}"
+
+
+def test_the_readme_map_names_every_subpackage_and_only_real_paths():
+    readme = (PACKAGE.parent / "README.md").read_text()
+    section = readme.split("## Where things are", 1)[1].split("\n## ", 1)[0]
+    subpackages = sorted(p.parent.name for p in PACKAGE.glob("*/__init__.py"))
+    missing = [s for s in subpackages if f"`projector/{s}/`" not in section]
+    assert not missing, f"README's 'Where things are' lacks {missing}"
+    named = re.findall(r"`((?:projector|tables|tests|deploy)/[^`]*)`", section)
+    gone = [n for n in named if not (PACKAGE.parent / n).exists()]
+    assert not gone, f"README's 'Where things are' names paths that do not exist: {gone}"
