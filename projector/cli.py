@@ -76,10 +76,9 @@ def cmd_send(args: argparse.Namespace) -> None:
     from aiokafka import AIOKafkaProducer
     from aiokafka.errors import KafkaError
 
+    from projector.runtime.errors import BrokerError, TopicError
     from projector.runtime.kafka import client_options
-    from projector.runtime.errors import BrokerError
     from projector.runtime.topics import existing_topics
-    from projector.runtime.errors import TopicError
 
     settings = _settings()
     # aiokafka logs every retry while a broker is down; the outcome is what matters here.
@@ -145,9 +144,8 @@ def cmd_control(args: argparse.Namespace) -> None:
     import orjson
 
     from projector.core.catalog import load_catalog
-    from projector.core.errors import ReadModelError
     from projector.core.control import check_entry, settings_with_builtin
-    from projector.core.errors import ControlError
+    from projector.core.errors import ControlError, ReadModelError
 
     action = args.action
     value = None
@@ -193,9 +191,8 @@ def _control_direct(args: argparse.Namespace, value: object) -> None:
     from aiokafka.errors import KafkaError
 
     from projector.runtime.control_table import read_control_topic, write_control_topic
-    from projector.runtime.errors import BrokerError
+    from projector.runtime.errors import BrokerError, TopicError
     from projector.runtime.topics import base_topics, ensure_topics, existing_topics
-    from projector.runtime.errors import TopicError
 
     settings = _settings()
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)

@@ -13,15 +13,13 @@ import sys
 from typing import Any, Optional
 
 from projector.core.catalog import Catalog, load_catalog
-from projector.core.errors import ReadModelError
 from projector.core.engine import tables_of
+from projector.core.errors import ReadModelError, SchemaError
 from projector.core.schemas import Schemas
-from projector.core.errors import SchemaError
 from projector.runtime.app import Projector
 from projector.runtime.config import Settings
-from projector.runtime.errors import BrokerError
+from projector.runtime.errors import BrokerError, TopicError
 from projector.runtime.topics import prepare_worker_topics
-from projector.runtime.errors import TopicError
 from projector.web.forwarding import Peers
 from projector.web.middleware import web_application_options
 from projector.web.routes import install_routes

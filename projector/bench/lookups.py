@@ -141,8 +141,8 @@ async def _wait_row(session: aiohttp.ClientSession, url: str, key: str) -> None:
 
 
 async def _run(args: argparse.Namespace, settings: Settings, workdir: Path) -> dict[str, Any]:
-    from projector.demo.data import generate_histories
     from projector.core.partitioning import partition_for
+    from projector.demo.data import generate_histories
 
     tag = f"lk{uuid.uuid4().hex[:8]}"
     topic = f"{tag}-events"

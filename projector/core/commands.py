@@ -39,11 +39,10 @@ from typing import Any, Callable, Generator, Iterable, Mapping, Optional
 import orjson
 
 from projector.core import index as agg
-from projector.core.errors import InvalidCommand, Rejected
+from projector.core.catalog import Catalog
 from projector.core.engine import COMMANDS, INDEX, Batch, Engine, Pending, Plan, Send
 from projector.core.envelope import decode_record
-from projector.core.errors import InvalidRecord
-from projector.core.catalog import Catalog
+from projector.core.errors import InvalidCommand, InvalidRecord, Rejected
 
 log = logging.getLogger(__name__)
 

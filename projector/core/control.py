@@ -26,8 +26,8 @@ from typing import Any, Callable, Mapping, Optional
 
 import orjson
 
-from projector.core.errors import ControlError
 from projector.core.catalog import ControlSetting
+from projector.core.errors import ControlError
 
 log = logging.getLogger(__name__)
 

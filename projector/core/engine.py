@@ -24,13 +24,13 @@ from typing import Any, Generator, Iterable, Iterator, Mapping, Optional, Protoc
 import orjson
 
 from projector.core import index as agg
+from projector.core.catalog import Catalog, DerivedModel
 from projector.core.derived import Contribution, apply_change, change_messages, contribution_of, member_key
 from projector.core.envelope import Event, decode_record
 from projector.core.errors import InvalidRecord
+from projector.core.fold import FOLD_ERROR, NO_CONTROL, apply_record
 from projector.core.metrics import Metrics
 from projector.core.partitioning import partition_for
-from projector.core.fold import FOLD_ERROR, NO_CONTROL, apply_record
-from projector.core.catalog import Catalog, DerivedModel
 from projector.core.schemas import Schemas
 
 log = logging.getLogger(__name__)

@@ -16,9 +16,9 @@ from typing import Any, Mapping, Optional, Sequence
 
 import orjson
 
-from projector.core.errors import InvalidRecord
-from projector.core.envelope import Event
 from projector.core.catalog import ReadModel
+from projector.core.envelope import Event
+from projector.core.errors import InvalidRecord
 
 FOLD_ERROR = "fold_error"
 

@@ -16,9 +16,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Callable, Iterable, Mapping
 
-from projector.core.errors import SchemaError
 from projector.core.envelope import INVALID_ENVELOPE, Event
-from projector.core.errors import InvalidRecord
+from projector.core.errors import InvalidRecord, SchemaError
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import orjson
 
-from projector.runtime.config import Settings, broker_reachable
 from projector.demo.data import generate_histories, produce_events
+from projector.runtime.config import Settings, broker_reachable
 from projector.runtime.topics import ensure_topics
 
 REPO = Path(__file__).resolve().parents[2]

@@ -46,7 +46,7 @@ from projector.runtime.recovery import RecoveryProgress
 from projector.runtime.sink import ChangelogSink
 from projector.runtime.slicing import TimeSlice
 from projector.runtime.stores import FaustStore, rocksdb_options
-from projector.runtime.topics import command_topic_name, release_topic_name, replication_configs, repartition_topic_name
+from projector.runtime.topics import command_topic_name, release_topic_name, repartition_topic_name, replication_configs
 from projector.runtime.waiters import RowWaiters
 
 log = logging.getLogger(__name__)

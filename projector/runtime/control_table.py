@@ -49,8 +49,8 @@ from typing import Any, Iterable, Optional
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.types import TP
 
-from projector.runtime.config import Settings
 from projector.core.control import ControlState
+from projector.runtime.config import Settings
 from projector.runtime.faust_patches import GlobalTableOnTopic
 from projector.runtime.kafka import client_options
 

@@ -7,8 +7,8 @@ from typing import Any, Optional
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from projector.runtime.config import Settings
 from projector.core.engine import HEADER_ERROR, HEADER_REASON, HEADER_SOURCE
+from projector.runtime.config import Settings
 from projector.runtime.kafka import client_options
 
 

@@ -39,8 +39,8 @@ from aiokafka.protocol.api import Request, RequestStruct, Response
 from aiokafka.protocol.metadata import MetadataRequest
 from aiokafka.protocol.types import Array, Boolean, Int16, Int32, Schema, String
 
-from projector.runtime.errors import BrokerError
 from projector.runtime.config import BrokerSecurity, Settings, tls_context
+from projector.runtime.errors import BrokerError
 
 log = logging.getLogger(__name__)
 

@@ -22,10 +22,17 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 
-from projector.runtime.errors import TopicError
 from projector.runtime.config import Settings
-from projector.runtime.kafka import TopicInfo, acl_command, client_options, describe_topics, group_operations, principal, wait_for_broker
-from projector.runtime.errors import BrokerError
+from projector.runtime.errors import BrokerError, TopicError
+from projector.runtime.kafka import (
+    TopicInfo,
+    acl_command,
+    client_options,
+    describe_topics,
+    group_operations,
+    principal,
+    wait_for_broker,
+)
 
 log = logging.getLogger(__name__)
 

@@ -32,9 +32,9 @@ import orjson
 import pytest
 import schemathesis
 from schemathesis.engine import events
+from support import get, produce, wait_for
 
 from projector.demo.data import generate_histories
-from support import get, produce, wait_for
 
 pytestmark = pytest.mark.integration
 

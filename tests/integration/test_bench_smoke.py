@@ -12,11 +12,11 @@ import os
 
 import orjson
 import pytest
+from support import wait_for
 
 from projector.bench.common import Kafka
 from projector.bench.compare import CONTESTANTS, BenchConfig, format_table, run_bench
 from projector.runtime.kafka import settings_for
-from support import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

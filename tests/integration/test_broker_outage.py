@@ -15,9 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import orjson
 import pytest
+from support import fold_accounts, free_base, get, group_by, http, produce, prometheus, run_kafka_sh, wait_for
 
 from projector.demo.data import generate_histories
-from support import fold_accounts, free_base, get, group_by, http, produce, prometheus, run_kafka_sh, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -18,7 +18,6 @@ from typing import Any
 
 import aiohttp
 import orjson
-
 from support import fold_accounts, get, http, read_topic, wait_for
 
 ACCOUNTS = [f"acct-{i:02d}" for i in range(20)]

@@ -19,7 +19,6 @@ import aiohttp
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
-
 from support import get, http, prometheus, wait_for
 
 pytestmark = pytest.mark.integration

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 
 import orjson
 import pytest
+from support import fold_accounts, get, group_by, produce, prometheus, read_topic, wait_for
 
 from projector.demo.data import generate_histories
-from support import fold_accounts, get, group_by, produce, prometheus, read_topic, wait_for
 
 pytestmark = pytest.mark.integration
 

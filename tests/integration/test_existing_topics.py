@@ -11,9 +11,9 @@ import asyncio
 
 import orjson
 import pytest
+from support import fold_accounts, get, produce, wait_for
 
 from projector.demo.data import generate_histories
-from support import fold_accounts, get, produce, wait_for
 
 pytestmark = pytest.mark.integration
 

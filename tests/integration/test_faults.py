@@ -17,9 +17,9 @@ from typing import Any
 
 import orjson
 import pytest
+from support import fold_accounts, free_base, get, group_by, produce, prometheus, read_topic, run_kafka_sh, wait_for
 
 from projector.demo.data import generate_histories
-from support import free_base, fold_accounts, get, group_by, produce, prometheus, read_topic, run_kafka_sh, wait_for
 
 pytestmark = pytest.mark.integration
 

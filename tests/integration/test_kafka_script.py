@@ -7,7 +7,6 @@ import socket
 from pathlib import Path
 
 import pytest
-
 from support import free_base, run_kafka_sh, wait_for
 
 pytestmark = pytest.mark.integration

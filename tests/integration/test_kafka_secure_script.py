@@ -8,7 +8,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from support import run_kafka_sh
 
 pytestmark = pytest.mark.integration

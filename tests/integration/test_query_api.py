@@ -11,9 +11,9 @@ from datetime import datetime, timezone
 import aiohttp
 import orjson
 import pytest
+from support import fold_accounts, get, group_by, produce, wait_for
 
 from projector.demo.data import generate_histories
-from support import fold_accounts, get, group_by, produce, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -14,9 +14,9 @@ import sys
 import time
 
 import pytest
+from support import fold_accounts, free_port, get, group_by, wait_for
 
 from projector.demo.data import generate_histories
-from support import fold_accounts, free_port, get, group_by, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -11,10 +11,10 @@ import urllib.request
 
 import orjson
 import pytest
-
-from projector.demo.data import generate_histories
-from projector.core.partitioning import partition_for
 from support import get, produce, wait_for
+
+from projector.core.partitioning import partition_for
+from projector.demo.data import generate_histories
 
 pytestmark = pytest.mark.integration
 

@@ -23,9 +23,9 @@ from typing import Any, Optional
 import orjson
 import pytest
 import rocksdict
+from support import get, produce, read_topic, wait_for
 
 from projector.demo.data import generate_histories
-from support import get, produce, read_topic, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import orjson
 import pytest
-
-from projector.demo.data import generate_histories
-from projector.core.partitioning import partition_for
 from support import REPO, get, http, produce, wait_for
+
+from projector.core.partitioning import partition_for
+from projector.demo.data import generate_histories
 
 pytestmark = pytest.mark.integration
 

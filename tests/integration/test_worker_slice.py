@@ -13,9 +13,9 @@ import shutil
 
 import orjson
 import pytest
+from support import fold_accounts, get, produce, wait_for
 
 from projector.demo.data import generate_histories
-from support import fold_accounts, get, produce, wait_for
 
 pytestmark = pytest.mark.integration
 

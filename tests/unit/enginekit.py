@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
 import orjson
-
 from factories import envelope
 from support import group_by  # noqa: F401 - the oracle the tests share
+
 from projector.core import index as agg
+from projector.core.catalog import Catalog, load_catalog
 from projector.core.engine import INDEX, Engine, Plan, Send
 from projector.core.partitioning import partition_for
-from projector.core.catalog import Catalog, load_catalog
 from projector.runtime.stores import MemoryStore
 
 TABLES_DIR = Path(__file__).resolve().parents[2] / "tables"

@@ -8,7 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from projector.core.catalog import PACKAGE, DerivedModel, ReadModel, default_add, default_subtract, default_tables_dir, load_catalog, load_read_models
+from projector.core.catalog import (
+    PACKAGE,
+    DerivedModel,
+    ReadModel,
+    default_add,
+    default_subtract,
+    default_tables_dir,
+    load_catalog,
+    load_read_models,
+)
 from projector.core.errors import ReadModelError
 
 TABLES_DIR = Path(__file__).resolve().parents[3] / "tables"

@@ -11,15 +11,14 @@ import types
 from typing import Any, Callable, Mapping
 
 import pytest
-
 from enginekit import DEADLETTER, Driver, env, headers
 from factories import deposit
+
+from projector.core.catalog import Catalog, ReadModel, read_model_from_module
 from projector.core.control import ControlState
 from projector.core.engine import HEADER_REASON, Engine
+from projector.core.errors import InvalidRecord, ReadModelError
 from projector.core.fold import FOLD_ERROR, NO_CONTROL, apply_record
-from projector.core.errors import InvalidRecord
-from projector.core.catalog import Catalog, ReadModel, read_model_from_module
-from projector.core.errors import ReadModelError
 
 
 def module(fold: Callable, name: str = "rm_ctl_mod", **attrs: Any) -> types.ModuleType:

@@ -16,15 +16,15 @@ from typing import Any, Callable, Optional, Sequence
 
 import orjson
 import pytest
+from enginekit import DEADLETTER, EVENTS, PARTITIONS, Driver, Rec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from enginekit import DEADLETTER, EVENTS, PARTITIONS, Driver, Rec
+from projector.core.commands import Answer, check_command, decide_steps, encode_command
+from projector.core.control import ControlState
 from projector.core.engine import COMMANDS, INDEX, Plan, run_steps
 from projector.core.envelope import decode_record
 from projector.core.partitioning import partition_for
-from projector.core.commands import Answer, check_command, decide_steps, encode_command
-from projector.core.control import ControlState
 
 COMMAND_TOPIC = "commands"
 TS_MS = 1_700_000_000_000  # 2023-11-14T22:13:20Z

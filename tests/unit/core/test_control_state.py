@@ -16,7 +16,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from projector.core.catalog import ControlSetting, load_catalog
-from projector.core.control import BUILTIN, COMMANDS_ENABLED, MAX_KEY_BYTES, ControlState, check_entry, check_key, encode_value
+from projector.core.control import (
+    BUILTIN,
+    COMMANDS_ENABLED,
+    MAX_KEY_BYTES,
+    ControlState,
+    check_entry,
+    check_key,
+    encode_value,
+)
 from projector.core.errors import ControlError
 
 #: The demo's read models declare accounts.setting(MAX_WITHDRAWAL) (tables/accounts.py, CONTROL).

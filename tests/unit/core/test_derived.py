@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from collections import defaultdict
+from pathlib import Path
 from typing import Any, Optional
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from projector.core.derived import apply_change, change_messages, contribution_of, member_key
 from projector.core.catalog import DerivedModel, load_catalog
+from projector.core.derived import apply_change, change_messages, contribution_of, member_key
 
 BY_COLOUR = DerivedModel(
     name="by_colour",

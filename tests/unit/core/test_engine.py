@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import orjson
 import pytest
-
 from enginekit import (
     COMMANDS,
     DEADLETTER,
@@ -25,6 +24,7 @@ from enginekit import (
     values,
     withdrawn,
 )
+
 from projector.core.engine import HEADER_ERROR, HEADER_REASON, HEADER_SOURCE, INDEX, members_table
 from projector.core.partitioning import partition_for
 
@@ -620,6 +620,7 @@ def multi(tmp_path) -> Driver:
     import shutil
 
     from enginekit import TABLES_DIR
+
     from projector.core.catalog import load_catalog
 
     folder = tmp_path / "tables"

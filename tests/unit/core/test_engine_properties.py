@@ -16,14 +16,14 @@ from typing import Any, Optional
 
 import orjson
 import pytest
+from enginekit import PARTITIONS, TABLES_DIR, Driver, Rec, deposited, group_by, opened, values
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from enginekit import PARTITIONS, TABLES_DIR, Driver, Rec, group_by, opened, deposited, values
-from projector.demo.data import generate_histories
+from projector.core.catalog import load_catalog
 from projector.core.engine import COMMANDS, INDEX
 from projector.core.partitioning import partition_for
-from projector.core.catalog import load_catalog
+from projector.demo.data import generate_histories
 
 PROPS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -6,9 +6,16 @@ from typing import Any, Optional
 
 import orjson
 import pytest
-
 from factories import envelope
-from projector.core.envelope import INVALID_ENVELOPE, INVALID_JSON, KEY_MISMATCH, Event, decode_record, envelope_from_obj
+
+from projector.core.envelope import (
+    INVALID_ENVELOPE,
+    INVALID_JSON,
+    KEY_MISMATCH,
+    Event,
+    decode_record,
+    envelope_from_obj,
+)
 from projector.core.errors import InvalidRecord
 
 KEY = b"acc-1"

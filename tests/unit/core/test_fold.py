@@ -12,12 +12,12 @@ import copy
 from typing import Any
 
 import pytest
-
 from factories import closed, deposit, event, opened, withdrawal
+
 import projector.core.fold as projection
-from projector.core.fold import FOLD_ERROR, Applied, apply_record
-from projector.core.errors import InvalidRecord
 from projector.core.catalog import ReadModel
+from projector.core.errors import InvalidRecord
+from projector.core.fold import FOLD_ERROR, Applied, apply_record
 
 
 def _sum_fold(state: dict[str, Any], ev) -> dict[str, Any]:

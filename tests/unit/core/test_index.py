@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from factories import deposit, event, opened
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from factories import deposit, event, opened
 from projector.core import index as agg
 from projector.core.index import Admission, Meta, admit
 

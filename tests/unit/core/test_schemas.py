@@ -5,12 +5,11 @@ from __future__ import annotations
 import types
 
 import pytest
-
 from factories import event
+
 from projector.core.envelope import INVALID_ENVELOPE
-from projector.core.errors import InvalidRecord
+from projector.core.errors import InvalidRecord, SchemaError
 from projector.core.schemas import Schemas
-from projector.core.errors import SchemaError
 
 
 def v1_to_v2(data):

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from projector.demo.data import CURRENCIES, account_id, generate_histories
 from projector.core.envelope import decode_record
+from projector.demo.data import CURRENCIES, account_id, generate_histories
 
 sizes = st.integers(min_value=1, max_value=8).flatmap(
     lambda a: st.tuples(st.just(a), st.integers(min_value=a, max_value=a * 10), st.integers(0, 2**32))

@@ -24,8 +24,20 @@ from aiokafka.protocol.metadata import MetadataRequest_v4, MetadataRequest_v5
 from faust.types.auth import AuthProtocol, SASLMechanism
 
 from projector.runtime.config import Settings
-from projector.runtime.kafka import UNKNOWN_OPERATIONS, BrokerWatch, RepeatFilter, _explain, acl_command, client_options, faust_credentials, librdkafka_config, operations, principal, probe
 from projector.runtime.errors import BrokerError
+from projector.runtime.kafka import (
+    UNKNOWN_OPERATIONS,
+    BrokerWatch,
+    RepeatFilter,
+    _explain,
+    acl_command,
+    client_options,
+    faust_credentials,
+    librdkafka_config,
+    operations,
+    principal,
+    probe,
+)
 
 PASSWORD = "Zq-7!unlikely-pa55word"
 BROKER = {"PROJECTOR_BROKER": "kafka://k1:9093,k2:9093"}

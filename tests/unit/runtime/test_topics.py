@@ -7,8 +7,8 @@ import re
 import pytest
 
 from projector.runtime.config import Settings
-from projector.runtime.kafka import TopicInfo
 from projector.runtime.errors import BrokerError
+from projector.runtime.kafka import TopicInfo
 from projector.runtime.topics import (
     GROUP_OPERATIONS,
     TOPIC_OPERATIONS,

@@ -12,15 +12,15 @@ from typing import Any, Optional
 
 import orjson
 import pytest
+from factories import closed, deposit, event, opened, withdrawal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from factories import closed, deposit, event, opened, withdrawal
-from projector.demo.data import generate_histories
-from projector.core.envelope import Event, decode_record
-from projector.core.fold import FOLD_ERROR, apply_record
-from projector.core.errors import InvalidRecord
 from projector.core.catalog import ReadModel
+from projector.core.envelope import Event, decode_record
+from projector.core.errors import InvalidRecord
+from projector.core.fold import FOLD_ERROR, apply_record
+from projector.demo.data import generate_histories
 
 OPEN_ROW = {"owner": "alice", "currency": "EUR", "balance": 0, "status": "open", "deposits": 0, "withdrawals": 0}
 

@@ -13,12 +13,12 @@ import math
 from typing import Any, Optional
 
 import pytest
+from factories import event
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from factories import event
-from projector.core.errors import InvalidCommand, Rejected
 from projector.core.catalog import ReadModel
+from projector.core.errors import InvalidCommand, Rejected
 
 AID = "acc-1"
 LIMIT = "accounts.max_withdrawal"

@@ -9,9 +9,9 @@ stand-in projector (the views only keep it; nothing is called at install time).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 from pathlib import Path
-import dataclasses
 from types import SimpleNamespace
 from typing import Any, Iterator
 from unittest import mock
