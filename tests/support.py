@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import orjson
+
+from projector.bench.common import claim_ports, free_port  # noqa: F401 (free_port: for the tests)
 
 REPO = Path(__file__).resolve().parent.parent
 KAFKA_SH = REPO / "deploy" / "kafka" / "kafka.sh"
@@ -40,42 +42,11 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: 
         time.sleep(interval)
 
 
-def free_port(pair_offset: int = 0) -> int:
-    """A free TCP port on 127.0.0.1 (and port+pair_offset free too, when asked)."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if pair_offset == 0 or port + pair_offset > 65535:
-            if pair_offset == 0:
-                return port
-            continue
-        with socket.socket() as s2:
-            try:
-                s2.bind(("127.0.0.1", port + pair_offset))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port pair found")
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def free_base(nodes: int) -> int:
     """A base port for deploy/kafka/kafka.sh: base..base+nodes-1 and base+100.. free (client and controller ports)."""
-    import random
-
     for _ in range(500):
         base = random.randint(20000, 30000)
-        ports = [base + i for i in range(nodes)] + [base + 100 + i for i in range(nodes)]
-        if all(_port_free(p) for p in ports):
+        if claim_ports([base + i for i in range(nodes)] + [base + 100 + i for i in range(nodes)]):
             return base
     raise RuntimeError("no free port range")
 

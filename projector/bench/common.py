@@ -31,6 +31,7 @@ import asyncio
 import json
 import os
 import platform
+import random
 import shutil
 import signal
 import socket
@@ -277,10 +278,56 @@ async def produce(settings: Settings, topic: str, envelopes: Iterable[dict[str, 
 # --- processes ---------------------------------------------------------------------------
 
 
-def free_port() -> int:
+def ephemeral_ports() -> range:
+    """The ports the kernel gives outgoing connections (``ip_local_port_range``)."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999  # Linux's default
+    return range(low, high + 1)
+
+
+#: Ports already handed out by this process.
+_GIVEN: set[int] = set()
+
+
+def _port_free(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def claim_ports(ports: list[int]) -> bool:
+    """Take ``ports`` for this process if none was handed out before and all are free now."""
+    if any(p in _GIVEN for p in ports) or not all(_port_free(p) for p in ports):
+        return False
+    _GIVEN.update(ports)
+    return True
+
+
+def free_port(pair_offset: int = 0) -> int:
+    """A free TCP port on 127.0.0.1 (and port+pair_offset free too, when asked), outside the ephemeral range.
+
+    A port from the ephemeral range (what binding port 0 gives) can be taken
+    as the local port of any outgoing connection (a Kafka client's, say)
+    between now and the moment the server binds it: a worker started minutes
+    later then fails with "address already in use". Ports below the range are
+    never handed out that way; each is given once per process.
+    """
+    ephemeral = ephemeral_ports()
+    pool = range(max(1024, ephemeral.start - 12000), ephemeral.start - max(pair_offset, 0))
+    if ephemeral.start - 12000 < 1024:  # a range that starts low: take ports above it
+        pool = range(ephemeral.stop, 65536 - max(pair_offset, 0))
+    rng = random.Random(os.getpid() ^ time.monotonic_ns())
+    for _ in range(500):
+        port = rng.choice(pool)
+        ports = [port, port + pair_offset] if pair_offset else [port]
+        if claim_ports(ports):
+            return port
+    raise RuntimeError(f"no free port{' pair' if pair_offset else ''} found in {pool}")
 
 
 def proc_cpu_seconds(pid: int) -> Optional[float]:
