@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_worker)
 
-    from projector.demo.commands import add_commands as add_demo_commands
+    from projector.demo.cli import add_commands as add_demo_commands
 
     add_demo_commands(sub, _settings)
 

@@ -1,4 +1,4 @@
-"""The demo's commands: ``projector demo`` (the main job) and ``projector produce-demo``."""
+"""The demo's subcommands of ``projector``: ``projector demo`` (the main job) and ``projector produce-demo``."""
 
 from __future__ import annotations
 
