@@ -112,3 +112,26 @@ def test_the_readme_map_names_every_subpackage_and_only_real_paths():
     named = re.findall(r"`((?:projector|tables|tests|deploy)/[^`]*)`", section)
     gone = [n for n in named if not (PACKAGE.parent / n).exists()]
     assert not gone, f"README's 'Where things are' names paths that do not exist: {gone}"
+
+
+def _silent(handler: ast.ExceptHandler) -> bool:
+    """A broad handler that neither re-raises, logs, nor uses the error it caught."""
+    broad = handler.type is None or (isinstance(handler.type, ast.Name) and handler.type.id in ("Exception",
+                                                                                                 "BaseException"))
+    if not broad:
+        return False
+    for node in ast.walk(ast.Module(body=handler.body, type_ignores=[])):
+        if isinstance(node, ast.Raise):
+            return False
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in (
+                "debug", "info", "warning", "error", "exception", "critical"):
+            return False
+        if handler.name and isinstance(node, ast.Name) and node.id == handler.name:
+            return False  # carried on: in an answer, a report, a retry's last error
+    return True
+
+
+def test_no_broad_except_swallows_an_error_silently():
+    silent = [f"{name}:{h.lineno}" for name, path in MODULES.items()
+              for h in ast.walk(ast.parse(path.read_text())) if isinstance(h, ast.ExceptHandler) and _silent(h)]
+    assert not silent, f"broad except blocks that neither log, re-raise nor use the error: {silent}"
