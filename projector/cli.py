@@ -144,7 +144,7 @@ def cmd_control(args: argparse.Namespace) -> None:
     import orjson
 
     from projector.core.catalog import load_catalog
-    from projector.core.control import check_entry, settings_with_builtin
+    from projector.core.control import ControlState
     from projector.core.errors import ControlError, ReadModelError
 
     action = args.action
@@ -159,7 +159,7 @@ def cmd_control(args: argparse.Namespace) -> None:
             sys.exit(f"projector: VALUE must be JSON (e.g. false, 500, '\"text\"', null), got {raw[:80]!r}")
     if action in ("set", "delete"):
         try:
-            check_entry(args.key, value, settings_with_builtin(load_catalog().control_settings))
+            ControlState(load_catalog().control_settings).check_entry(args.key, value)
         except (ControlError, ReadModelError) as exc:
             sys.exit(f"projector: {exc}")
     if args.direct:

@@ -60,7 +60,7 @@ from typing import Any, Callable, Mapping, Optional
 
 import orjson
 
-from projector.core.errors import ReadModelError
+from projector.core.errors import ControlError, ReadModelError
 
 PACKAGE = "projector_tables"
 _NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,62}")
@@ -116,9 +116,8 @@ class ControlSetting:
             ok = False
         if ok:
             return None
-        if self.type == "boolean":
-            return "must be true or false"
-        return f"must be {self.accepts()}" + (", or null for none" if self.default is None else "")
+        null = ", or null for none" if self.default is None and self.type != "boolean" else ""
+        return f"must be {self.accepts()}{null}"
 
     def accepts(self) -> str:
         """The values this setting takes, in words: ``true or false``, ``an integer >= 0``..."""
@@ -143,6 +142,23 @@ class ControlSetting:
         if self.default is not None:
             schema["default"] = self.default
         return schema
+
+
+#: projector's own setting; read models declare theirs (``CONTROL``).
+COMMANDS_ENABLED = "commands.enabled"
+BUILTIN: dict[str, ControlSetting] = {
+    COMMANDS_ENABLED: ControlSetting(
+        COMMANDS_ENABLED, "boolean", True, "false: POST /commands answers 503 commands_disabled (default true)"
+    ),
+}
+
+
+def settings_with_builtin(declared: Mapping[str, ControlSetting]) -> dict[str, ControlSetting]:
+    """projector's own settings and the ones read models declare; a read model cannot redefine projector's."""
+    clash = sorted(set(declared) & set(BUILTIN))
+    if clash:
+        raise ControlError(f"control keys {clash} belong to projector; a read model cannot declare them")
+    return {**BUILTIN, **declared}
 
 
 def control_settings_from_module(module: ModuleType, origin: str = "") -> list[ControlSetting]:
@@ -458,7 +474,12 @@ def load_catalog(directory: Optional[Path] = None) -> Catalog:
             continue
         module = _load_module(path)
         modules.append(module)
-        for setting in control_settings_from_module(module, str(path)):
+        declared = control_settings_from_module(module, str(path))
+        try:
+            settings_with_builtin({s.key: s for s in declared})
+        except ControlError as exc:
+            raise ReadModelError(f"{path}: CONTROL: {exc}") from None
+        for setting in declared:
             if setting.key in settings:
                 raise ReadModelError(f"{path}: CONTROL key {setting.key!r} is already declared by "
                                      f"{setting_origin[setting.key]}")

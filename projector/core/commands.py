@@ -17,7 +17,7 @@ gets the same guarantee from a single writer:
   and Kafka acknowledges them before any row, index entry or answer is
   written. When they come back from the events topic they are duplicates.
 - After an assignment, a writer decides nothing for *p* until it has folded
-  every event that was in *p* (see ``Projector.writer_ready``). Until then
+  every event that was in *p* (see :class:`projector.runtime.command_side.WriterGate`). Until then
   it answers ``not_ready`` and the receiving worker sends the command again.
 
 Every event carries ``metadata.command_id``, and its id is derived from the
@@ -40,7 +40,7 @@ import orjson
 
 from projector.core import index as agg
 from projector.core.catalog import Catalog
-from projector.core.engine import COMMANDS, INDEX, Batch, Engine, Pending, Plan, Send
+from projector.core.engine import COMMANDS, HEADER_ERROR, INDEX, Batch, Engine, Pending, Plan, Send
 from projector.core.envelope import decode_record
 from projector.core.errors import InvalidCommand, InvalidRecord, Rejected
 
@@ -271,7 +271,7 @@ def _decide_one(
         # take back the dead letter the engine wrote for them.
         error = batch.plan.sends[-1].headers if len(batch.plan.sends) > sends_before else []
         del batch.plan.sends[sends_before:]
-        detail = next((v.decode("utf-8", "replace") for k, v in error if k == "projector.error"), "a fold refused them")
+        detail = next((v.decode("utf-8", "replace") for k, v in error if k == HEADER_ERROR), "a fold refused them")
         return Answer(command_id, 422, _error(command_id, "rejected", reason="fold_error", detail=detail))
     appends.append(Send(events_topic, partition, key, value))
     return Answer(command_id, 200, batch.get_json(COMMANDS, partition, command_id.encode("utf-8"))["body"])

@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping, Optional
 
 import orjson
 
-from projector.core.catalog import ControlSetting
+from projector.core.catalog import BUILTIN, COMMANDS_ENABLED, ControlSetting, settings_with_builtin
 from projector.core.errors import ControlError
 
 log = logging.getLogger(__name__)
@@ -36,23 +36,6 @@ MAX_KEY_BYTES = 1024
 
 #: Listener: (key, old value or None, new value or None).
 Listener = Callable[[str, Any, Any], None]
-
-#: projector's own setting; read models declare theirs (``CONTROL``, see :mod:`projector.core.catalog`).
-COMMANDS_ENABLED = "commands.enabled"
-BUILTIN: dict[str, ControlSetting] = {
-    COMMANDS_ENABLED: ControlSetting(
-        COMMANDS_ENABLED, "boolean", True, "false: POST /commands answers 503 commands_disabled (default true)"
-    ),
-}
-
-
-def settings_with_builtin(declared: Mapping[str, ControlSetting]) -> dict[str, ControlSetting]:
-    """projector's own settings and the ones read models declare; a read model cannot redefine projector's."""
-    clash = sorted(set(declared) & set(BUILTIN))
-    if clash:
-        raise ControlError(f"control keys {clash} belong to projector; a read model cannot declare them")
-    return {**BUILTIN, **declared}
-
 
 def check_key(key: str) -> str:
     """``key`` if it is a usable control key, else :class:`ControlError`."""

@@ -9,7 +9,7 @@ it never talks to Kafka. For a batch it returns a :class:`Plan`:
 - ``sends``: dead letters and repartition messages.
 
 The worker sends the changelog records and ``sends``, waits until Kafka has
-them all, and only then writes RocksDB (see :mod:`projector.runtime.app`). A crash at
+them all, and only then writes RocksDB (see :mod:`projector.runtime.sink`). A crash at
 any point therefore leaves the changelog at or ahead of local state, and the
 source offsets uncommitted: the batch is replayed, and the version kept in
 every row turns the replay into duplicates.

@@ -22,9 +22,8 @@ import orjson
 from aiohttp import web
 
 from projector import __version__
-from projector.core.catalog import ControlSetting
+from projector.core.catalog import ControlSetting, settings_with_builtin
 from projector.core.commands import MAX_ID, MAX_VERSION
-from projector.core.control import settings_with_builtin
 from projector.web.commands import COMMAND_WAIT_MS
 from projector.web.forwarding import SERVED_BY_HEADER
 from projector.web.params import MAX_LIMIT, MAX_WAIT_MS

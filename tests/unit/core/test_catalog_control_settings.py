@@ -93,3 +93,9 @@ def test_the_control_table_checks_what_the_catalog_declares(tmp_path):
     assert state.setting("m.name") is None
     state.apply(b"m.name", b'"seven"', 1)
     assert state.setting("m.name") == "seven"
+
+
+def test_a_module_cannot_declare_projectors_own_setting(tmp_path):
+    with pytest.raises(ReadModelError) as info:
+        load_catalog(folder_with(tmp_path, '{"commands.enabled": {"type": "boolean"}}'))
+    assert "m.py" in str(info.value) and "['commands.enabled'] belong to projector" in str(info.value)
