@@ -22,6 +22,7 @@ from collections import defaultdict
 from typing import Any, Iterator, Mapping, Optional, Protocol
 
 import rocksdict
+from faust.stores.rocksdb import Store as FaustRocksDBStore
 from faust.types import TP
 
 from projector.core.engine import Store
@@ -71,6 +72,10 @@ class WritableStore(Store, Protocol):
         ...
 
 
+#: Where Faust keeps each partition database's changelog offset, among the rows.
+OFFSET_KEY: bytes = FaustRocksDBStore.offset_key
+
+
 def _scan_from(prefix: bytes, start: Optional[bytes]) -> bytes:
     return prefix if start is None or start < prefix else start
 
@@ -95,17 +100,18 @@ class FaustStore:
         return self._store(table).persisted_offset(TP(self.changelog_topic(table), partition))
 
     def get(self, table: str, partition: int, key: bytes) -> Optional[bytes]:
+        if key == OFFSET_KEY:
+            return None  # Faust's offset, not a row
         return self._db(table, partition).get(key)
 
     def scan(
         self, table: str, partition: int, prefix: bytes, start: Optional[bytes] = None
     ) -> Iterator[tuple[bytes, bytes]]:
         """Keys with ``prefix`` in order, from ``start`` (a key with that prefix) if given."""
-        offset_key = self._store(table).offset_key
         for key, value in self._db(table, partition).items(from_key=_scan_from(prefix, start)):
             if not key.startswith(prefix):
                 break
-            if key != offset_key:
+            if key != OFFSET_KEY:
                 yield key, value
 
     def clear_partition(self, table: str, partition: int) -> int:
@@ -116,7 +122,7 @@ class FaustStore:
         batch = rocksdict.WriteBatch(raw_mode=True)
         for n, key in enumerate(db.keys(), 1):
             batch.delete(key)
-            if key != store.offset_key:
+            if key != OFFSET_KEY:
                 deleted += 1
             forget_key(store, key)
             if n % 10_000 == 0:
@@ -141,7 +147,7 @@ class FaustStore:
             else:
                 put(key, value)
         if changelog_offset is not None:
-            batch.put(store.offset_key, str(changelog_offset).encode())
+            batch.put(OFFSET_KEY, str(changelog_offset).encode())
         partition_db(store, partition).write(batch)
 
     def close(self) -> None:

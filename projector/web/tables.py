@@ -28,8 +28,6 @@ log = logging.getLogger(__name__)
 
 #: Requests a worker keeps waiting for a row version at once; more get 503.
 MAX_PARKED = 1000
-#: Faust's own keys in each RocksDB partition database (its changelog offset).
-FAUST_KEY = b"__faust\x00"
 
 
 def encode_cursor(table: str, key: str) -> str:
@@ -177,9 +175,7 @@ class TableViews:
             start = max(start, after.encode("utf-8") + b"\x00")
         iterators = []
         for partition in partitions:
-            iterators.append(
-                (k, v) for k, v in p.store.scan(table, partition, prefix_b, start=start) if not k.startswith(FAUST_KEY)
-            )
+            iterators.append(p.store.scan(table, partition, prefix_b, start=start))
         out = []
         for key, raw in heapq.merge(*iterators, key=lambda kv: kv[0]):
             row = orjson.loads(raw)

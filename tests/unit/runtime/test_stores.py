@@ -135,6 +135,7 @@ def test_changelog_offset_is_stored_with_the_rows_and_never_read_as_one(store):
     assert store.changelog_offset("rows", 0) == 42
     assert [k for k, _ in store.scan("rows", 0, b"")] == [b"a", b"b"]
     assert [k for k, _ in store.scan("rows", 0, b"__faust")] == []
+    assert store.get("rows", 0, b"__faust\x00offset__") is None
 
 
 def test_changelog_topic_is_fausts_name_for_it(store):
