@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from typing import Any, Callable, Optional
 
 import orjson
 
-from projector.bench.common import claim_ports, free_port  # noqa: F401 (free_port: for the tests)
+from projector.bench.common import free_port, free_ports  # noqa: F401 (free_port: for the tests)
 
 REPO = Path(__file__).resolve().parent.parent
 KAFKA_SH = REPO / "deploy" / "kafka" / "kafka.sh"
@@ -44,11 +43,7 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: 
 
 def free_base(nodes: int) -> int:
     """A base port for deploy/kafka/kafka.sh: base..base+nodes-1 and base+100.. free (client and controller ports)."""
-    for _ in range(500):
-        base = random.randint(20000, 30000)
-        if claim_ports([base + i for i in range(nodes)] + [base + 100 + i for i in range(nodes)]):
-            return base
-    raise RuntimeError("no free port range")
+    return free_ports([*range(nodes), *(100 + i for i in range(nodes))])
 
 
 def http(method: str, url: str, body: Any = None, token: Optional[str] = None, timeout: float = 20) -> tuple[int, Any]:

@@ -317,17 +317,22 @@ def free_port(pair_offset: int = 0) -> int:
     later then fails with "address already in use". Ports below the range are
     never handed out that way; each is given once per process.
     """
+    return free_ports([0, pair_offset] if pair_offset else [0])
+
+
+def free_ports(offsets: list[int]) -> int:
+    """A base port such that base + each of ``offsets`` is free, all outside the ephemeral range (see :func:`free_port`)."""
     ephemeral = ephemeral_ports()
-    pool = range(max(1024, ephemeral.start - 12000), ephemeral.start - max(pair_offset, 0))
+    reach = max(offsets)
+    pool = range(max(1024, ephemeral.start - 12000), ephemeral.start - reach)
     if ephemeral.start - 12000 < 1024:  # a range that starts low: take ports above it
-        pool = range(ephemeral.stop, 65536 - max(pair_offset, 0))
+        pool = range(ephemeral.stop, 65536 - reach)
     rng = random.Random(os.getpid() ^ time.monotonic_ns())
     for _ in range(500):
-        port = rng.choice(pool)
-        ports = [port, port + pair_offset] if pair_offset else [port]
-        if claim_ports(ports):
-            return port
-    raise RuntimeError(f"no free port{' pair' if pair_offset else ''} found in {pool}")
+        base = rng.choice(pool)
+        if claim_ports([base + offset for offset in offsets]):
+            return base
+    raise RuntimeError(f"no free ports at offsets {offsets} found in {pool}")
 
 
 def proc_cpu_seconds(pid: int) -> Optional[float]:

@@ -38,3 +38,11 @@ def test_the_kernel_gives_outgoing_connections_ephemeral_ports():
         server.listen()
         with socket.create_connection(server.getsockname()) as client:
             assert client.getsockname()[1] in ephemeral_ports()
+
+
+def test_a_broker_base_has_every_port_it_needs_free_and_outside_the_ephemeral_range():
+    from projector.bench.common import free_ports
+
+    base = free_ports([0, 1, 2, 100, 101, 102])
+    for p in (base, base + 1, base + 2, base + 100, base + 101, base + 102):
+        assert p in _GIVEN and p not in ephemeral_ports()
