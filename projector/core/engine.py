@@ -348,6 +348,8 @@ class Engine:
         changed: set[str] = set()
         meta_changed = replay  # a release has changed the entry already
         derived_check = self.derived_by_source
+        encoded: list[tuple[int, bytes]] = []  # the applied events, for the index's new segment
+        dumps = orjson.dumps
         for p in pendings:
             admission = agg.admit(meta, p.events)
             self.metrics.duplicates += admission.duplicates
@@ -385,8 +387,8 @@ class Engine:
                 changed.add(name)
                 self.metrics.events_applied[name] += result.applied
             envelopes = [e.to_dict() for e in fresh_originals]
-            for last, chunk in meta.append(envelopes):
-                batch.put_json(INDEX, partition, agg.event_key(aid, last), chunk)
+            encoded.extend([(e["version"], dumps(e)) for e in envelopes])
+            meta.version = envelopes[-1]["version"]
             meta_changed = True
             command_id = command_id_of(p.originals)
             if command_id is not None:
@@ -396,6 +398,9 @@ class Engine:
                 batch.put_json(COMMANDS, partition, command_id.encode("utf-8"),
                                accepted_answer(command_id, aid, envelopes))
         if meta_changed:
+            if encoded:
+                for last, segment in meta.segments(encoded):
+                    batch.put(INDEX, partition, agg.event_key(aid, last), segment)
             batch.put_json(INDEX, partition, meta_key, meta.to_json())
         for name in changed:
             batch.put_json(name, partition, key, rows[name])

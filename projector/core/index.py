@@ -2,16 +2,25 @@
 
 One changelog-backed RocksDB table holds, per aggregate id ``A``:
 
-- ``m\\0A``            -> ``{"version": last applied, "parked": bool, "tail": [...]}``,
-  where ``tail`` holds the newest events (fewer than ``CHUNK``);
-- ``e\\0A\\0<last>``    -> a full chunk of ``CHUNK`` consecutive events, keyed by its
-  last version zero-padded to 10 digits, so a range scan from ``e\\0A\\0<from>``
-  starts at the chunk that holds ``from`` and reads the stream in order.
-
-Keeping the newest events in the aggregate's meta row means a batch writes
-one index record per aggregate it touches, not one per event.
+- ``m\\0A``            -> ``{"version": last applied, "parked": bool}``;
+- ``e\\0A\\0<last>``    -> a segment: a JSON array of consecutive events, keyed by
+  its last version zero-padded to 10 digits, so a range scan from
+  ``e\\0A\\0<from>`` starts at the segment that holds ``from`` and reads the
+  stream in order;
 - ``p\\0A\\0<first>-<last>`` -> a parked record (its events, its original key
   and value, and where it came from), kept until an operator releases the aggregate.
+
+Segments are append-only: a batch writes one new segment per aggregate it
+applied events to (split at :data:`SEGMENT_MAX` events), holding just those
+events, each encoded once. A stored segment is never read or re-encoded
+again by the fold. Readers skip an event whose version they have already
+read, so segments that overlap (a batch replayed after a crash can cut its
+segment elsewhere) read as one stream.
+
+Entries written before segments (a meta row with a ``tail`` of its newest
+events, and full chunks of 32 events) read the same way: a chunk is a
+segment, and the first append to such an aggregate moves its tail into the
+new segment.
 
 NUL and \\1 in aggregate ids are escaped, so one id's prefix never covers another's keys.
 
@@ -64,57 +73,69 @@ def parked_key(aggregate_id: str, first_version: int, last_version: int) -> byte
     return parked_prefix(aggregate_id) + b"%010d-%010d" % (first_version, last_version)
 
 
-CHUNK = 32
+#: The most events one segment holds, so a batch that brings an aggregate many
+#: events still writes records of a bounded size.
+SEGMENT_MAX = 64
 
 
 @dataclass
 class Meta:
     version: int = 0
     parked: bool = False
+    #: The newest events of an entry written before segments; moved into a segment on the next append.
     tail: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def from_json(cls, obj: Optional[dict[str, Any]]) -> "Meta":
         if not obj:
             return cls()
-        return cls(version=obj["version"], parked=obj.get("parked", False), tail=obj.get("tail", []))
+        return cls(version=obj["version"], parked=obj.get("parked", False), tail=obj.get("tail") or [])
 
     def to_json(self) -> dict[str, Any]:
-        return {"version": self.version, "parked": self.parked, "tail": self.tail}
+        if self.tail:
+            return {"version": self.version, "parked": self.parked, "tail": self.tail}
+        return {"version": self.version, "parked": self.parked}
 
-    def append(self, envelopes: Sequence[dict[str, Any]]) -> list[tuple[int, list[dict[str, Any]]]]:
-        """Record applied events; return the chunks that filled up, as ``(last version, events)``."""
-        sealed = []
-        for envelope in envelopes:
-            self.tail.append(envelope)
-            if len(self.tail) == CHUNK:
-                sealed.append((envelope["version"], self.tail))
-                self.tail = []
-        if envelopes:
-            self.version = envelopes[-1]["version"]
-        return sealed
+    def segments(self, encoded: Sequence[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+        """The segments for newly applied events, each ``(version, event JSON)``: ``(last version, value)``.
+
+        Takes a legacy tail along (its events come first), so the entry no
+        longer holds events. ``encoded`` must follow :attr:`version`'s events.
+        """
+        if self.tail:
+            encoded = [(e["version"], orjson.dumps(e)) for e in self.tail] + list(encoded)
+            self.tail = []
+        out = []
+        for i in range(0, len(encoded), SEGMENT_MAX):
+            piece = encoded[i:i + SEGMENT_MAX]
+            out.append((piece[-1][0], b"[" + b",".join(raw for _, raw in piece) + b"]"))
+        return out
 
 
 def stored_events(
-    meta: Meta, chunks: Iterable[tuple[bytes, bytes]], from_version: int, limit: int
+    meta: Meta, segments: Iterable[tuple[bytes, bytes]], from_version: int, limit: int
 ) -> tuple[list[dict[str, Any]], Optional[int]]:
     """Up to ``limit`` stored events from ``from_version`` on, and the version to ask for next.
 
-    ``chunks`` are the sealed chunks from a scan starting at ``event_key(id, from_version)``.
+    ``segments`` come from a scan starting at ``event_key(id, from_version)``.
+    An event at or below one already taken is skipped (overlapping segments).
     The next version is ``None`` when no later event is stored yet.
     """
     out: list[dict[str, Any]] = []
+    after = from_version - 1
 
     def take(events: Iterable[dict[str, Any]]) -> bool:
+        nonlocal after
         for e in events:
-            if e["version"] >= from_version:
+            if e["version"] > after:
                 if len(out) == limit:
                     return False
                 out.append(e)
+                after = e["version"]
         return True
 
     more = True
-    for _, raw in chunks:
+    for _, raw in segments:
         more = take(orjson.loads(raw))
         if not more:
             break

@@ -159,6 +159,10 @@ class Driver:
         events, _ = agg.stored_events(self.meta(aggregate_id), chunks, from_version, 10**9)
         return events
 
+    def index_view(self, aggregate_id: str) -> tuple[int, bool, list[dict], list[dict]]:
+        """What readers get of an aggregate's index entry: version, parked, stored events, parked records."""
+        return (*self.meta_state(aggregate_id), self.indexed_events(aggregate_id), self.parked(aggregate_id))
+
     def parked(self, aggregate_id: str) -> list[dict]:
         p = partition_for(aggregate_id.encode(), PARTITIONS)
         return [orjson.loads(v) for _, v in self.store.scan(INDEX, p, agg.parked_prefix(aggregate_id))]

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from projector.core import index as agg
-from projector.core.index import Admission, Meta, admit
+from projector.core.index import SEGMENT_MAX, Admission, Meta, admit, stored_events
 
 
 def deposits(first: int, last: int, aid: str = "acc-1"):
@@ -69,25 +69,63 @@ def test_meta_defaults_and_json_round_trip():
     assert Meta.from_json(None) == Meta()
     assert Meta.from_json({}) == Meta()
     assert Meta.from_json({"version": 4}) == Meta(4, False)
-    m = Meta(7, True, [{"version": 7}])
-    assert m.to_json() == {"version": 7, "parked": True, "tail": [{"version": 7}]}
+    m = Meta(7, True)
+    assert m.to_json() == {"version": 7, "parked": True}
     assert Meta.from_json(m.to_json()) == m
+    legacy = Meta.from_json({"version": 7, "parked": True, "tail": [{"version": 7}]})
+    assert legacy.tail == [{"version": 7}]
+    assert legacy.to_json() == {"version": 7, "parked": True, "tail": [{"version": 7}]}  # never dropped unsaved
 
 
-def test_append_keeps_the_newest_events_in_the_tail_and_seals_full_chunks():
-    from projector.core.index import CHUNK, stored_events
+def encoded(first: int, last: int) -> list[tuple[int, bytes]]:
+    return [(v, orjson.dumps({"version": v})) for v in range(first, last + 1)]
 
-    m = Meta()
-    sealed = m.append([{"version": v} for v in range(1, CHUNK + 6)])
-    assert [last for last, _ in sealed] == [CHUNK]
-    assert [e["version"] for e in sealed[0][1]] == list(range(1, CHUNK + 1))
-    assert [e["version"] for e in m.tail] == list(range(CHUNK + 1, CHUNK + 6))
-    assert m.version == CHUNK + 5
-    chunks = [(agg.event_key("a", last), orjson.dumps(events)) for last, events in sealed]
-    events, next_version = stored_events(m, chunks, 3, 10)
-    assert [e["version"] for e in events] == list(range(3, 13)) and next_version == 13
-    events, next_version = stored_events(m, chunks, CHUNK + 2, 100)
-    assert [e["version"] for e in events] == list(range(CHUNK + 2, CHUNK + 6)) and next_version is None
+
+def read(meta: Meta, segments: list[tuple[int, bytes]], from_version: int = 1, limit: int = 10**6):
+    """stored_events over ``segments`` as a range scan from ``from_version`` hands them over."""
+    rows = sorted((agg.event_key("a", last), value) for last, value in segments)
+    start = agg.event_key("a", from_version)
+    events, next_version = stored_events(meta, [(k, v) for k, v in rows if k >= start], from_version, limit)
+    return [e["version"] for e in events], next_version
+
+
+def test_segments_hold_each_new_event_once_split_at_the_maximum():
+    m = Meta(version=SEGMENT_MAX + 5)
+    segments = m.segments(encoded(1, SEGMENT_MAX + 5))
+    assert [last for last, _ in segments] == [SEGMENT_MAX, SEGMENT_MAX + 5]
+    assert [e["version"] for e in orjson.loads(segments[1][1])] == list(range(SEGMENT_MAX + 1, SEGMENT_MAX + 6))
+    assert read(m, segments, 3, 10) == (list(range(3, 13)), 13)
+    assert read(m, segments, SEGMENT_MAX + 2) == (list(range(SEGMENT_MAX + 2, SEGMENT_MAX + 6)), None)
+    assert read(m, segments, SEGMENT_MAX + 6) == ([], None)
+
+
+def test_appending_writes_only_a_new_segment():
+    m = Meta(version=3)
+    first = m.segments(encoded(1, 3))
+    m.version = 5
+    second = m.segments(encoded(4, 5))
+    assert second == [(5, b'[{"version":4},{"version":5}]')]  # the stored events are not in it again
+    assert read(m, first + second) == ([1, 2, 3, 4, 5], None)
+
+
+def test_overlapping_segments_read_as_one_stream():
+    # A replay after a crash can cut its segment elsewhere than the first run did.
+    m = Meta(version=9)
+    segments = Meta().segments(encoded(1, 4)) + Meta().segments(encoded(3, 6)) + Meta().segments(encoded(5, 9))
+    assert read(m, segments) == (list(range(1, 10)), None)
+    assert read(m, segments, 4, 3) == ([4, 5, 6], 7)
+
+
+def test_an_entry_written_before_segments_reads_and_appends():
+    # Then: full chunks of 32 events keyed by their last version, the newest events in the meta's tail.
+    chunk = (32, orjson.dumps([{"version": v} for v in range(1, 33)]))
+    m = Meta.from_json({"version": 34, "parked": False, "tail": [{"version": 33}, {"version": 34}]})
+    assert read(m, [chunk], 30) == ([30, 31, 32, 33, 34], None)
+    m.version = 36
+    segments = m.segments(encoded(35, 36))
+    assert m.tail == [] and m.to_json() == {"version": 36, "parked": False}
+    assert segments == [(36, b'[{"version":33},{"version":34},{"version":35},{"version":36}]')]
+    assert read(m, [chunk, *segments], 31) == ([31, 32, 33, 34, 35, 36], None)
 
 
 # --- admit --------------------------------------------------------------------------------
