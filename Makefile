@@ -27,9 +27,11 @@ test: install kafka-jars
 	bash deploy/browser.sh
 	$(BIN)/pytest
 
-## projector side by side with naive Faust, Quix Streams and the raw clients: 1M events, 10k accounts, 8 partitions.
+## projector side by side with naive Faust, Quix Streams and the raw clients: 1M events, 10k accounts, 8 partitions;
+## then projector folding accounts only (the peers' work) beside Quix and raw aiokafka.
 bench: install kafka-jars
 	$(BIN)/projector bench
+	$(BIN)/projector bench --tables accounts --contestants projector,quix,raw-aiokafka
 
 unit: install
 	$(BIN)/pytest tests/unit

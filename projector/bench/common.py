@@ -13,7 +13,8 @@ live here, under public names:
 - **processes**: :class:`Workers` starts ``python -m projector worker``
   processes of one app id and waits until they are ready; :func:`stop_process`
   stops one process, only it, by PID; :func:`proc_cpu_seconds` and
-  :func:`proc_peak_rss_mib` read what it cost;
+  :func:`proc_peak_rss_mib` read what it and its child processes cost;
+  :func:`tables_dir_with` makes a read-model folder of some read models only;
 - **the report**: :func:`machine_info`, :func:`report_head`,
   :func:`latency_summary` (with :func:`percentile`), :func:`latency_header` and
   :func:`latency_line` for the printed tables, :func:`write_report`, and
@@ -335,26 +336,85 @@ def free_ports(offsets: list[int]) -> int:
     raise RuntimeError(f"no free ports at offsets {offsets} found in {pool}")
 
 
-def proc_cpu_seconds(pid: int) -> Optional[float]:
-    """utime + stime of ``pid`` from /proc/<pid>/stat, in seconds."""
+def _stat_fields(pid: int) -> Optional[list[str]]:
+    """The fields of /proc/<pid>/stat from field 3 (state) on, or None if it is gone."""
     try:
         raw = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = raw[raw.rindex(")") + 2:].split()
-    # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return raw[raw.rindex(")") + 2:].split()
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every process descended from it that runs now."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _stat_fields(int(entry.name))
+            if fields is not None:
+                children.setdefault(int(fields[1]), []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, ()))
+    return out
+
+
+def proc_cpu_seconds(pid: int) -> Optional[float]:
+    """User + system CPU seconds of ``pid`` and all its descendants, in seconds.
+
+    Each running process counts its threads (utime, stime); children that
+    have exited and were waited for count through their parent's cutime and
+    cstime. None if ``pid`` itself is gone.
+    """
+    total = 0
+    for i, p in enumerate(process_tree(pid)):
+        fields = _stat_fields(p)
+        if fields is None:
+            if i == 0:
+                return None
+            continue
+        # fields[0] is field 3 (state); utime, stime, cutime, cstime are fields 14 to 17.
+        total += sum(int(f) for f in fields[11:15])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def proc_peak_rss_mib(pid: int) -> Optional[float]:
-    """VmHWM (peak resident set size) of ``pid``, in MiB."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
+    """VmHWM (peak resident set size) of ``pid`` plus that of each running descendant, in MiB."""
+    total, found = 0, False
+    for p in process_tree(pid):
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+                    found = True
+        except OSError:
+            pass
+    return total / 1024 if found else None
+
+
+def tables_dir_with(names: Iterable[str], dest: Path, source: Optional[Path] = None) -> Path:
+    """A read-model folder at ``dest`` with only the read models ``names`` of ``source`` (default: the
+    worker's own), and the modules that declare no read model (upcasters, settings). Raises ValueError
+    naming the read models there are when a name is not one of them."""
+    from projector.core.catalog import default_tables_dir, load_catalog
+
+    source = source or default_tables_dir()
+    catalog = load_catalog(source)
+    wanted = list(dict.fromkeys(n.strip() for n in names if n.strip()))
+    unknown = [n for n in wanted if catalog.get(n) is None]
+    if unknown or not wanted:
+        raise ValueError(f"--tables: no read model {', '.join(unknown) or '(none given)'} in {source}; "
+                         f"there are: {', '.join(m.name for m in catalog.all)}")
+    keep = {Path(catalog.get(n).module.__file__).name for n in wanted}
+    dest.mkdir(parents=True, exist_ok=True)
+    for module in catalog.modules:
+        path = Path(module.__file__)
+        if path.name in keep or not hasattr(module, "NAME"):
+            shutil.copy2(path, dest / path.name)
+    load_catalog(dest)  # a re-keyed model without its SOURCE says so here
+    return dest
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = STOP_TIMEOUT) -> str:

@@ -67,8 +67,10 @@ from projector.bench.common import (
     produce,
     stop_broker,
     stop_process,
+    tables_dir_with,
     worker_vars,
 )
+from projector.core.errors import ReadModelError
 from projector.runtime.config import Settings
 from projector.runtime.errors import ConfigError
 from projector.runtime.kafka import settings_for
@@ -107,6 +109,8 @@ class BenchConfig:
     #: ``None``: check every account; N: check a random sample of max(N, 500).
     sample: Optional[int] = None
     contestants: tuple[str, ...] = CONTESTANTS
+    #: ``None``: projector folds every read model of tables/; else only these (and still its aggregate index).
+    tables: Optional[tuple[str, ...]] = None
     output: Optional[Path] = None
     keep_topics: bool = False
     keep_data: bool = False
@@ -271,6 +275,18 @@ class Bench:
         if unknown or not config.contestants:
             raise BenchError(f"unknown contestants {sorted(unknown)}; choose from {', '.join(CONTESTANTS)}")
         self.tag = uuid.uuid4().hex[:8]
+        #: The read-model folder of ``--tables``, made here so a wrong name stops the bench before it starts anything.
+        self.tables_dir: Optional[Path] = None
+        if config.tables is not None:
+            scratch = Path(tempfile.mkdtemp(prefix=f"projector-bench-{self.tag}-tables-"))
+            try:
+                self.tables_dir = tables_dir_with(config.tables, scratch)
+            except ValueError as exc:
+                shutil.rmtree(scratch, ignore_errors=True)
+                raise BenchError(str(exc)) from None
+            except ReadModelError as exc:
+                shutil.rmtree(scratch, ignore_errors=True)
+                raise BenchError(f"--tables {','.join(config.tables)}: {exc}") from None
         self.topic = config.topic or f"bench-{self.tag}-events"
         self.started = _dt.datetime.now(_dt.timezone.utc)
         stamp = self.started.strftime("%Y%m%dT%H%M%SZ")
@@ -364,6 +380,8 @@ class Bench:
                 self.extra_topics.append(f"{self.topic}.deadletter")
             env.update(worker_vars(broker, app_id, self.topic, partitions, data_dir, port, control))
             env["PROJECTOR_REPLICATION_FACTOR"] = str(self.config.replication_factor)
+            if self.tables_dir is not None:
+                env["PROJECTOR_TABLES_DIR"] = str(self.tables_dir)
             argv = [sys.executable, "-m", "projector", "worker"]
             return Contestant(name, app_id, argv, env, url, data_dir, log_path,
                               lambda key: f"{url}/tables/accounts/{quote(key, safe='')}", _projector_row)
@@ -661,6 +679,7 @@ class Bench:
             "topic_filled_by_bench": produce_seconds is not None,
             "partitions": partitions,
             "events": total,
+            "projector_tables": list(cfg.tables) if cfg.tables is not None else "all",
             "workload": {"events": cfg.events, "accounts": cfg.accounts, "seed": cfg.seed,
                          "produced": produce_seconds is not None, "produce_seconds": produce_seconds},
             "state_check": {
@@ -683,6 +702,8 @@ class Bench:
         for proc in list(self.procs):
             stop_process(proc)
         self.procs.clear()
+        if self.tables_dir is not None:
+            shutil.rmtree(self.tables_dir, ignore_errors=True)
         if self.workdir is None:
             pass
         elif not self.config.keep_data:
@@ -765,7 +786,10 @@ def format_table(report: dict[str, Any]) -> str:
              for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     m = report["machine"]
+    tables = report.get("projector_tables", "all")
     head = (f"topic {report['topic']}: {report['events']} events, {report['partitions']} partitions, "
+            f"projector folds {'every read model' if tables == 'all' else 'only ' + ', '.join(tables)} "
+            "and its aggregate index; "
             f"broker {report['broker']}; machine: {m['nproc']} cpus, {m['memory_mib']} MiB, Python {m['python']}, "
             f"load average {m['loadavg_at_start'][0]:.1f} at start, {m['loadavg_at_end'][0]:.1f} at end")
     out = [head, "", *lines, ""]
@@ -801,6 +825,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"check a random sample of this many accounts (at least {MIN_SAMPLE}) instead of all")
     p.add_argument("--contestants", default=",".join(CONTESTANTS),
                    help=f"comma-separated, run in this order (default {','.join(CONTESTANTS)})")
+    p.add_argument("--tables", help="comma-separated read models projector folds (default: every one in tables/); "
+                   "--tables accounts does the same work as the peers, plus projector's aggregate index")
     p.add_argument("--output", type=Path, help="JSON report path (default bench-results/bench-<timestamp>.json)")
     p.add_argument("--keep-topics", action="store_true", help="keep the topics this run created")
     p.add_argument("--keep-data", action="store_true", help="keep the contestants' RocksDB data dirs")
@@ -817,6 +843,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         timeout=args.timeout,
         sample=args.sample,
         contestants=tuple(c.strip() for c in args.contestants.split(",") if c.strip()),
+        tables=tuple(t.strip() for t in args.tables.split(",")) if args.tables is not None else None,
         output=args.output,
         keep_topics=args.keep_topics,
         keep_data=args.keep_data,

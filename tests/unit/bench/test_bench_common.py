@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from projector.bench import common
+from projector.core.errors import ReadModelError
 from projector.bench.common import (
     BenchError,
     Progress,
@@ -233,3 +237,46 @@ def test_run_command_on_a_bench_error_before_any_log_removes_the_empty_work_dir(
         run_command("projector bench-x", "x", _args(tmp_path), run)
     assert exc.value.code == "projector bench-x: cannot reach Kafka at 127.0.0.1:1"
     assert not seen["workdir"].exists()
+
+
+# --- what a contestant costs, and what it folds -------------------------------------------------
+
+
+def test_cpu_seconds_count_the_children_of_a_process():
+    # A parent that only waits, and a child that burns CPU: the tree's CPU is the child's.
+    burner = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.6: pass\nimport sys; sys.stdout.write('done\\n'); sys.stdout.flush(); time.sleep(30)"
+    parent = subprocess.Popen([sys.executable, "-c",
+                               f"import subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', {burner!r}]); time.sleep(30)"],
+                              stdout=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            tree = common.process_tree(parent.pid)
+            total = common.proc_cpu_seconds(parent.pid)
+            if len(tree) == 2 and total is not None and total >= 0.55:
+                break
+            time.sleep(0.05)
+        assert len(tree) == 2, tree
+        assert total >= 0.55  # the child's 0.6 s, which the parent's own stat line does not have
+        own = common._stat_fields(parent.pid)
+        assert (int(own[11]) + int(own[12])) / os.sysconf("SC_CLK_TCK") < 0.5
+        assert common.proc_peak_rss_mib(parent.pid) > 0
+    finally:
+        for pid in reversed(common.process_tree(parent.pid)):
+            os.kill(pid, signal.SIGKILL)
+        parent.wait()
+    assert common.proc_cpu_seconds(parent.pid) is None
+
+
+def test_tables_dir_with_keeps_only_the_named_read_models(tmp_path):
+    d = common.tables_dir_with(["accounts"], tmp_path / "t")
+    assert sorted(p.name for p in d.iterdir()) == ["accounts.py"]
+    d = common.tables_dir_with(["accounts", "owners"], tmp_path / "u")
+    assert sorted(p.name for p in d.iterdir()) == ["accounts.py", "owners.py"]
+
+
+def test_tables_dir_with_names_the_read_models_there_are(tmp_path):
+    with pytest.raises(ValueError, match="no read model nope .*there are: accounts, currencies, owners"):
+        common.tables_dir_with(["nope"], tmp_path / "t")
+    with pytest.raises(ReadModelError, match="SOURCE 'accounts'"):
+        common.tables_dir_with(["owners"], tmp_path / "u")

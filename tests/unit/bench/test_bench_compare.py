@@ -21,8 +21,11 @@ def test_format_table_marks_a_wrong_state_and_shows_no_time_for_it():
         "notes": ["a note"],
     }
     lines = format_table(report).splitlines()
-    assert lines[0] == ("topic t: 1000 events, 2 partitions, broker 127.0.0.1:9092; machine: 4 cpus, 1024 MiB, "
+    assert lines[0] == ("topic t: 1000 events, 2 partitions, projector folds every read model and its aggregate "
+                        "index; broker 127.0.0.1:9092; machine: 4 cpus, 1024 MiB, "
                         "Python 3.11.9, load average 0.5 at start, 1.2 at end")
+    only = format_table({**report, "projector_tables": ["accounts"]}).splitlines()[0]
+    assert "projector folds only accounts and its aggregate index;" in only
     assert lines[2].split() == ["contestant", "events", "seconds", "s", "from", "ready", "events/s", "CPU", "s/M",
                                 "ev", "peak", "RSS", "MiB", "state", "events/s", "vs", "projector"]
     assert lines[4].split() == ["projector", "1000", "2.0", "1.0", "500", "1500.0", "100", "ok", "(10", "checked)",
