@@ -28,7 +28,7 @@ from projector.core.catalog import Catalog, DerivedModel
 from projector.core.derived import Contribution, apply_change, change_messages, contribution_of, member_key
 from projector.core.envelope import Event, decode_record
 from projector.core.errors import InvalidRecord
-from projector.core.fold import FOLD_ERROR, NO_CONTROL, apply_record
+from projector.core.fold import FOLD_ERROR, NO_CONTROL, fold_events
 from projector.core.metrics import Metrics
 from projector.core.partitioning import partition_for
 from projector.core.schemas import Schemas
@@ -348,33 +348,44 @@ class Engine:
         changed: set[str] = set()
         meta_changed = replay  # a release has changed the entry already
         derived_check = self.derived_by_source
+        models = self.models
+        control = self.control
+        applied_counts = dict.fromkeys(rows, 0)
+        #: The contribution of each re-keyed model for the source row as it now stands (validated).
+        latest: dict[str, Contribution] = {}
         encoded: list[tuple[int, bytes]] = []  # the applied events, for the index's new segment
         dumps = orjson.dumps
         for p in pendings:
-            admission = agg.admit(meta, p.events)
-            self.metrics.duplicates += admission.duplicates
-            if admission.duplicates and command_id_of(p.originals) is not None:
-                # The command side applied these when it appended them: this is their echo.
-                self.metrics.command_echoes += admission.duplicates
-            outcome = admission.outcome
-            if outcome == agg.DUPLICATE:
-                continue
-            fresh = admission.events
-            fresh_originals = p.originals if len(fresh) == len(p.originals) else p.originals[-len(fresh):]
-            if outcome != agg.APPLY:
-                self._park(batch, partition, aid, meta, admission, fresh_originals, p, replay)
-                meta_changed = True
-                continue
+            events = p.events
+            if not meta.parked and events[0].version == meta.version + 1:
+                fresh, fresh_originals = events, p.originals  # the common case: next in line, no duplicates
+            else:
+                admission = agg.admit(meta, events)
+                self.metrics.duplicates += admission.duplicates
+                if admission.duplicates and command_id_of(p.originals) is not None:
+                    # The command side applied these when it appended them: this is their echo.
+                    self.metrics.command_echoes += admission.duplicates
+                outcome = admission.outcome
+                if outcome == agg.DUPLICATE:
+                    continue
+                fresh = admission.events
+                fresh_originals = p.originals if len(fresh) == len(p.originals) else p.originals[-len(fresh):]
+                if outcome != agg.APPLY:
+                    self._park(batch, partition, aid, meta, admission, fresh_originals, p, replay)
+                    meta_changed = True
+                    continue
             updates = []
+            contributions = []
             try:
-                for model in self.models:
-                    result = apply_record(model, rows[model.name], fresh, self.control)
-                    if not result.changed:
+                for model in models:
+                    name = model.name
+                    result = fold_events(model, rows[name], fresh, control)
+                    if result is None:
                         continue
-                    updates.append((model.name, result))
-                    for d in derived_check.get(model.name, ()):
+                    updates.append((name, result))
+                    for d in derived_check.get(name, ()):
                         try:
-                            contribution_of(d, result.row["value"])
+                            contributions.append((d.name, contribution_of(d, result[0]["value"])))
                         except Exception as exc:
                             raise InvalidRecord(
                                 FOLD_ERROR, f"{d.name}: key/contribution of {aid} raised {type(exc).__name__}: {exc}"
@@ -382,13 +393,21 @@ class Engine:
             except InvalidRecord as exc:
                 self._deadletter(batch, p.key, p.value, exc.reason, exc.message, p.source)
                 continue
-            for name, result in updates:
-                rows[name] = result.row
+            for name, (row, applied) in updates:
+                rows[name] = row
                 changed.add(name)
-                self.metrics.events_applied[name] += result.applied
-            envelopes = [e.to_dict() for e in fresh_originals]
-            encoded.extend([(e["version"], dumps(e)) for e in envelopes])
-            meta.version = envelopes[-1]["version"]
+                applied_counts[name] += applied
+            for dname, contribution in contributions:
+                latest[dname] = contribution
+            if len(fresh_originals) == 1:
+                envelope = fresh_originals[0].to_dict()
+                encoded.append((envelope["version"], dumps(envelope)))
+                meta.version = envelope["version"]
+                envelopes = [envelope]
+            else:
+                envelopes = [e.to_dict() for e in fresh_originals]
+                encoded.extend([(e["version"], dumps(e)) for e in envelopes])
+                meta.version = envelopes[-1]["version"]
             meta_changed = True
             command_id = command_id_of(p.originals)
             if command_id is not None:
@@ -397,6 +416,10 @@ class Engine:
                 # worker replaying the topic after a crash) records the same one.
                 batch.put_json(COMMANDS, partition, command_id.encode("utf-8"),
                                accepted_answer(command_id, aid, envelopes))
+        applied_total = self.metrics.events_applied
+        for name, n in applied_counts.items():
+            if n:
+                applied_total[name] += n
         if meta_changed:
             if encoded:
                 for last, segment in meta.segments(encoded):
@@ -415,7 +438,7 @@ class Engine:
                     except Exception:  # a row that was stored once must not block its own updates
                         log.exception("%s: contribution of the stored row of %s raised", d.name, aid)
                         t.old[d.name] = None
-                t.new[d.name] = contribution_of(d, rows[name]["value"])
+                t.new[d.name] = latest[d.name]  # validated when the row's last record was applied
                 t.version = rows[name]["version"]
 
     def _park(

@@ -8,6 +8,7 @@ every field and returns plain :class:`Event` objects, or raises
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -65,14 +66,34 @@ def _require_str(obj: dict, name: str, where: str) -> str:
 
 
 _RFC3339 = re.compile(r"\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d(?:\.\d+)?(?:[Zz]|[+-]\d\d:\d\d)")
+#: The common shape, with every range but the day of the month in the pattern:
+#: ``YYYY-MM-DDThh:mm:ss[.fraction](Z|+hh:mm)``, hours 00-23, seconds up to 60.
+_RFC3339_RANGES = re.compile(
+    r"(\d{4}-(?:0[1-9]|1[0-2])-\d\d)[Tt ](?:[01]\d|2[0-3]):[0-5]\d:(?:[0-5]\d|60)(?:\.\d+)?"
+    r"(?:[Zz]|[+-](?:[01]\d|2[0-3]):[0-5]\d)"
+)
+
+
+@functools.lru_cache(maxsize=4096)
+def _valid_date(date: str) -> bool:
+    """A ``YYYY-MM-DD`` with a real day of its month (events of one day share it: cached)."""
+    try:
+        datetime.fromisoformat(date)
+    except ValueError:
+        return False
+    return True
 
 
 def _valid_rfc3339(value: str) -> bool:
     """RFC 3339 section 5.6 date-time: full date, full time with seconds, Z or +hh:mm.
 
-    The shape is checked here; the ranges (month, day of month, hour, offset)
-    by ``datetime.fromisoformat``.
+    The shape and the ranges of month, hour, minute, second and offset are
+    checked by a pattern, the day of the month by ``datetime`` (once per date).
+    A value off the common shape takes the general path.
     """
+    m = _RFC3339_RANGES.fullmatch(value)
+    if m is not None:
+        return _valid_date(m.group(1))
     if _RFC3339.fullmatch(value) is None:
         return False
     if value[-6] in "+-" and value[-2:] > "59":

@@ -47,30 +47,41 @@ def apply_record(
     created nor advanced by them). A fold that raises rejects the whole
     record with ``fold_error`` and leaves ``row`` as it was.
     """
+    handles = model.handles
+    handled = sum(1 for e in events if e.type in handles)
+    result = fold_events(model, row, events, control)
+    if result is None:
+        return Applied(row=row, duplicates=handled)
+    new_row, applied = result
+    return Applied(row=new_row, applied=applied, duplicates=handled - applied)
+
+
+def fold_events(
+    model: ReadModel, row: Optional[dict[str, Any]], events: Sequence[Event], control: Mapping[str, Any] = NO_CONTROL
+) -> Optional[tuple[dict[str, Any], int]]:
+    """:func:`apply_record` for the engine: ``(new row, events applied)``, or ``None`` when nothing applied."""
     version = row["version"] if row else 0
     handles = model.handles
     if len(events) == 1:  # the common case, without the list building
-        fresh = list(events) if events[0].type in handles and events[0].version > version else []
-        result = Applied(row=row, duplicates=int(events[0].type in handles and not fresh))
+        event = events[0]
+        if event.type not in handles or event.version <= version:
+            return None
+        fresh: Sequence[Event] = events
     else:
-        handled = [e for e in events if e.type in handles]
-        fresh = [e for e in handled if e.version > version]
-        result = Applied(row=row, duplicates=len(handled) - len(fresh))
-    if not fresh:
-        return result
+        fresh = [e for e in events if e.type in handles and e.version > version]
+        if not fresh:
+            return None
     # A private copy, so a fold that changes its state in place cannot leak a
     # rejected record's first events into the row (states are JSON anyway).
     state = orjson.loads(orjson.dumps(row["value"])) if row else model.initial_state()
+    fold, takes_control = model.fold, model.takes_control
     for event in fresh:
         try:
-            state = model.fold(state, event, control) if model.takes_control else model.fold(state, event)
+            state = fold(state, event, control) if takes_control else fold(state, event)
         except Exception as exc:  # a fold is user code: any error rejects the record
             raise InvalidRecord(
                 FOLD_ERROR,
                 f"{model.name}: fold of {event.type} v{event.version} of {event.aggregate_id} "
                 f"raised {type(exc).__name__}: {exc}",
             ) from exc
-        version = event.version
-        result.applied += 1
-    result.row = {"version": version, "value": state}
-    return result
+    return {"version": fresh[-1].version, "value": state}, len(fresh)
