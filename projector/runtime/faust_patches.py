@@ -35,12 +35,15 @@ Faust hands every fetched message to its conductor one at a time, through
 ``wait_first(callback(message), suspend_flow.wait())``, which creates tasks
 for each message; a no-op agent tops out near 9k events/s on this machine.
 :class:`BatchingConsumer` keeps Faust's fetch loop but, for the topics in
-``app.batch_handlers``, collects each fetched batch and calls the handler
-once with all of it. The messages are tracked before and acked after, exactly
-as a stream would do, so Faust's commit logic (commit the highest contiguous
-acked offset, flush the producer first), its rebalance handshake (wait until
-no message is unacked) and its offset bookkeeping all stay in charge. Topics
-without a batch handler go through Faust's usual path.
+``app.batch_handlers``, hands each fetch's records to the handler in one
+call, as aiokafka returned them: no Faust ``Message`` per record. Each
+partition's records are tracked as unacked from the moment the fetch
+returns and acked in bulk after the handler, only while the partition is
+still assigned in the same generation (:meth:`BatchingConsumer._take_fetch`),
+so Faust's commit logic (commit the highest contiguous acked offset, flush
+the producer first), its rebalance handshake (wait until no message is
+unacked) and its offset bookkeeping all stay in charge. Topics without a
+batch handler go through Faust's usual path.
 
 Records of a global table's changelog (the control topic) also go to the
 table's applier in ``app.global_appliers`` as they are fetched, besides
@@ -63,9 +66,10 @@ from faust.exceptions import ConsumerNotStarted
 from faust.tables.globaltable import GlobalTable
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types.tuples import ack_lock
 from mode import Service
+from mode.utils.futures import notify
 
-from projector.runtime.slicing import TimeSlice
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +80,12 @@ CHECKED_AGAINST = "0.15.3"
 FAUST_PRIVATE_NAMES: tuple[tuple[str, str, str], ...] = (
     ("faust.transport.drivers.aiokafka.Consumer", "_drain_messages", "replaced: batch delivery"),
     ("faust.transport.consumer.Consumer", "_read_offset", "read and advanced per delivered message"),
-    ("faust.transport.consumer.Consumer", "_unacked_messages", "tracked per batch message"),
+    ("faust.transport.consumer.Consumer", "_unacked_messages", "each partition's records in hand, until acked"),
+    ("faust.transport.consumer.Consumer", "_wait_next_records", "a fetch's records, as aiokafka returns them"),
+    ("faust.transport.consumer.Consumer", "_buffered_partitions", "partitions a fetch may still deliver"),
+    ("faust.transport.consumer.Consumer", "_acked_index", "offsets acked, in bulk"),
+    ("faust.transport.consumer.Consumer", "_waiting_for_ack", "woken when a batch is acked or dropped"),
+    ("faust.transport.drivers.aiokafka.Consumer", "_to_message", "a Faust message, for topics without a handler"),
     ("faust.transport.consumer.Consumer", "_acked", "committed at revoke and stop"),
     ("faust.transport.consumer.Consumer", "_committed_offset", "compared around a commit"),
     ("faust.transport.consumer.Consumer", "_commit_fut", "a commit under way"),
@@ -253,7 +262,6 @@ class BatchingConsumer(faust_aiokafka.Consumer):
                     await self.sleep(1.0)
                     continue
                 self.diag.set_flag(CONSUMER_FETCHING)
-                ait = self.getmany(timeout=1.0)
                 await self.sleep(0)
                 if self.should_stop or self._no_more_fetches:
                     continue
@@ -265,7 +273,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
                 gc.disable()
                 idle.clear()
                 try:
-                    await self._take_fetch(ait)
+                    await self._take_fetch(timeout=1.0)
                 finally:
                     idle.set()
                     if gc_was_enabled:
@@ -287,63 +295,180 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         finally:
             self.diag.unset_flag(CONSUMER_FETCHING)
 
-    async def _take_fetch(self, ait: Any) -> None:
-        """Deliver one fetch: batch-handled topics in one call per handler, the rest one by one."""
-        handlers: dict[str, BatchHandler] = getattr(self.app, "batch_handlers", {})
-        appliers: dict[str, Callable[[Any], None]] = getattr(self.app, "global_appliers", {})
-        get_read_offset = self._read_offset.__getitem__
-        set_read_offset = self._read_offset.__setitem__
-        acks_enabled_for = self.app.topics.acks_enabled_for
+    async def _take_fetch(self, timeout: float) -> None:
+        """Deliver one fetch: batch-handled topics in one call per handler, the rest one by one.
+
+        The records of batch-handled topics go to their handler as aiokafka
+        returned them (no Faust ``Message`` each), and are kept safe from a
+        rebalance like this:
+
+        1. As soon as the fetch returns, before anything awaits, each of its
+           batch-handled partitions is tracked as unacked (one
+           :class:`_InHand` per partition in Faust's set of unacked messages):
+           a revoke from then on waits for them (Faust's ``wait_empty``).
+        2. Before the handler, a flow stopped or a new generation (a rebalance
+           began or went through) drops the batch: nothing is folded or acked,
+           and the records are read again from the committed offsets by
+           whoever owns the partitions after the rebalance (Faust's seek), as
+           Faust's own ``getmany`` drops the rest of a fetch.
+        3. After the handler, offsets are acked in bulk (Faust's ``ack``
+           bookkeeping) only for partitions still assigned, in the same
+           generation. A revoke that waited for the batch then commits them.
+        """
+        records, active_partitions = await self._wait_next_records(timeout)
+        if records is None or self.should_stop:
+            return
+        app = self.app
+        if not self.flow_active:
+            # As Faust's getmany: a rebalance stopped the flow; read again from the committed offsets.
+            try:
+                await self.perform_seek()
+            except Exception as exc:
+                self.log.warning(f"exception performing seek when flow not active {exc}")
+            return
+        generation_id = app.consumer_generation_id
+        handlers: dict[str, BatchHandler] = getattr(app, "batch_handlers", {})
+        appliers: dict[str, Callable[[Any], None]] = getattr(app, "global_appliers", {})
+        read_offset = self._read_offset
+        buffered = self._buffered_partitions
+        unacked = self._unacked_messages
+        acks_enabled_for = app.topics.acks_enabled_for
+        # 1. Tracked before any await.
+        in_hand: dict[BatchHandler, list[_InHand]] = {}
+        others: list[tuple[Any, list]] = []
+        gaps: list[tuple[Any, int, int]] = []
+        for tp, recs in records.items():
+            if not recs or (active_partitions is not None and tp not in active_partitions and tp not in buffered):
+                continue
+            app.monitor.track_tp_end_offset(tp, self.highwater(tp))
+            handler = handlers.get(tp.topic)
+            if handler is None:
+                others.append((tp, recs))
+                continue
+            r_offset = read_offset[tp]
+            if r_offset is not None and recs[0].offset < r_offset:
+                recs = [r for r in recs if r.offset >= r_offset]  # already read (Faust drops these too)
+                if not recs:
+                    continue
+            if acks_enabled_for(tp.topic) and (
+                recs[-1].offset - recs[0].offset != len(recs) - 1 or (r_offset and recs[0].offset - r_offset > 1)
+            ):
+                # Offsets with holes (transaction markers, compaction): gaps, so the commit can move past them.
+                prev = r_offset
+                for r in recs:
+                    if prev and r.offset - prev > 1:
+                        gaps.append((tp, prev + 1, r.offset))
+                    prev = r.offset
+            part = _InHand(tp, recs)
+            unacked.add(part)
+            in_hand.setdefault(handler, []).append(part)
+            read_offset[tp] = recs[-1].offset
+        try:
+            for tp, start, end in gaps:
+                await self._add_gap(tp, start, end)
+            # The other topics (table changelogs, the control topic): Faust's path, one message at a time.
+            for tp, recs in others:
+                if not await self._take_one_by_one(tp, recs, appliers.get(tp.topic), generation_id):
+                    break
+            inbound_time = app.monitor.stream_inbound_time
+            # Handlers run in the order of app.batch_handlers: events are folded
+            # before the command side decides on the state they leave.
+            order = {h: i for i, h in enumerate(handlers.values())}
+            for handler, parts in sorted(in_hand.items(), key=lambda item: order.get(item[0], len(order))):
+                # 2. Not folded if a rebalance began or went through since the fetch.
+                if not self.flow_active or app.consumer_generation_id != generation_id:
+                    break
+                await handler([r for part in parts for r in part.records])
+                # 3. Acked only while still this worker's.
+                if app.consumer_generation_id != generation_id:
+                    break
+                assigned = self.assignment()
+                self._ack_all([part for part in parts if part.tp in assigned])
+                now = monotonic()
+                for part in parts:
+                    # Faust's liveness check ("stream has not started processing")
+                    # looks at when a stream last took an event of each partition.
+                    inbound_time[part.tp] = now
+        finally:
+            # Whatever was not acked is no longer in hand: a revoke waiting for it goes on.
+            released = False
+            for parts in in_hand.values():
+                for part in parts:
+                    if not part.acked:
+                        part.acked = True
+                        unacked.discard(part)
+                        released = True
+            if released:
+                notify(self._waiting_for_ack)
         commit_every = self._commit_every
-        batches: dict[BatchHandler, list] = {}
-        num_since_yield = 0
-        async for tp, message in ait:
-            num_since_yield += 1
-            if num_since_yield > 100:
+        if in_hand and commit_every is not None and self._n_acked >= commit_every:
+            self._n_acked = 0
+            await self.commit()
+
+    async def _take_one_by_one(self, tp: Any, recs: list, applier: Optional[Callable[[Any], None]],
+                               generation_id: int) -> bool:
+        """Faust's own path for a topic without a batch handler; False if a rebalance cut it short."""
+        read_offset = self._read_offset
+        acks_enabled = self.app.topics.acks_enabled_for(tp.topic)
+        commit_every = self._commit_every
+        to_message = self._to_message
+        for n, record in enumerate(recs):
+            if not self.flow_active or self.app.consumer_generation_id != generation_id:
+                return False  # as Faust's getmany: the rest is read again after the rebalance
+            if n % 100 == 99:
                 await asyncio.sleep(0)
-                num_since_yield = 0
-            offset = message.offset
-            r_offset = get_read_offset(tp)
+            offset = record.offset
+            r_offset = read_offset[tp]
             if r_offset is not None and offset < r_offset:
                 continue  # already read (Faust drops these too)
-            gap = offset - (r_offset or 0)
-            if gap > 1 and r_offset and acks_enabled_for(message.topic):
+            if acks_enabled and r_offset and offset - r_offset > 1:
                 await self._add_gap(tp, r_offset + 1, offset)
-            applier = appliers.get(message.topic)
+            message = to_message(tp, record)
             if applier is not None:
                 applier(message)
-            handler = handlers.get(message.topic)
-            if handler is not None:
-                # track_message() without its per-message sensor calls: projector
-                # keeps its own counters per batch.
-                self._unacked_messages.add(message)
-                batches.setdefault(handler, []).append(message)
-                set_read_offset(tp, offset)
-                continue
             if commit_every is not None and self._n_acked >= commit_every:
                 self._n_acked = 0
                 await self.commit()
             await self.wait_first(self.callback(message), self.suspend_flow.wait())
-            set_read_offset(tp, offset)
-        inbound_time = self.app.monitor.stream_inbound_time
-        # Handlers run in the order of app.batch_handlers: events are folded
-        # before the command side decides on the state they leave.
-        order = {h: i for i, h in enumerate(handlers.values())}
-        for handler, messages in sorted(batches.items(), key=lambda item: order.get(item[0], len(order))):
-            await handler(messages)
-            slice_ = TimeSlice()
-            for i, message in enumerate(messages):
-                self.ack(message)
-                if i % 64 == 63:
-                    await slice_.check()
-            # Faust's liveness check ("stream has not started processing")
-            # looks at when a stream last took an event of each partition.
-            now = monotonic()
-            for tp in {m.tp for m in messages}:
-                inbound_time[tp] = now
-        if batches and commit_every is not None and self._n_acked >= commit_every:
-            self._n_acked = 0
-            await self.commit()
+            read_offset[tp] = offset
+        return True
+
+    def _ack_all(self, parts: "list[_InHand]") -> None:
+        """Ack every record of ``parts`` at once: Faust's ``ack`` bookkeeping, in bulk."""
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        with ack_lock:
+            for part in parts:
+                part.acked = True
+                self._unacked_messages.discard(part)
+                tp = part.tp
+                if not acks_enabled_for(tp.topic):
+                    continue
+                offsets = [r.offset for r in part.records]
+                committed = self._committed_offset[tp]
+                if committed is not None and offsets[0] < committed:
+                    offsets = [o for o in offsets if o >= committed]
+                acked_index = self._acked_index[tp]
+                if acked_index and not acked_index.isdisjoint(offsets):
+                    offsets = [o for o in offsets if o not in acked_index]
+                acked_index.update(offsets)
+                self._acked[tp].extend(offsets)
+                self._n_acked += len(offsets)
+        notify(self._waiting_for_ack)
+
+
+class _InHand:
+    """One partition's records of a fetch, in Faust's set of unacked messages (a WeakSet) until acked."""
+
+    __slots__ = ("tp", "records", "acked", "refcount", "__weakref__")
+
+    def __init__(self, tp: Any, records: list) -> None:
+        self.tp = tp
+        self.records = records
+        self.acked = False
+        self.refcount = 1
+
+    def __repr__(self) -> str:
+        return f"<{len(self.records)} records of {self.tp.topic}[{self.tp.partition}] in hand>"
 
 
 class BatchingTransport(faust_aiokafka.Transport):

@@ -82,7 +82,8 @@ def test_every_private_name_the_module_touches_is_listed():
         if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "self"
         and n.attr.startswith("_") and not n.attr.startswith("__")
     }
-    own = {"_idle", "_no_more_fetches", "_held_for_seek", "_seek_lock", "_topic_on", "_take_fetch", "_commit_acked"}
+    own = {"_idle", "_no_more_fetches", "_held_for_seek", "_seek_lock", "_topic_on", "_take_fetch", "_commit_acked",
+           "_take_one_by_one", "_ack_all"}
     missing = (used | self_used) - listed - own
     assert not missing, f"private names used in faust_patches.py but not in FAUST_PRIVATE_NAMES: {sorted(missing)}"
 
