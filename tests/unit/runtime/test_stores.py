@@ -13,6 +13,7 @@ from typing import Iterator
 import faust
 import pytest
 
+from projector.runtime import stores
 from projector.runtime.stores import FaustStore, MemoryStore, WritableStore, rocksdb_options
 
 TABLES = ("rows", "other")
@@ -155,3 +156,19 @@ def test_faust_store_keeps_its_rows_and_offset_across_a_reopen(tmp_path):
         assert second.changelog_offset("rows", 1) == 9
     finally:
         second.close()
+
+
+def test_every_partition_database_of_a_worker_shares_one_cache_and_one_memtable_budget(tmp_path):
+    cache, memtables = stores._shared_memory()
+    assert memtables.get_buffer_size() == stores.SHARED_MEMTABLES
+    before = memtables.get_usage()
+    s = faust_store(tmp_path)
+    try:
+        for table in TABLES:
+            for partition in range(PARTITIONS):
+                s.write(table, partition, {b"k%05d" % i: b"v" * 100 for i in range(2_000)}, 1)
+        # Six databases' memtables, counted in the one budget (RocksDB allocates them in blocks).
+        assert memtables.get_usage() >= before + 6 * 2_000 * 100
+        assert memtables.get_usage() <= stores.SHARED_MEMTABLES
+    finally:
+        s.close()
