@@ -18,6 +18,7 @@ worker with its web views.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from typing import Any, Callable, Optional, Sequence
@@ -70,6 +71,14 @@ class ProjectorApp(PatchedApp):
         self.add_future(p.probe_loop_lag())
         self.add_future(p.recovery_progress.run())
         self.add_future(p.broker.run())
+
+    async def on_started(self) -> None:
+        await super().on_started()
+        # Everything made so far (modules, Faust, the tables) lives as long as the
+        # worker: out of the collector's sight, a full collection no longer walks
+        # it, which held the event loop (and every request) 30-80 ms each time.
+        gc.freeze()
+        log.info("started: %d objects kept out of the garbage collector's full passes", gc.get_freeze_count())
 
     def on_webserver_init(self, web: Any) -> None:
         if self.projector.install_web is not None:
