@@ -70,7 +70,6 @@ from faust.types.tuples import ack_lock
 from mode import Service
 from mode.utils.futures import notify
 
-
 log = logging.getLogger(__name__)
 
 #: The faust-streaming release these patches were checked against.

@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 
 from projector.bench import common
-from projector.core.errors import ReadModelError
 from projector.bench.common import (
     BenchError,
     Progress,
@@ -35,6 +34,7 @@ from projector.bench.common import (
     worker_vars,
     write_report,
 )
+from projector.core.errors import ReadModelError
 
 # --- summary statistics --------------------------------------------------------------------
 
