@@ -73,9 +73,11 @@ def parked_key(aggregate_id: str, first_version: int, last_version: int) -> byte
     return parked_prefix(aggregate_id) + b"%010d-%010d" % (first_version, last_version)
 
 
-#: The most events one segment holds, so a batch that brings an aggregate many
-#: events still writes records of a bounded size.
+#: The most events, and bytes, one segment holds (a single larger event gets a
+#: segment of its own), so a batch that brings an aggregate many events still
+#: writes changelog records well under Kafka's default 1 MiB limit.
 SEGMENT_MAX = 64
+SEGMENT_BYTES = 256 * 1024
 
 
 @dataclass
@@ -106,9 +108,15 @@ class Meta:
             encoded = [(e["version"], orjson.dumps(e)) for e in self.tail] + list(encoded)
             self.tail = []
         out = []
-        for i in range(0, len(encoded), SEGMENT_MAX):
-            piece = encoded[i:i + SEGMENT_MAX]
-            out.append((piece[-1][0], b"[" + b",".join(raw for _, raw in piece) + b"]"))
+        piece: list[bytes] = []
+        size = 0
+        for i, (version, raw) in enumerate(encoded):
+            piece.append(raw)
+            size += len(raw) + 1
+            last = i + 1 == len(encoded)
+            if last or len(piece) == SEGMENT_MAX or size + len(encoded[i + 1][1]) > SEGMENT_BYTES:
+                out.append((version, b"[" + b",".join(piece) + b"]"))
+                piece, size = [], 0
         return out
 
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from projector.core import index as agg
-from projector.core.index import SEGMENT_MAX, Admission, Meta, admit, stored_events
+from projector.core.index import SEGMENT_BYTES, SEGMENT_MAX, Admission, Meta, admit, stored_events
 
 
 def deposits(first: int, last: int, aid: str = "acc-1"):
@@ -97,6 +97,17 @@ def test_segments_hold_each_new_event_once_split_at_the_maximum():
     assert read(m, segments, 3, 10) == (list(range(3, 13)), 13)
     assert read(m, segments, SEGMENT_MAX + 2) == (list(range(SEGMENT_MAX + 2, SEGMENT_MAX + 6)), None)
     assert read(m, segments, SEGMENT_MAX + 6) == ([], None)
+
+
+def test_segments_stay_under_the_byte_limit_and_a_larger_event_gets_its_own():
+    big = b'{"version":%d,"data":"' + b"x" * (SEGMENT_BYTES // 3) + b'"}'
+    encoded_events = [(v, big % v) for v in range(1, 8)]
+    encoded_events.insert(3, (0, b"y" * (SEGMENT_BYTES + 10)))  # one event alone over the limit
+    encoded_events = [(i + 1, raw) for i, (_, raw) in enumerate(encoded_events)]
+    segments = Meta().segments(encoded_events)
+    assert all(len(value) <= SEGMENT_BYTES for _, value in segments if value.count(b"y") == 0)
+    assert [last for last, _ in segments] == [2, 3, 4, 6, 8]
+    assert b"".join(value for _, value in segments).count(b'"version"') == 7
 
 
 def test_appending_writes_only_a_new_segment():
