@@ -281,12 +281,11 @@ class Bench:
             scratch = Path(tempfile.mkdtemp(prefix=f"projector-bench-{self.tag}-tables-"))
             try:
                 self.tables_dir = tables_dir_with(config.tables, scratch)
-            except ValueError as exc:
+            except (ValueError, ReadModelError) as exc:
                 shutil.rmtree(scratch, ignore_errors=True)
-                raise BenchError(str(exc)) from None
-            except ReadModelError as exc:
-                shutil.rmtree(scratch, ignore_errors=True)
-                raise BenchError(f"--tables {','.join(config.tables)}: {exc}") from None
+                # A ValueError names --tables itself; a ReadModelError is about the folder made from it.
+                where = "" if isinstance(exc, ValueError) else f"--tables {','.join(config.tables)}: "
+                raise BenchError(f"{where}{exc}") from None
         self.topic = config.topic or f"bench-{self.tag}-events"
         self.started = _dt.datetime.now(_dt.timezone.utc)
         stamp = self.started.strftime("%Y%m%dT%H%M%SZ")

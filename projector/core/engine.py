@@ -399,15 +399,9 @@ class Engine:
                 applied_counts[name] += applied
             for dname, contribution in contributions:
                 latest[dname] = contribution
-            if len(fresh_originals) == 1:
-                envelope = fresh_originals[0].to_dict()
-                encoded.append((envelope["version"], dumps(envelope)))
-                meta.version = envelope["version"]
-                envelopes = [envelope]
-            else:
-                envelopes = [e.to_dict() for e in fresh_originals]
-                encoded.extend([(e["version"], dumps(e)) for e in envelopes])
-                meta.version = envelopes[-1]["version"]
+            envelopes = [e.to_dict() for e in fresh_originals]
+            encoded.extend([(e["version"], dumps(e)) for e in envelopes])
+            meta.version = envelopes[-1]["version"]
             meta_changed = True
             command_id = command_id_of(p.originals)
             if command_id is not None:

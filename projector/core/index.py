@@ -11,7 +11,7 @@ One changelog-backed RocksDB table holds, per aggregate id ``A``:
   and value, and where it came from), kept until an operator releases the aggregate.
 
 Segments are append-only: a batch writes one new segment per aggregate it
-applied events to (split at :data:`SEGMENT_MAX` events), holding just those
+applied events to (split at :data:`SEGMENT_MAX` events or :data:`SEGMENT_BYTES`), holding just those
 events, each encoded once. A stored segment is never read or re-encoded
 again by the fold. Readers skip an event whose version they have already
 read, so segments that overlap (a batch replayed after a crash can cut its
