@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Generator, Iterable, Mapping, Optional
@@ -40,7 +41,19 @@ import orjson
 
 from projector.core import index as agg
 from projector.core.catalog import Catalog
-from projector.core.engine import COMMANDS, HEADER_ERROR, INDEX, Batch, Engine, Pending, Plan, Send
+from projector.core.engine import (
+    COMMANDS,
+    HEADER_ERROR,
+    INDEX,
+    Batch,
+    Engine,
+    Pending,
+    Plan,
+    Send,
+    expired_answers,
+    get_answer,
+    put_answer,
+)
 from projector.core.envelope import decode_record
 from projector.core.errors import InvalidCommand, InvalidRecord, Rejected
 
@@ -61,6 +74,8 @@ class Answer:
     reply_to: Optional[str] = None
     #: The stored answer of a command id seen before.
     replayed: bool = False
+    #: The command's aggregate: with the command id, what the waiting request is keyed by.
+    aggregate_id: str = ""
 
 
 def _string(body: dict[str, Any], field: str, required: bool = True) -> Optional[str]:
@@ -133,6 +148,14 @@ def _timestamp(record: Any) -> Optional[str]:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _seconds(record: Any) -> int:
+    """The command record's timestamp in seconds since the epoch (when its answer is stored), or now."""
+    ts = getattr(record, "timestamp", None)
+    if not isinstance(ts, (int, float)) or ts <= 0:
+        return int(time.time())
+    return int(ts / 1000 if ts > 10_000_000_000 else ts)
+
+
 def events_for(command: dict[str, Any], decided: Iterable[Any], version: int, timestamp: Optional[str]) -> list[dict]:
     """Envelopes for a decision: consecutive versions after ``version``, ids derived from the command id."""
     out = []
@@ -160,6 +183,31 @@ def _error(command_id: str, code: str, **extra: Any) -> dict[str, Any]:
     return {"error": code, "command_id": command_id, **extra}
 
 
+def moved_error(command_id: str, partition: int) -> dict[str, Any]:
+    """The 503 body for a command this worker may no longer decide: another worker writes its partition now."""
+    return _error(command_id, "unavailable", detail=(
+        f"this worker no longer writes partition {partition}: another worker took it over. The command may "
+        "still be decided there; send the same command_id again to learn its outcome (it is never applied twice)"))
+
+
+def unavailable_error(command_id: str, detail: str) -> dict[str, Any]:
+    """The 503 body for a command whose append did not commit."""
+    return _error(command_id, "unavailable", detail=detail)
+
+
+def prune_answers(engine: Engine, partition: int, before: int, limit: int = 5000) -> tuple[Plan, int]:
+    """A plan that deletes the answers of ``partition`` stored before ``before`` (seconds); and how many.
+
+    Command ids are idempotent for as long as their answer is kept
+    (``PROJECTOR_COMMAND_ID_TTL``): the same id sent later is a new command.
+    """
+    batch = engine.begin()
+    keys = expired_answers(batch, partition, before, limit)
+    for key in keys:
+        batch.put(COMMANDS, partition, key, None)
+    return batch.finish(), len(keys) // 2
+
+
 def decide_steps(
     engine: Engine,
     catalog: Catalog,
@@ -169,13 +217,15 @@ def decide_steps(
     settings: Mapping[str, Any],
     enabled: bool,
     ready: Callable[[int], bool],
+    moved: Callable[[int], bool] = lambda partition: False,
     every: int = 32,
 ) -> Generator[None, None, tuple[Plan, list[Answer]]]:
     """Decide a batch of command records, in order; returns the plan and an answer per command.
 
     ``ready(partition)`` says whether this writer has caught up with that
-    partition of the events topic. The plan's ``appends`` (the decided
-    events) must be acknowledged by Kafka before any of its writes.
+    partition of the events topic; ``moved(partition)``, whether another
+    worker writes it now (this one was fenced). The plan's ``appends`` (the
+    decided events) must be committed to Kafka before any of its writes.
     """
     batch = engine.begin()
     appends: list[Send] = []
@@ -195,9 +245,13 @@ def decide_steps(
             log.error("skipping command record %s/%d/%d: %r", record.topic, record.partition, record.offset, exc)
             engine.metrics.commands["unreadable"] += 1
             continue
-        answer = _decide_one(engine, batch, appends, deciders, record, command, events_topic,
-                             settings, enabled, ready)
+        if moved(record.partition):
+            answer = Answer(command_id, 503, moved_error(command_id, record.partition))
+        else:
+            answer = _decide_one(engine, batch, appends, deciders, record, command, events_topic,
+                                 settings, enabled, ready)
         answer.reply_to = reply_to if isinstance(reply_to, str) else None
+        answer.aggregate_id = command["aggregate_id"]
         engine.metrics.commands["replayed" if answer.replayed else answer.body.get("error", "accepted")] += 1
         answers.append(answer)
     plan = yield from engine.finish_steps(batch, every)
@@ -216,7 +270,7 @@ def _decide_one(
     if not ready(partition):
         return Answer(command_id, 503, _error(
             command_id, "not_ready", detail=f"the writer of partition {partition} is catching up with the events topic"))
-    stored = batch.get_json(COMMANDS, partition, command_id.encode("utf-8"))
+    stored = get_answer(batch, partition, aid, command_id)
     if stored is not None:
         return Answer(command_id, stored["status"], stored["body"], replayed=True)
     if not enabled:
@@ -224,7 +278,7 @@ def _decide_one(
 
     def final(status: int, body: dict[str, Any]) -> Answer:
         """An answer that is this command id's for good: recorded with the writer's state."""
-        batch.put_json(COMMANDS, partition, command_id.encode("utf-8"), {"status": status, "body": body})
+        put_answer(batch, partition, aid, command_id, status, body, _seconds(record))
         return Answer(command_id, status, body)
 
     model = deciders.get(command.get("aggregate_type"))
@@ -274,4 +328,4 @@ def _decide_one(
         detail = next((v.decode("utf-8", "replace") for k, v in error if k == HEADER_ERROR), "a fold refused them")
         return Answer(command_id, 422, _error(command_id, "rejected", reason="fold_error", detail=detail))
     appends.append(Send(events_topic, partition, key, value))
-    return Answer(command_id, 200, batch.get_json(COMMANDS, partition, command_id.encode("utf-8"))["body"])
+    return Answer(command_id, 200, get_answer(batch, partition, aid, command_id)["body"])

@@ -17,7 +17,9 @@ every row turns the replay into duplicates.
 
 from __future__ import annotations
 
+import datetime
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any, Generator, Iterable, Iterator, Mapping, Optional, Protocol, Sequence
 
@@ -104,6 +106,70 @@ def command_id_of(events: Sequence[Event]) -> Optional[str]:
     """The id of the command that decided these events (``metadata.command_id``), if any."""
     command_id = events[0].metadata.get("command_id") if events and events[0].metadata else None
     return command_id if isinstance(command_id, str) and command_id else None
+
+
+#: Rows of the ``_commands`` table: an answer by aggregate and command id, and the same by the time it was stored.
+ANSWER_PREFIX = b"a\0"
+ANSWER_TIME_PREFIX = b"t\0"
+
+
+def answer_key(aggregate_id: str, command_id: str) -> bytes:
+    """The ``_commands`` row of a command id, scoped by its aggregate: ids of different aggregates never meet."""
+    return ANSWER_PREFIX + aggregate_id.encode("utf-8") + b"\0" + command_id.encode("utf-8")
+
+
+def answer_time_key(at: int, aggregate_id: str, command_id: str) -> bytes:
+    """The time index of an answer: keys in the order answers were stored, for pruning by age."""
+    return ANSWER_TIME_PREFIX + b"%012d\0" % max(0, at) + aggregate_id.encode("utf-8") + b"\0" + command_id.encode("utf-8")
+
+
+def get_answer(batch: "Batch", partition: int, aggregate_id: str, command_id: str) -> Optional[dict[str, Any]]:
+    """The stored answer ``{status, body, at}`` of this aggregate's command id, or None.
+
+    Rows from before answers were scoped by aggregate (keyed by the command
+    id alone) still count, when their answer names this aggregate.
+    """
+    stored = batch.get_json(COMMANDS, partition, answer_key(aggregate_id, command_id))
+    if stored is not None:
+        return stored
+    legacy = batch.get_json(COMMANDS, partition, command_id.encode("utf-8"))
+    if isinstance(legacy, dict) and isinstance(legacy.get("body"), dict) and (
+            legacy["body"].get("aggregate_id") == aggregate_id):
+        return legacy
+    return None
+
+
+def put_answer(batch: "Batch", partition: int, aggregate_id: str, command_id: str,
+               status: int, body: dict[str, Any], at: int) -> None:
+    """Store a command's answer, and its entry in the time index (``at``: seconds since the epoch)."""
+    key = answer_key(aggregate_id, command_id)
+    previous = batch.get_json(COMMANDS, partition, key)
+    if isinstance(previous, dict) and isinstance(previous.get("at"), int) and previous["at"] != at:
+        batch.put(COMMANDS, partition, answer_time_key(previous["at"], aggregate_id, command_id), None)
+    batch.put_json(COMMANDS, partition, key, {"status": status, "body": body, "at": at})
+    batch.put(COMMANDS, partition, answer_time_key(at, aggregate_id, command_id), b"1")
+
+
+def expired_answers(batch: "Batch", partition: int, before: int, limit: int) -> list[bytes]:
+    """Keys of the answers stored before ``before`` (and of their time index entries), at most ``limit`` answers."""
+    keys = []
+    for key, _ in batch.store.scan(COMMANDS, partition, ANSWER_TIME_PREFIX):
+        at, _, rest = key[len(ANSWER_TIME_PREFIX):].partition(b"\0")
+        if not at.isdigit() or int(at) >= before or len(keys) >= 2 * limit:
+            break
+        keys.append(key)
+        keys.append(ANSWER_PREFIX + rest)
+    return keys
+
+
+def rfc3339_seconds(timestamp: Optional[str]) -> int:
+    """Seconds since the epoch of an RFC 3339 timestamp; 0 when there is none or it does not parse."""
+    if not timestamp:
+        return 0
+    try:
+        return int(datetime.datetime.fromisoformat(timestamp).timestamp())
+    except (TypeError, ValueError):
+        return 0
 
 
 def accepted_answer(command_id: str, aggregate_id: str, envelopes: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -408,8 +474,9 @@ class Engine:
                 # The answer to the command that decided these events, kept with
                 # them: whoever folds them (the writer as it appends them, or any
                 # worker replaying the topic after a crash) records the same one.
-                batch.put_json(COMMANDS, partition, command_id.encode("utf-8"),
-                               accepted_answer(command_id, aid, envelopes))
+                answer = accepted_answer(command_id, aid, envelopes)
+                put_answer(batch, partition, aid, command_id, answer["status"], answer["body"],
+                           rfc3339_seconds(envelopes[-1].get("timestamp")) or int(time.time()))
         applied_total = self.metrics.events_applied
         for name, n in applied_counts.items():
             if n:

@@ -26,12 +26,12 @@ from typing import Any, Callable, Optional, Sequence
 from faust.types import TP
 
 from projector.core.catalog import Catalog, load_catalog
-from projector.core.commands import decide_steps
+from projector.core.commands import Answer, decide_steps, prune_answers, unavailable_error
 from projector.core.control import ControlState, encode_value
 from projector.core.engine import Engine, tables_of
 from projector.core.metrics import LAG_PROBE_INTERVAL, Metrics
 from projector.core.schemas import Schemas
-from projector.runtime.command_side import CommandRoundTrip, SendAnswers, WriterGate
+from projector.runtime.command_side import CommandQueue, CommandRoundTrip, SendAnswers, WriterGate
 from projector.runtime.config import Settings
 from projector.runtime.control_table import ControlRecovery, ControlTable, GapFiller
 from projector.runtime.faust_patches import (
@@ -42,6 +42,7 @@ from projector.runtime.faust_patches import (
     raw_producer,
     read_offset,
 )
+from projector.runtime.fencing import Fenced, WriterFence
 from projector.runtime.kafka import KAFKA_WRITE_TIMEOUT, BrokerWatch, faust_credentials, quiet_repeated_client_logs
 from projector.runtime.recovery import RecoveryProgress
 from projector.runtime.sink import ChangelogSink
@@ -51,6 +52,9 @@ from projector.runtime.topics import command_topic_name, release_topic_name, rep
 from projector.runtime.waiters import RowWaiters
 
 log = logging.getLogger(__name__)
+
+#: How often the writer deletes command answers older than PROJECTOR_COMMAND_ID_TTL (seconds).
+COMMAND_PRUNE_INTERVAL = 60.0
 
 #: Installs the web views on the aiohttp application Faust serves: (web_app, projector).
 InstallWeb = Callable[[Any, "Projector"], None]
@@ -79,6 +83,13 @@ class ProjectorApp(PatchedApp):
         # it, which held the event loop (and every request) 30-80 ms each time.
         gc.freeze()
         log.info("started: %d objects kept out of the garbage collector's full passes", gc.get_freeze_count())
+
+    async def after_fetch(self) -> None:
+        await self.projector.after_fetch()
+
+    async def on_stop(self) -> None:
+        await self.projector.fence.drop_all()
+        await super().on_stop()
 
     def on_webserver_init(self, web: Any) -> None:
         if self.projector.install_web is not None:
@@ -230,7 +241,13 @@ class Projector:
             store=self.store, producer=lambda: raw_producer(self.app), guard_tables=self.engine.guard_tables,
             metrics=self.metrics, rows=self.rows,
         )
-        self.writer_gate = WriterGate(self.events_topic.get_topic_name())
+        #: The writers' transactional producers: a writer that lost its partition is fenced.
+        self.fence = WriterFence(settings, self.events_topic.get_topic_name())
+        self.sink.append = self.fence.append
+        self.writer_gate = WriterGate(self.events_topic.get_topic_name(), self.fence)
+        #: Commands waiting for their partition's gate.
+        self.command_queue = CommandQueue()
+        self._next_prune = 0.0
         self.commands = CommandRoundTrip(
             url=settings.url, command_topic=self.command_topic.get_topic_name(), partitions=self.partitions,
             produce=self.produce, send_answers=send_answers, spawn=self.app.add_future,
@@ -252,7 +269,6 @@ class Projector:
         releases = [m for m in messages if m.topic == release_topic]
         if records and not self.metrics.first_record_time:
             self.metrics.first_record_time = time.time()
-        self.writer_gate.note_folded(records)
         started = time.perf_counter()
         # Let HTTP requests in between steps: a large batch takes long to fold.
         slice_ = TimeSlice()
@@ -268,22 +284,94 @@ class Projector:
         await self.sink.execute(plan, slice_)
 
     async def _on_commands(self, messages: Sequence[Any]) -> None:
-        """Decide a fetch's commands as the writer of their partitions, then answer them."""
-        for partition in {m.partition for m in messages}:
-            await self.writer_gate.check(partition, self.app.consumer)
+        """Decide a fetch's commands as the writer of their partitions, then answer them.
+
+        Commands of a partition whose gate is shut wait (:class:`CommandQueue`)
+        and are decided once it opens (:meth:`after_fetch`).
+        """
+        gate = self.writer_gate
+        for partition in {m.partition for m in messages} | self.command_queue.partitions():
+            await gate.check(partition, self.app.consumer)
+        now, refused = self.command_queue.take(messages, gate)
+        if refused:
+            self.commands.deliver(self._not_ready(refused))
+        if not now:
+            return
         started = time.perf_counter()
         slice_ = TimeSlice()
         control = self.control
         plan, answers = await slice_.run(decide_steps(
-            self.engine, self.catalog, messages,
+            self.engine, self.catalog, now,
             events_topic=self.events_topic.get_topic_name(),
             settings=control.settings_view(),
             enabled=control.commands_enabled,
-            ready=self.writer_gate.is_open,
+            ready=gate.is_open,
+            moved=gate.moved,
         ))
         self.metrics.phase_seconds["decide"] += time.perf_counter() - started - slice_.paused
-        await self.sink.execute(plan, slice_)
+        try:
+            await self.sink.execute(plan, slice_)
+        except Fenced as exc:
+            answers = self._append_failed(plan, answers, exc)
         self.commands.deliver(answers)
+
+    def _not_ready(self, records: Sequence[Any]) -> list[Answer]:
+        """``not_ready`` answers for command records this writer does not keep (the requester sends them again)."""
+        steps = decide_steps(self.engine, self.catalog, records, events_topic=self.events_topic.get_topic_name(),
+                             settings={}, enabled=True, ready=lambda partition: False)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value[1]
+
+    def _append_failed(self, plan: Any, answers: list[Answer], exc: Fenced) -> list[Answer]:
+        """A batch whose appends did not all commit: nothing of it is written, and its answers say so.
+
+        Partitions whose transaction committed before the one that failed hold
+        events this worker has not written into its rows: every partition of
+        the batch fences and catches up again before it decides more.
+        """
+        for partition in {send.partition for send in plan.appends}:
+            self.writer_gate.append_failed(partition, by_another=exc.by_another and partition == exc.partition)
+        self.metrics.commands["append_failed"] += 1
+        out = []
+        for answer in answers:
+            if answer.replayed or answer.status in (503, 504):
+                out.append(answer)
+                continue
+            body = unavailable_error(answer.command_id, f"{exc}; the command may have been decided: send the "
+                                                        "same command_id again to learn its outcome (it is never "
+                                                        "applied twice)")
+            out.append(Answer(answer.command_id, 503, body, reply_to=answer.reply_to,
+                              aggregate_id=answer.aggregate_id))
+        return out
+
+    async def after_fetch(self) -> None:
+        """After each round of the fetch loop: decide waiting commands whose gate opened, prune old answers."""
+        if self.command_queue.waiting:
+            await self._on_commands(())
+        now = time.time()
+        if now >= self._next_prune:
+            self._next_prune = now + max(1.0, min(COMMAND_PRUNE_INTERVAL, self.settings.command_id_ttl / 4))
+            try:
+                await self.prune_command_answers(now)
+            except Exception as exc:  # Kafka away: the next round tries again
+                log.warning("pruning old command answers failed: %r", exc)
+
+    async def prune_command_answers(self, now: float) -> int:
+        """Delete the answers older than ``PROJECTOR_COMMAND_ID_TTL`` of the partitions this worker writes."""
+        before = int(now - self.settings.command_id_ttl)
+        pruned = 0
+        for partition in sorted(self.writer_gate.open):
+            plan, n = prune_answers(self.engine, partition, before)
+            if n:
+                await self.sink.execute(plan, TimeSlice())
+                pruned += n
+        if pruned:
+            self.metrics.commands["pruned"] += pruned
+            log.info("pruned %d command answers older than %d s", pruned, self.settings.command_id_ttl)
+        return pruned
 
     async def _on_revoked(self, app: Any, revoked: Any, **kwargs: Any) -> None:
         """Wake every parked request: the row may now be written by another worker.
@@ -293,6 +381,9 @@ class Projector:
         """
         self.writer_gate.reset()
         self.rows.wake_all()
+        waiting = self.command_queue.drain()
+        if waiting:
+            self.commands.deliver(self._not_ready(waiting))
 
     async def probe_loop_lag(self) -> None:
         """Measure how late the event loop wakes a sleeping task (projector_event_loop_lag_seconds)."""

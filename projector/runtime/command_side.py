@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from typing import Any, Awaitable, Callable, Iterable, Optional, Sequence
+from typing import Any, Awaitable, Callable, Optional, Sequence
 
 from faust.types import TP
 
 from projector.core.commands import Answer, encode_command
 from projector.core.partitioning import partition_for
-from projector.runtime.faust_patches import read_offset
+from projector.runtime.fencing import Fenced, WriterFence
 
 log = logging.getLogger(__name__)
 
@@ -32,62 +32,137 @@ class WriterGate:
     """Per partition of the events topic: may this worker decide its commands yet?
 
     After an assignment, the writer of a partition decides nothing until it
-    has folded every event the partition held. The end to reach is taken at
-    the first command after the assignment; until the fold gets there,
-    commands of the partition are answered ``not_ready`` and sent again by
-    the worker that took them. A revoke starts every partition over.
+    has fenced every earlier writer of the partition (:class:`WriterFence`:
+    it takes the partition's transactional id) and then folded every event
+    the partition held. The end to reach is the partition's last stable
+    offset, read after the fence, so it covers everything an earlier writer
+    ever committed; this worker's consumer position (the next offset to
+    read, past any transaction markers) must reach it. Until then the
+    partition's commands wait (:class:`CommandQueue`). A revoke starts every
+    partition over. A partition whose append was fenced by another worker
+    stays shut (``moved``) until the next rebalance.
     """
 
-    def __init__(self, events_topic: str) -> None:
+    def __init__(self, events_topic: str, fence: Optional[WriterFence] = None) -> None:
         self.events_topic = events_topic
-        #: The end each partition must be folded to (set at its first command).
+        self.fence = fence
+        #: The end each partition must be folded to (read after the fence).
         self.targets: dict[int, int] = {}
         #: The partitions caught up on.
         self.open: set[int] = set()
-        #: The last offset folded per partition since the assignment.
-        self.folded: dict[int, int] = {}
-
-    def note_folded(self, records: Iterable[Any]) -> None:
-        """Records of the events topic this worker has folded (how far each partition is)."""
-        folded = self.folded
-        for m in records:
-            if m.offset > folded.get(m.partition, -1):
-                folded[m.partition] = m.offset
+        #: The partitions whose transactional id this worker took since the last rebalance.
+        self.taken: set[int] = set()
+        #: The partitions another worker writes now (an append was fenced), until the next rebalance.
+        self.lost: set[int] = set()
+        #: Why a partition's gate is still shut, when something failed (for the log).
+        self.errors: dict[int, str] = {}
 
     def is_open(self, partition: int) -> bool:
         return partition in self.open
 
+    def moved(self, partition: int) -> bool:
+        return partition in self.lost
+
     def reset(self) -> None:
         self.targets.clear()
         self.open.clear()
-        self.folded.clear()
+        self.taken.clear()
+        self.lost.clear()
+        self.errors.clear()
+
+    def append_failed(self, partition: int, by_another: bool) -> None:
+        """An append of ``partition`` did not commit: fence and catch up again (or stop: another worker writes it)."""
+        self.open.discard(partition)
+        self.targets.pop(partition, None)
+        self.taken.discard(partition)
+        if by_another:
+            self.lost.add(partition)
 
     async def check(self, partition: int, consumer: Any) -> None:
-        """Open the gate of ``partition`` once it has folded every event the partition held."""
-        if partition in self.open:
+        """Open the gate of ``partition`` once earlier writers are fenced and every event it held is folded."""
+        if partition in self.open or partition in self.lost:
             return
+        if partition not in self.taken:
+            if self.fence is not None:
+                try:
+                    await self.fence.take(partition)
+                except Fenced as exc:
+                    if self.errors.get(partition) != str(exc):
+                        log.warning("writer of partition %d: cannot fence earlier writers yet: %s", partition, exc)
+                    self.errors[partition] = str(exc)
+                    return
+            self.taken.add(partition)
+            self.targets.pop(partition, None)
         tp = TP(self.events_topic, partition)
         target = self.targets.get(partition)
         if target is None:
             try:
                 target = (await consumer.highwaters(tp)).get(tp)
-            except Exception as exc:  # a rebalance under way, or the broker away: try at the next command
+            except Exception as exc:  # a rebalance under way, or the broker away: try again later
                 log.info("writer of partition %d: cannot read the events topic's end yet: %r", partition, exc)
                 return
             if target is None:
                 return
             self.targets[partition] = target
-        folded = self.folded.get(partition)
-        if folded is not None:
-            next_offset = folded + 1
-        else:
-            # Nothing delivered since the assignment: Faust's read offset is
-            # still where it sought to (the committed offset, the next to read).
-            next_offset = read_offset(consumer, tp) or 0
-        if next_offset >= target:
+        try:
+            position = await consumer.position(tp)
+        except Exception as exc:  # revoked meanwhile, or not sought yet
+            log.info("writer of partition %d: no position on the events topic yet: %r", partition, exc)
+            return
+        if position is not None and position >= target:
             self.open.add(partition)
+            self.errors.pop(partition, None)
             log.info("writer of partition %d: caught up with the events topic (offset %d); deciding commands",
                      partition, target)
+
+
+class CommandQueue:
+    """Command records waiting for their partition's gate, in order, at most ``limit`` in all.
+
+    A writer that is catching up keeps the partition's commands here instead
+    of answering ``not_ready`` and having them sent again; they are decided,
+    first, once the gate opens. Beyond ``limit``, or when the partitions are
+    revoked, they are answered ``not_ready`` (the worker that took them sends
+    them again, to whichever worker writes the partition then).
+    """
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self.limit = limit
+        self.waiting: dict[int, list[Any]] = {}
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self.waiting.values())
+
+    def partitions(self) -> set[int]:
+        return set(self.waiting)
+
+    def take(self, records: Sequence[Any], gate: WriterGate) -> tuple[list[Any], list[Any]]:
+        """(records to decide now, in order; records refused for lack of room), keeping the rest waiting."""
+        incoming: dict[int, list[Any]] = defaultdict(list)
+        for record in records:
+            incoming[record.partition].append(record)
+        now: list[Any] = []
+        refused: list[Any] = []
+        room = self.limit - len(self)
+        for partition in sorted(set(incoming) | set(self.waiting)):
+            queue = self.waiting.pop(partition, []) + incoming.get(partition, [])
+            if gate.is_open(partition) or gate.moved(partition):
+                now.extend(queue)
+                continue
+            kept = incoming.get(partition, [])
+            earlier = len(queue) - len(kept)
+            fits = max(0, min(len(kept), room))
+            room -= fits
+            self.waiting[partition] = queue[:earlier + fits]
+            refused.extend(kept[fits:])
+            if not self.waiting[partition]:
+                del self.waiting[partition]
+        return now, refused
+
+    def drain(self) -> list[Any]:
+        """Every waiting record (a revoke: they are answered ``not_ready``)."""
+        waiting, self.waiting = self.waiting, {}
+        return [r for records in waiting.values() for r in records]
 
 
 class CommandRoundTrip:
@@ -107,18 +182,18 @@ class CommandRoundTrip:
         self.produce = produce
         self.send_answers = send_answers
         self.spawn = spawn
-        #: Requests waiting for a command's answer, by command id.
-        self.waiters: dict[str, set[asyncio.Future]] = {}
+        #: Requests waiting for a command's answer, by aggregate id and command id.
+        self.waiters: dict[tuple[str, str], set[asyncio.Future]] = {}
 
     def deliver(self, answers: Sequence[Answer]) -> None:
         """Hand each answer to the request waiting for it: here, or on the worker that took the command."""
         remote: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for answer in answers:
             if answer.reply_to is None or answer.reply_to == self.url:
-                self.resolve(answer.command_id, answer.status, answer.body)
+                self.resolve(answer.aggregate_id, answer.command_id, answer.status, answer.body)
             else:
-                remote[answer.reply_to].append(
-                    {"command_id": answer.command_id, "status": answer.status, "body": answer.body})
+                remote[answer.reply_to].append({"aggregate_id": answer.aggregate_id, "command_id": answer.command_id,
+                                                "status": answer.status, "body": answer.body})
         for url, items in remote.items():
             self.spawn(self._send(url, items))
 
@@ -131,27 +206,33 @@ class CommandRoundTrip:
         except Exception as exc:  # that worker is gone: its clients retry with their command ids
             log.warning("could not deliver %d command answers to %s: %r", len(items), url, exc)
 
-    def resolve(self, command_id: str, status: int, body: dict[str, Any]) -> None:
-        for waiter in self.waiters.pop(command_id, ()):
+    def resolve(self, aggregate_id: str, command_id: str, status: int, body: dict[str, Any]) -> None:
+        """Answer the requests waiting for this aggregate's command id (none: the answer is dropped)."""
+        for waiter in self.waiters.pop((aggregate_id, command_id), ()):
             if not waiter.done():
                 waiter.set_result((status, body))
 
     async def submit(self, command: dict[str, Any], timeout: float) -> tuple[int, dict[str, Any]]:
         """Put a checked command on the command topic and wait for its writer's answer.
 
-        A writer that is still catching up answers ``not_ready``: the command
-        goes out again until the deadline. On timeout the answer is 504; the
-        command may still be decided, and the same command id tells later.
+        A writer that is catching up keeps the command until it has caught up;
+        it answers ``not_ready`` only when it cannot keep it (too many waiting,
+        or it lost the partition), and the command goes out again, after a
+        pause that doubles each time, until the deadline. On timeout the
+        answer is 504; the command may still be decided, and the same command
+        id tells later.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         command_id = command["command_id"]
+        slot = (command["aggregate_id"], command_id)
         key = command["aggregate_id"].encode("utf-8")
         partition = partition_for(key, self.partitions)
         value = encode_command(command, self.url)
+        pause = 0.05
         while True:
             waiter = loop.create_future()
-            self.waiters.setdefault(command_id, set()).add(waiter)
+            self.waiters.setdefault(slot, set()).add(waiter)
             try:
                 await self.produce(self.command_topic, key, value, partition, max(0.001, deadline - loop.time()))
                 status, body = await asyncio.wait_for(waiter, max(0.001, deadline - loop.time()))
@@ -160,12 +241,13 @@ class CommandRoundTrip:
                              "detail": "no answer from the aggregate's writer in time: the outcome is unknown. "
                                        "Send the same command_id again to learn it (it is never applied twice)"}
             finally:
-                waiters = self.waiters.get(command_id)
+                waiters = self.waiters.get(slot)
                 if waiters is not None:
                     waiters.discard(waiter)
                     if not waiters:
-                        del self.waiters[command_id]
-            if status == 503 and body.get("error") == "not_ready" and loop.time() + 0.05 < deadline:
-                await asyncio.sleep(0.05)
+                        del self.waiters[slot]
+            if status == 503 and body.get("error") == "not_ready" and loop.time() + pause < deadline:
+                await asyncio.sleep(pause)
+                pause = min(1.0, pause * 2)
                 continue
             return status, body

@@ -25,6 +25,25 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> i
     return value
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(env: Mapping[str, str], name: str, default: int) -> int:
+    """Seconds: an integer, or one with a unit (``90s``, ``30m``, ``12h``, ``7d``)."""
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    number, unit = (raw[:-1], raw[-1].lower()) if raw[-1].lower() in _UNITS else (raw, "s")
+    try:
+        value = int(number) * _UNITS[unit]
+    except ValueError:
+        raise ConfigError(f"{name} must be a duration in seconds, or with a unit (90s, 30m, 12h, 7d), "
+                          f"got {raw!r}") from None
+    if value < 1:
+        raise ConfigError(f"{name} must be at least 1 second, got {raw!r}")
+    return value
+
+
 def broker_reachable(hostport: str, timeout: float = 1.0) -> bool:
     """True when something accepts TCP connections at ``host:port``."""
     import socket
@@ -208,6 +227,9 @@ class Settings:
     min_insync_replicas: Optional[int] = None
     # Standby replicas of each table partition kept by other workers (Faust's table_standby_replicas).
     standby_replicas: int = 1
+    #: How long a command id's answer is kept (PROJECTOR_COMMAND_ID_TTL, seconds): the same id within it is
+    #: answered again and never applied twice; after it, it is a new command.
+    command_id_ttl: int = 7 * 86400
 
     @classmethod
     def from_env(cls, env: Optional[Mapping[str, str]] = None) -> "Settings":
@@ -231,6 +253,7 @@ class Settings:
             replication_auto=not (env.get("PROJECTOR_REPLICATION_FACTOR") or "").strip(),
             min_insync_replicas=_int(env, "PROJECTOR_MIN_INSYNC_REPLICAS", 0) or None,
             standby_replicas=_int(env, "PROJECTOR_STANDBY_REPLICAS", 1, minimum=0),
+            command_id_ttl=_duration(env, "PROJECTOR_COMMAND_ID_TTL", cls.command_id_ttl),
         )
         if settings.web_port > 65535:
             raise ConfigError(f"PROJECTOR_WEB_PORT must be a TCP port, got {settings.web_port}")

@@ -105,12 +105,32 @@ FAUST_PRIVATE_NAMES: tuple[tuple[str, str, str], ...] = (
     ("faust.stores.rocksdb.Store", "_db_for_partition", "each partition's RocksDB database"),
     ("faust.stores.rocksdb.Store", "_dbs", "the open partition databases"),
     ("faust.stores.rocksdb.Store", "_key_index", "Faust's key-to-partition cache, dropped on clear"),
+    ("faust.transport.drivers.aiokafka.Consumer", "_new_consumer_thread", "replaced: read committed records only"),
+    ("faust.transport.drivers.aiokafka.AIOKafkaConsumerThread", "_create_worker_consumer",
+     "wrapped: read committed records only"),
+    ("aiokafka.AIOKafkaConsumer", "_isolation_level", "set to read_committed before the consumer starts"),
 )
 
 
 # --- 1. batch delivery ---------------------------------------------------------------------
 
 BatchHandler = Callable[[Sequence[Any]], Awaitable[None]]
+
+
+class CommittedReadsThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """Faust's consumer thread, whose aiokafka consumer reads only committed records (``read_committed``).
+
+    Faust reads committed records only under ``processing_guarantee=exactly_once``.
+    projector needs it always: the command side appends in Kafka transactions
+    (:mod:`projector.runtime.fencing`), and an append of a writer that was
+    fenced is aborted, never to be folded. Records of producers that use no
+    transactions are read as before.
+    """
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        consumer._isolation_level = "read_committed"  # read by the fetcher aiokafka makes at start()
+        return consumer
 
 
 class BatchingConsumer(faust_aiokafka.Consumer):
@@ -121,6 +141,9 @@ class BatchingConsumer(faust_aiokafka.Consumer):
     #: Stream partitions Faust resumed, held back until its seek of them is done (see :meth:`perform_seek`).
     _held_for_seek: frozenset = frozenset()
     _seek_lock: Optional[asyncio.Lock] = None
+
+    def _new_consumer_thread(self) -> Any:
+        return CommittedReadsThread(self, loop=self.loop, beacon=self.beacon)
 
     async def finish_fetch(self, timeout: float) -> bool:
         """Take no new fetch, and wait until the one being delivered is folded and acked.
@@ -273,6 +296,9 @@ class BatchingConsumer(faust_aiokafka.Consumer):
                 idle.clear()
                 try:
                     await self._take_fetch(timeout=1.0)
+                    after_fetch = getattr(self.app, "after_fetch", None)
+                    if after_fetch is not None and self.flow_active and not self.should_stop:
+                        await after_fetch()
                 finally:
                     idle.set()
                     if gc_was_enabled:
@@ -564,6 +590,9 @@ class PatchedApp(faust.App):
 
     #: Batch handlers by topic name (see :class:`BatchingConsumer`).
     batch_handlers: dict[str, Any]
+
+    async def after_fetch(self) -> None:
+        """Called by :class:`BatchingConsumer` after each round of its fetch loop (at least every second)."""
 
     def _new_transport(self) -> Any:
         return BatchingTransport(self.conf.broker_consumer, self)

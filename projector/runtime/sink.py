@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Awaitable, Callable, Optional, Sequence
 
 from projector.core.engine import Plan
 from projector.core.metrics import Metrics
@@ -26,8 +26,11 @@ class ChangelogSink:
     """Sends a plan's changelog records and messages, waits for Kafka, then writes the store and wakes readers."""
 
     def __init__(self, *, store: WritableStore, producer: Callable[[], Any], guard_tables: set[str],
-                 metrics: Metrics, rows: RowWaiters) -> None:
+                 metrics: Metrics, rows: RowWaiters,
+                 append: Optional[Callable[[Sequence[Any]], Awaitable[Any]]] = None) -> None:
         self.store = store
+        #: Appends the command side's events (the writers' transactions, :mod:`projector.runtime.fencing`).
+        self.append = append
         #: The started aiokafka producer (looked up at each batch: Faust starts it late).
         self.producer = producer
         self.guard_tables = guard_tables
@@ -51,9 +54,13 @@ class ChangelogSink:
         second = {slot: items for slot, items in plan.writes.items() if slot[0] in guards}
         offsets: dict[tuple[str, int], int] = {}
         if plan.appends:
-            # The command side's events: in the events topic before any row,
-            # index entry or answer that counts them as applied.
-            await self._send_and_wait({}, plan.appends, offsets, slice_)
+            # The command side's events: committed to the events topic before
+            # any row, index entry or answer that counts them as applied. A
+            # writer that was fenced raises here, and nothing is written.
+            if self.append is not None:
+                await self.append(plan.appends)
+            else:
+                await self._send_and_wait({}, plan.appends, offsets, slice_)
         if plan.sends:
             await self._send_and_wait({}, plan.sends, offsets, slice_)
         await self._send_and_wait(first, [], offsets, slice_)

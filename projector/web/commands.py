@@ -63,17 +63,18 @@ class CommandViews:
 
     async def internal_command_answers(self, request: web.Request) -> web.Response:
         """Answers from the writers, for commands this worker took (see :meth:`CommandRoundTrip.submit`)."""
-        shape = "a JSON array of {command_id: string, status: integer, body: object}"
+        shape = "a JSON array of {aggregate_id: string, command_id: string, status: integer, body: object}"
         try:
             items = orjson.loads(await request.read())
         except orjson.JSONDecodeError as exc:
             return json_error(400, "invalid", detail=f"body is not JSON: {exc}")
         if not isinstance(items, list) or not all(
             isinstance(i, dict) and isinstance(i.get("command_id"), str) and isinstance(i.get("body"), dict)
+            and isinstance(i.get("aggregate_id"), str)
             and isinstance(i.get("status"), int) and not isinstance(i.get("status"), bool) and 100 <= i["status"] <= 599
             for i in items
         ):
             return json_error(400, "invalid", detail=f"expected {shape}")
         for item in items:
-            self.projector.commands.resolve(item["command_id"], item["status"], item["body"])
+            self.projector.commands.resolve(item["aggregate_id"], item["command_id"], item["status"], item["body"])
         return json_response({"delivered": len(items)})

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from projector.core.commands import Answer, check_command, decide_steps, encode_command
 from projector.core.control import ControlState
-from projector.core.engine import COMMANDS, INDEX, Plan, run_steps
+from projector.core.engine import COMMANDS, INDEX, Plan, answer_key, run_steps
 from projector.core.envelope import decode_record
 from projector.core.partitioning import partition_for
 
@@ -118,8 +118,12 @@ def echo(d: Driver, appends: Sequence[Any]) -> Plan:
 
 
 def stored_answer(d: Driver, cid: str, aid: str) -> Optional[dict]:
-    raw = d.store.get(COMMANDS, part(aid), cid.encode())
-    return orjson.loads(raw) if raw is not None else None
+    """The stored answer's status and body (without the time it was stored)."""
+    raw = d.store.get(COMMANDS, part(aid), answer_key(aid, cid))
+    if raw is None:
+        return None
+    stored = orjson.loads(raw)
+    return {"status": stored["status"], "body": stored["body"]}
 
 
 @pytest.fixture
@@ -166,7 +170,7 @@ def test_accepted_command_appends_one_composite_record_and_updates_rows_and_inde
     # The rows, the index and the answer are in the same plan.
     p = part("acc-1")
     assert set(plan.writes[("accounts", p)]) == {b"acc-1"}
-    assert b"c-open" in plan.writes[(COMMANDS, p)]
+    assert answer_key("acc-1", "c-open") in plan.writes[(COMMANDS, p)]
     assert (INDEX, p) in plan.writes
     assert d.store.state() == {}  # nothing written before the plan is executed
     execute(d, plan)
@@ -175,6 +179,8 @@ def test_accepted_command_appends_one_composite_record_and_updates_rows_and_inde
     assert d.meta_state("acc-1") == (2, False)
     assert d.indexed_events("acc-1") == events
     assert stored_answer(d, "c-open", "acc-1") == {"status": 200, "body": body}
+    # Stored at the command record's time (the events' timestamp), for pruning by age.
+    assert orjson.loads(d.store.get(COMMANDS, p, answer_key("acc-1", "c-open")))["at"] == 1_700_000_000
     assert d.row("owners", "ann")["value"]["balance"] == 50
     assert d.engine.metrics.commands["accepted"] == 1
 
@@ -384,9 +390,9 @@ def account_commands(draw):
         expected = draw(st.sampled_from(["none", "none", "right", "wrong"]))
         expected = None if expected == "none" else version if expected == "right" else draw(st.integers(0, 6))
         out.append((cid, aid, kind, data, expected))
-        if (part(aid), cid) in seen or (expected is not None and expected != version):
+        if (aid, cid) in seen or (expected is not None and expected != version):
             continue
-        seen.add((part(aid), cid))
+        seen.add((aid, cid))
         if kind == "OpenAccount" and version == 0:
             guess[aid] = (2, data["initial_deposit"], True) if "initial_deposit" in data else (1, 0, True)
         elif kind == "Deposit" and is_open:
@@ -417,15 +423,15 @@ class Cluster:
         self.catalog = catalog
         self.d = Driver(catalog)
         self.log: list = []  # every appended record, re-appends included
-        #: (partition, command id) -> every final answer (status, body) delivered, in order.
-        self.delivered: dict[tuple[int, str], list[tuple[int, dict]]] = defaultdict(list)
+        #: (aggregate id, command id) -> every final answer (status, body) delivered, in order.
+        self.delivered: dict[tuple[str, str], list[tuple[int, dict]]] = defaultdict(list)
         self.crashes = 0
 
     def deliver(self, answers: Sequence[Answer], records: Sequence[Rec]) -> None:
         for answer, record in zip(answers, records):
             assert answer.status != 503, answer.body
             assert answer.status in (200, 409, 422), answer.body
-            self.delivered[(record.partition, answer.command_id)].append((answer.status, answer.body))
+            self.delivered[(answer.aggregate_id, answer.command_id)].append((answer.status, answer.body))
 
     def batch(self, records: Sequence[Rec], crash: Optional[str], prefix: Sequence[int]) -> None:
         d = self.d
@@ -508,12 +514,11 @@ def test_crashes_anywhere_in_the_write_sequence_keep_the_log_index_and_answers_c
         assert d.meta_state(aid) == (len(expected_events), False)
 
     # Answers never change once given, and every accepted command's events are in the log once.
-    for (p, cid), given_answers in cluster.delivered.items():
+    for (aid, cid), given_answers in cluster.delivered.items():
         assert all(a == given_answers[0] for a in given_answers), (cid, given_answers)
         status, body = given_answers[0]
         if status == 200:
-            aid = body["aggregate_id"]
-            assert part(aid) == p
+            assert body["aggregate_id"] == aid
             mine = [v for v, [e] in log[aid].items() if e.get("metadata", {}).get("command_id") == cid]
             assert sorted(mine) == [e["version"] for e in body["events"]], (cid, mine, body)
             assert [log[aid][e["version"]][0] for e in body["events"]] == body["events"]
@@ -527,16 +532,16 @@ def test_crashes_anywhere_in_the_write_sequence_keep_the_log_index_and_answers_c
 
     # Every command id gets its first answer again, whatever the body, and nothing is appended.
     resend = []
-    for (p, cid) in cluster.delivered:
-        aid = next(a for a in ACCOUNTS if part(a) == p)
+    for (aid, cid) in cluster.delivered:
         resend.append(make(cid, aid, "Deposit", {"amount": 1}, 0))
     plan, answers = decide(d, resend)
     assert plan.appends == []
     for record, answer in zip(resend, answers):
         assert answer.replayed
-        assert (answer.status, answer.body) == cluster.delivered[(record.partition, answer.command_id)][0]
+        assert (answer.status, answer.body) == cluster.delivered[(answer.aggregate_id, answer.command_id)][0]
     # Every command record got an answer at last.
-    assert {(r.partition, orjson.loads(r.value)["command"]["command_id"]) for r in records} == set(cluster.delivered)
+    assert {(orjson.loads(r.value)["command"]["aggregate_id"], orjson.loads(r.value)["command"]["command_id"])
+            for r in records} == set(cluster.delivered)
 
     # Balances never below zero; the rows are the fold of the log.
     fresh = Driver(cluster.catalog)

@@ -27,10 +27,10 @@ def _owner(path: str) -> type:
 
 
 def _assigned_in_source(cls: type, name: str) -> bool:
-    """``self.<name> = ...`` (or an annotated assignment) in the source of ``cls`` or a base from Faust or mode."""
+    """``self.<name> = ...`` (or an annotated assignment) in the source of ``cls`` or a base from Faust, mode or aiokafka."""
     pattern = re.compile(rf"self\.{re.escape(name)}\s*(:[^=\n]*)?=[^=]")
     for klass in cls.__mro__:
-        if klass.__module__.split(".")[0] not in ("faust", "mode"):
+        if klass.__module__.split(".")[0] not in ("faust", "mode", "aiokafka"):
             continue
         try:
             source = inspect.getsource(klass)

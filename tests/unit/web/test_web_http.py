@@ -197,11 +197,15 @@ def test_writes_answer_503_while_the_broker_is_unreachable(projector: Any) -> No
 
 def test_internal_command_answers_reach_the_waiting_requests(projector: Any) -> None:
     async def scenario(call: Call) -> None:
-        items = [{"command_id": "c-1", "status": 200, "body": {"version": 1}}]
+        items = [{"aggregate_id": "a-1", "command_id": "c-1", "status": 200, "body": {"version": 1}}]
         assert (await call("POST", "/internal/command-answers", data=orjson.dumps(items)))[:2] == \
             (200, {"delivered": 1})
         status, body, _ = await call("POST", "/internal/command-answers", data=b'[{"command_id": 1}]')
         assert (status, body["error"]) == (400, "invalid")
+        # Waiters are keyed by aggregate and command id: an answer without its aggregate is refused.
+        unscoped = orjson.dumps([{"command_id": "c-1", "status": 200, "body": {}}])
+        status, body, _ = await call("POST", "/internal/command-answers", data=unscoped)
+        assert (status, body["error"]) == (400, "invalid")
 
     serve(projector, scenario)
-    projector.commands.resolve.assert_called_once_with("c-1", 200, {"version": 1})
+    projector.commands.resolve.assert_called_once_with("a-1", "c-1", 200, {"version": 1})
