@@ -192,8 +192,9 @@ async def _read_topic(bootstrap: str, topic: str, timeout: float) -> list[Any]:
 
     # earliest: whatever offset reset the assignment starts, it cannot move the reader past
     # records it has not read (a reset to "latest" racing seek_to_beginning).
+    # read_committed: as projector reads it (an aborted append of a fenced writer is not an event).
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
-                                auto_offset_reset="earliest")
+                                auto_offset_reset="earliest", isolation_level="read_committed")
     await consumer.start()
     try:
         # Metadata for a topic can be missing for a moment (a fresh client, a broker

@@ -1,0 +1,180 @@
+"""A writer that stalls past its session timeout is fenced: it can never get an append acknowledged.
+
+Two workers over two partitions, each the writer of one. Clients send deposits
+to both, without expected versions, so every command is decided against the
+writer's own state. The first worker is stopped (SIGSTOP: alive, but frozen,
+as in a long GC pause or a frozen VM) with commands in flight, stays stopped
+past its session timeout, the second takes its partition over and serves its
+aggregates' commands, and then the first resumes (SIGCONT) with the commands
+its clients sent meanwhile.
+
+Without a fence the resumed worker decides those commands on its stale state
+and appends events at versions the new writer had already used: they are
+skipped as duplicates, and commands answered 200 are lost. With the fence
+(one transactional id per partition, taken over by the new writer) its appends
+are aborted, and its clients get 503 or 504.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import threading
+import time
+from collections import Counter, defaultdict
+from typing import Any
+
+import orjson
+import pytest
+from support import fold_accounts, get, http, prometheus, read_topic, wait_for
+
+from projector.core.partitioning import partition_for
+
+pytestmark = pytest.mark.integration
+
+PARTITIONS = 2
+SESSION_TIMEOUT = 20.0  # the worker's broker_session_timeout (projector.runtime.app)
+
+
+def _accounts() -> dict[int, list[str]]:
+    """Four accounts in each partition."""
+    out: dict[int, list[str]] = defaultdict(list)
+    for i in itertools.count():
+        aid = f"fence-{i}"
+        p = partition_for(aid.encode(), PARTITIONS)
+        if len(out[p]) < 4:
+            out[p].append(aid)
+        if all(len(out[q]) == 4 for q in range(PARTITIONS)):
+            return dict(out)
+
+
+def _events_partitions(url: str, topic: str) -> set[int]:
+    """The events partitions this worker is assigned (its consumer lag gauges)."""
+    prefix = f'projector_consumer_lag{{topic="{topic}",partition="'
+    return {int(k[len(prefix):].split('"')[0]) for k in prometheus(url) if k.startswith(prefix)}
+
+
+class Clients:
+    """Threads that send deposits to one worker each, and keep every answer."""
+
+    def __init__(self) -> None:
+        self.results: list[dict[str, Any]] = []
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.counter = itertools.count()
+        self.threads: list[threading.Thread] = []
+
+    def start(self, url: str, accounts: list[str], n: int, tag: str) -> None:
+        for i in range(n):
+            t = threading.Thread(target=self._run, args=(url, accounts, f"{tag}{i}"), daemon=True)
+            t.start()
+            self.threads.append(t)
+
+    def _run(self, url: str, accounts: list[str], tag: str) -> None:
+        while not self.stop.is_set():
+            n = next(self.counter)
+            aid = accounts[n % len(accounts)]
+            cid = f"{tag}-{n}"
+            command = {"command_id": cid, "aggregate_type": "account", "aggregate_id": aid,
+                       "type": "Deposit", "data": {"amount": 1}}
+            sent = time.monotonic()
+            try:
+                status, body = http("POST", f"{url}/commands?timeout_ms=30000", command, timeout=90)
+            except OSError as exc:
+                status, body = None, {"error": repr(exc)}
+            with self.lock:
+                self.results.append({"url": url, "cid": cid, "aid": aid, "status": status, "body": body,
+                                     "sent": sent, "answered": time.monotonic()})
+
+    def finish(self) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=120)
+            assert not t.is_alive(), "a client did not finish"
+
+
+def test_a_writer_stopped_past_its_session_timeout_never_gets_an_append_acknowledged(worker_factory, names,
+                                                                                    kafka_bootstrap):
+    accounts = _accounts()
+    w1 = worker_factory("w1", partitions=PARTITIONS)
+    w2 = worker_factory("w2", partitions=PARTITIONS)
+    w1.wait_ready()
+    w2.wait_ready()
+    everyone = [a for p in sorted(accounts) for a in accounts[p]]
+    for aid in everyone:
+        status, body = http("POST", f"{w2.url}/commands", {
+            "command_id": f"open-{aid}", "aggregate_type": "account", "aggregate_id": aid, "type": "OpenAccount",
+            "data": {"owner": "ann", "currency": "EUR"}}, timeout=60)
+        assert status == 200, body
+    mine = wait_for(lambda: _events_partitions(w1.url, names["events"]) or None, 60,
+                    "w1 to be assigned a partition of the events topic")
+    assert len(mine) == 1 and len(_events_partitions(w2.url, names["events"]) - mine) == 1, \
+        "each worker should write one of the two partitions"
+    [stale_partition] = mine
+
+    clients = Clients()
+    clients.start(w1.url, everyone, 4, "w1c")
+    clients.start(w2.url, everyone, 4, "w2c")
+    stopped = False
+    try:
+        wait_for(lambda: sum(r["status"] == 200 for r in clients.results) >= 40, 60, "the first commands")
+        os.kill(w1.proc.pid, signal.SIGSTOP)
+        stopped = True
+        stopped_at = time.monotonic()
+
+        def taken_over() -> bool:
+            return sum(r["url"] == w2.url and r["status"] == 200 and r["sent"] > stopped_at + SESSION_TIMEOUT
+                       and partition_for(r["aid"].encode(), PARTITIONS) == stale_partition
+                       for r in list(clients.results)) >= 10
+
+        wait_for(taken_over, 120, "w2 to decide commands of w1's partition after w1's session timed out")
+        os.kill(w1.proc.pid, signal.SIGCONT)
+        stopped = False
+        resumed_at = time.monotonic()
+        wait_for(lambda: sum(r["url"] == w1.url and r["sent"] > resumed_at for r in list(clients.results)) >= 20,
+                 120, "commands sent to w1 after it resumed to be answered")
+    finally:
+        if stopped:
+            os.kill(w1.proc.pid, signal.SIGCONT)
+        clients.finish()
+    assert w1.alive() and w2.alive(), (w1.log_tail(), w2.log_tail())
+    w1.wait_ready()
+    w2.wait_ready()
+
+    # The events topic as a reader sees it (committed records only).
+    events = []
+    for record in read_topic(kafka_bootstrap, names["events"]):
+        value = orjson.loads(record.value)
+        events.extend(value if isinstance(value, list) else [value])
+    by_command = Counter(e["metadata"]["command_id"] for e in events)
+    versions: dict[str, list[int]] = defaultdict(list)
+    for e in events:
+        versions[e["aggregate_id"]].append(e["version"])
+    # One writer at a time: each aggregate's versions are 1, 2, 3, ... with none appended twice.
+    for aid, vs in versions.items():
+        assert vs == list(range(1, len(vs) + 1)), f"{aid}: versions {vs}"
+    assert all(n == 1 for n in by_command.values()), [c for c, n in by_command.items() if n > 1]
+
+    # Every command answered 200 is in the events topic once, at the version it was told.
+    topic_version = {e["metadata"]["command_id"]: e["version"] for e in events}
+    answers = Counter()
+    for r in clients.results:
+        answers[(r["url"] == w1.url, r["status"])] += 1
+        if r["status"] == 200:
+            assert topic_version.get(r["cid"]) == r["body"]["version"], (r, w1.log_tail())
+        else:
+            assert r["status"] in (503, 504), r
+    # The stale writer's clients were answered, none with a lost 200.
+    assert answers[(True, 503)] + answers[(True, 504)] + answers[(True, 200)] > 0, answers
+
+    # And the read model is the fold of the topic.
+    expected = fold_accounts(events)
+    for aid in everyone:
+        def row_is_folded() -> bool:
+            status, body = get(f"{w2.url}/tables/accounts/{aid}")
+            return status == 200 and body["value"]["balance"] == expected[aid]["balance"]
+
+        wait_for(row_is_folded, 60, f"{aid}'s row to equal the fold of the topic")
+    fenced = prometheus(w1.url).get('projector_commands_total{outcome="append_failed"}', 0)
+    print(f"\nanswers (to w1?, status): {dict(answers)}; w1 appends refused: {fenced}")
