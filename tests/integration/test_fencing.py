@@ -173,7 +173,7 @@ def test_a_writer_stopped_past_its_session_timeout_never_gets_an_append_acknowle
     for aid in everyone:
         def row_is_folded() -> bool:
             status, body = get(f"{w2.url}/tables/accounts/{aid}")
-            return status == 200 and body["value"]["balance"] == expected[aid]["balance"]
+            return status == 200 and {"version": body["version"], "value": body["value"]} == expected[aid]
 
         wait_for(row_is_folded, 60, f"{aid}'s row to equal the fold of the topic")
     fenced = prometheus(w1.url).get('projector_commands_total{outcome="append_failed"}', 0)
