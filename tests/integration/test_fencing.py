@@ -201,26 +201,28 @@ def test_the_next_writer_of_a_partition_fences_the_last_one_and_aborts_its_open_
             await admin.create_topics([NewTopic(topic, 1, 1)])
         finally:
             await admin.close()
-        old, new = WriterFence(settings, topic), WriterFence(settings, topic)
+        old, new, later = (WriterFence(settings, topic) for _ in range(3))
         try:
             await old.take(0)
             await old.append([Send(topic, 0, b"a", b"old-committed")])
-            # The old writer is mid-append: its record is in the log, its commit not sent yet.
-            producer = old.producers[0]
-            await producer.begin_transaction()
-            await (await producer.send(topic, key=b"a", value=b"old-in-flight", partition=0))
-            await new.take(0)  # fences the old writer and aborts its open transaction
-            with pytest.raises(Exception):
-                await producer.commit_transaction()
+            await new.take(0)  # the next owner: the old writer is fenced
             with pytest.raises(Fenced) as refused:
                 await old.append([Send(topic, 0, b"a", b"old-after-take-over")])
+            assert refused.value.by_another, refused.value
             assert old.fenced == 1 and not old.holds(0)
             await new.append([Send(topic, 0, b"a", b"new-committed")])
+            # The writer is mid-append when it is taken over: its record is in the log, its commit not sent yet.
+            producer = new.producers[0]
+            await producer.begin_transaction()
+            await (await producer.send(topic, key=b"a", value=b"new-in-flight", partition=0))
+            await later.take(0)  # aborts the open transaction
+            with pytest.raises(Exception):
+                await producer.commit_transaction()
+            await later.append([Send(topic, 0, b"a", b"later-committed")])
         finally:
-            await old.drop_all()
-            await new.drop_all()
-        assert refused.value.by_another, refused.value
+            for fence in (old, new, later):
+                await fence.drop_all()
 
     asyncio.run(scenario())
     committed = [r.value for r in read_topic(kafka_bootstrap, topic)]
-    assert committed == [b"old-committed", b"new-committed"], committed
+    assert committed == [b"old-committed", b"new-committed", b"later-committed"], committed
