@@ -180,6 +180,86 @@ def test_a_writer_stopped_past_its_session_timeout_never_gets_an_append_acknowle
     print(f"\nanswers (to w1?, status, error): {dict(answers)}; w1 appends refused: {fenced}")
 
 
+COUNTERS = '''
+"""Counters whose decider can be held up: it writes a marker file, then sleeps (a test's long GC pause)."""
+import pathlib
+import time
+
+NAME = "counters"
+DESCRIPTION = "counters"
+HANDLES = ("Added",)
+AGGREGATE_TYPE = "counter"
+COMMANDS = ("Add",)
+
+
+def fold(state, event):
+    return {"n": (state or {"n": 0})["n"] + 1}
+
+
+def decide(state, command, settings):
+    data = command["data"]
+    if data.get("mark"):
+        pathlib.Path(data["mark"]).write_text("deciding")
+        time.sleep(float(data.get("pause_s", 0)))
+    return [{"type": "Added", "data": {}}]
+'''
+
+
+def test_a_writer_frozen_while_it_decides_gets_a_503_once_another_has_taken_over(worker_factory, names,
+                                                                                kafka_bootstrap, tmp_path):
+    """Deterministic: the writer freezes inside a decision, and appends it after the take-over."""
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    (tables / "counters.py").write_text(COUNTERS)
+    env = {"PROJECTOR_TABLES_DIR": str(tables)}
+    w1 = worker_factory("w1", partitions=PARTITIONS, extra_env=env)
+    w2 = worker_factory("w2", partitions=PARTITIONS, extra_env=env)
+    w1.wait_ready()
+    w2.wait_ready()
+    mine = wait_for(lambda: _events_partitions(w1.url, names["events"]) or None, 60,
+                    "w1 to be assigned a partition of the events topic")
+    [stale_partition] = mine
+    counter = next(f"c-{i}" for i in itertools.count() if partition_for(f"c-{i}".encode(), PARTITIONS) in mine)
+
+    def add(url: str, cid: str, **data: Any) -> tuple[int, Any]:
+        return http("POST", f"{url}/commands?timeout_ms=60000", {
+            "command_id": cid, "aggregate_type": "counter", "aggregate_id": counter, "type": "Add",
+            "data": data}, timeout=120)
+
+    status, body = add(w2.url, "first")
+    assert (status, body["version"]) == (200, 1), body
+    mark = tmp_path / "deciding"
+    stale: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: stale.update(zip(("status", "body"), add(
+        w1.url, "stale", mark=str(mark), pause_s=5))), daemon=True)
+    thread.start()
+    stopped = False
+    try:
+        wait_for(mark.exists, 60, "w1 to be deciding the slow command")
+        os.kill(w1.proc.pid, signal.SIGSTOP)
+        stopped = True
+
+        def taken_over() -> Any:
+            status, body = add(w2.url, "new-writer")
+            return body if status == 200 else None
+
+        body = wait_for(taken_over, 120, "w2 to take w1's partition over and decide a command of it", interval=1)
+        assert body["version"] == 2, body
+        os.kill(w1.proc.pid, signal.SIGCONT)
+        stopped = False
+        thread.join(timeout=120)
+        assert not thread.is_alive(), "w1 did not answer the stale command"
+    finally:
+        if stopped:
+            os.kill(w1.proc.pid, signal.SIGCONT)
+    # The stale writer decided version 2 on its old state; its append was refused.
+    assert stale["status"] in (503, 504), (stale, w1.log_tail())
+    events = [orjson.loads(r.value) for r in read_topic(kafka_bootstrap, names["events"])
+              if r.partition == stale_partition]
+    assert [(e["metadata"]["command_id"], e["version"]) for e in events] == [("first", 1), ("new-writer", 2)]
+    assert prometheus(w1.url).get('projector_commands_total{outcome="append_failed"}') == 1
+
+
 def test_the_next_writer_of_a_partition_fences_the_last_one_and_aborts_its_open_append(kafka_bootstrap, names):
     """WriterFence on the real broker: a take-over fences the old holder, and its append in flight is aborted."""
     import asyncio
