@@ -222,7 +222,7 @@ def test_a_writer_frozen_while_it_decides_gets_a_503_once_another_has_taken_over
     counter = next(f"c-{i}" for i in itertools.count() if partition_for(f"c-{i}".encode(), PARTITIONS) in mine)
 
     def add(url: str, cid: str, **data: Any) -> tuple[int, Any]:
-        return http("POST", f"{url}/commands?timeout_ms=60000", {
+        return http("POST", f"{url}/commands?timeout_ms=30000", {
             "command_id": cid, "aggregate_type": "counter", "aggregate_id": counter, "type": "Add",
             "data": data}, timeout=120)
 
