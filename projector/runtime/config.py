@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional
 
+from projector.core.engine import MAX_RECORD_BYTES
 from projector.runtime.errors import ConfigError
 
 
@@ -208,6 +209,10 @@ class Settings:
     min_insync_replicas: Optional[int] = None
     # Standby replicas of each table partition kept by other workers (Faust's table_standby_replicas).
     standby_replicas: int = 1
+    # The most bytes of one record a worker writes (changelogs, repartition topics,
+    # dead letters): MAX_RECORD_BYTES, lowered at start to what the topics take
+    # (topics.record_limit).
+    max_record_bytes: int = MAX_RECORD_BYTES
 
     @classmethod
     def from_env(cls, env: Optional[Mapping[str, str]] = None) -> "Settings":
