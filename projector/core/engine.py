@@ -441,8 +441,12 @@ class Engine:
                 # The answer to the command that decided these events, kept with
                 # them: whoever folds them (the writer as it appends them, or any
                 # worker replaying the topic after a crash) records the same one.
-                batch.put_json(COMMANDS, partition, command_id.encode("utf-8"),
-                               accepted_answer(command_id, aid, envelopes))
+                answer = accepted_answer(command_id, aid, envelopes)
+                if sum(len(raw) + 1 for raw in raws) + 2 * len(command_id) + len(aid) + 256 > self.max_record:
+                    # Too large to keep whole: a retry gets the answer without the
+                    # events (they are in the index, from the answer's version back).
+                    answer["body"]["events"] = []
+                batch.put_json(COMMANDS, partition, command_id.encode("utf-8"), answer)
         applied_total = self.metrics.events_applied
         for name, n in applied_counts.items():
             if n:

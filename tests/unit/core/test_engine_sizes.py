@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from enginekit import REPARTITION, Driver, deposited, group_by, headers, opened, values
+from enginekit import PARTITIONS, REPARTITION, Driver, deposited, group_by, headers, opened, values
 
 from projector.core import index as agg
 from projector.core.engine import INDEX, Plan
+from projector.core.partitioning import partition_for
 
 LIMIT = 20_000
 
@@ -173,3 +174,22 @@ def test_segments_take_a_byte_limit_below_the_default():
     assert all(len(value) <= 2_000 for _, value in segments)
     assert [e["version"] for _, value in segments for e in orjson.loads(value)] == list(range(1, 11))
 
+
+
+def test_a_command_answer_too_large_to_keep_is_kept_without_its_events(d):
+    # Events that carry a command id (any producer may set one) record the command's answer.
+    d.run([d.record(opened("acc-1"))])
+    small = deposited("acc-1", 2, 1)
+    small["metadata"] = {"command_id": "c-small"}
+    big_pair = [memo(3, "acc-1", 11_000), memo(4, "acc-1", 11_000)]  # each fits; the answer with both does not
+    for e in big_pair:
+        e["metadata"] = {"command_id": "c-big"}
+    d.run([d.record(small), d.record(big_pair)])
+    assert d.meta_state("acc-1") == (4, False)
+    assert all_fit(d)
+    p = d.store.get("_commands", partition_for(b"acc-1", PARTITIONS), b"c-small")
+    assert [e["version"] for e in orjson.loads(p)["body"]["events"]] == [2]
+    answer = orjson.loads(d.store.get("_commands", partition_for(b"acc-1", PARTITIONS), b"c-big"))
+    assert answer["body"] | {"events": None} == {"command_id": "c-big", "aggregate_id": "acc-1", "version": 4,
+                                                   "events": None}
+    assert answer["body"]["events"] == []
