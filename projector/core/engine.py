@@ -143,9 +143,14 @@ class Batch:
     each of them once, however often the batch reads and rewrites them.
     """
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, max_record: Optional[int] = None) -> None:
         self.store = store
         self.plan = Plan()
+        #: Rows encoded by :meth:`finish_steps` over ``max_record`` bytes (with their key): (table, partition, key).
+        self.max_record = max_record
+        self.oversize: list[tuple[str, int, bytes]] = []
+        #: Aggregates (partition, id) whose rows are checked against the record limit after each record.
+        self.checked: set[tuple[int, str]] = set()
         self.objects: dict[tuple[str, int], dict[bytes, Any]] = {}
         #: Source rows whose derived contributions changed in this batch, by (partition, aggregate id).
         self.touched: dict[tuple[int, str], Touched] = {}
@@ -194,11 +199,14 @@ class Batch:
     def finish_steps(self, every: int = 64) -> Generator[None, None, Plan]:
         """Encode every row kept as an object, yielding every ``every`` rows; returns the plan."""
         dumps = orjson.dumps
+        limit = self.max_record
         n = 0
         for slot, objects in self.objects.items():
             writes = self.plan.writes.setdefault(slot, {})
             for key, value in objects.items():
-                writes[key] = dumps(value)
+                writes[key] = raw = dumps(value)
+                if limit is not None and len(raw) + len(key) > limit:
+                    self.oversize.append((slot[0], slot[1], key))
                 n += 1
                 if n % every == 0:
                     yield
@@ -265,6 +273,7 @@ class Engine:
         #: Read-only view of the control table, for folds that take it.
         self.control = control
         self.derived = list(catalog.derived)
+        self.model_names = {m.name for m in self.models}
         self.store = store
         self.partitions = partitions
         self.deadletter_topic = deadletter_topic
@@ -303,7 +312,28 @@ class Engine:
         its event loop back whenever a time slice is used up: a large batch
         does not hold up HTTP requests for the whole time it takes to fold.
         """
-        batch = Batch(self.store)
+        records, commands = list(records), list(commands)
+        snapshot = self.metrics.snapshot()
+        checked: set[tuple[int, str]] = set()
+        while True:
+            batch = Batch(self.store, self.max_record)
+            batch.checked = checked
+            plan = yield from self._plan_batch(batch, records, commands, every)
+            models = self.model_names
+            over = {(p, key.decode("utf-8")) for table, p, key in batch.oversize if table in models}
+            if not over - checked:
+                return plan
+            # A read model's row grew over the record limit: plan the batch again,
+            # checking those aggregates' rows after each record (rare, so the
+            # common path never encodes a row twice).
+            log.warning("rows of %d aggregate(s) over %d bytes: planning the batch again, record by record for them",
+                        len(over - checked), self.max_record)
+            checked |= over
+            self.metrics.restore(snapshot)
+
+    def _plan_batch(
+        self, batch: Batch, records: list[Record], commands: list[Record], every: int
+    ) -> Generator[None, None, Plan]:
         groups: dict[tuple[int, str], list[Pending]] = {}
         upcast_all = self.schemas.upcast_all
         n = 0
@@ -377,6 +407,7 @@ class Engine:
         latest: dict[str, Contribution] = {}
         encoded: list[tuple[int, bytes]] = []  # the applied events, for the index's new segment
         dumps = orjson.dumps
+        checked = bool(batch.checked) and (partition, aid) in batch.checked
         for p in pendings:
             events = p.events
             if not meta.parked and events[0].version == meta.version + 1:
@@ -424,6 +455,14 @@ class Engine:
                             raise InvalidRecord(
                                 FOLD_ERROR, f"{d.name}: key/contribution of {aid} raised {type(exc).__name__}: {exc}"
                             ) from exc
+                if checked:
+                    for name, (row, _) in updates:
+                        size = len(dumps(row)) + len(key)
+                        if size > self.max_record:
+                            raise InvalidRecord(
+                                TOO_LARGE, f"{name}: the row of {aid} at version {fresh[-1].version} would take "
+                                f"{size} bytes, over the {self.max_record} bytes a record may take; not applied "
+                                f"(the aggregate stays at version {meta.version})")
             except InvalidRecord as exc:
                 self._deadletter(batch, p.key, p.value, exc.reason, exc.message, p.source, p.size)
                 continue

@@ -193,3 +193,51 @@ def test_a_command_answer_too_large_to_keep_is_kept_without_its_events(d):
     assert answer["body"] | {"events": None} == {"command_id": "c-big", "aggregate_id": "acc-1", "version": 4,
                                                    "events": None}
     assert answer["body"]["events"] == []
+
+
+MEMO_LOG = '''
+NAME = "memo_log"
+DESCRIPTION = "every deposit's memo, in one row: it grows without bound"
+HANDLES = ("MoneyDeposited",)
+INITIAL = {"memos": []}
+
+
+def fold(state, event):
+    return {"memos": state["memos"] + [event.data.get("memo", "")]}
+'''
+
+
+@pytest.fixture
+def growing(tmp_path, clean_table_modules) -> Driver:
+    import shutil
+
+    from enginekit import TABLES_DIR
+
+    from projector.core.catalog import load_catalog
+
+    folder = tmp_path / "tables"
+    folder.mkdir()
+    shutil.copy(TABLES_DIR / "accounts.py", folder / "sz_accounts.py")
+    (folder / "sz_memo_log.py").write_text(MEMO_LOG)
+    driver = Driver(load_catalog(folder), repartition_topics={})
+    driver.engine.max_record = LIMIT
+    return driver
+
+
+def test_a_record_that_would_grow_a_row_over_the_limit_is_too_large_and_the_batch_goes_on(growing):
+    d = growing
+    d.run([d.record(opened("acc-1")), d.record(opened("acc-2"))])
+    # Five 6 KB memos in one batch: the row would reach ~30 KB after the fourth.
+    batch = [d.record(memo(v, "acc-1", 6_000)) for v in range(2, 7)] + [d.record(deposited("acc-2", 2, 9))]
+    d.run(batch)
+    assert all_fit(d)
+    assert [headers(s)["projector.reason"] for s in d.deadletters] == ["too_large", "version_gap"]
+    assert "memo_log" in headers(d.deadletters[0])["projector.error"]
+    assert headers(d.deadletters[0])["projector.source"] == f"events/{batch[3].partition}/{batch[3].offset}"
+    # Applied up to the last record whose rows fit, every model alike; the metrics count it once.
+    assert d.meta_state("acc-1") == (4, True)
+    assert d.row("accounts", "acc-1")["version"] == 4 and len(d.row("memo_log", "acc-1")["value"]["memos"]) == 3
+    assert d.row("accounts", "acc-2")["value"]["balance"] == 9
+    assert d.engine.metrics.events_applied["accounts"] == 2 + 3 + 1
+    assert d.engine.metrics.records_seen == 2 + 6
+    assert dict(d.engine.metrics.deadletters) == {"too_large": 1, "version_gap": 1}
