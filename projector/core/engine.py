@@ -408,6 +408,8 @@ class Engine:
         encoded: list[tuple[int, bytes]] = []  # the applied events, for the index's new segment
         dumps = orjson.dumps
         checked = bool(batch.checked) and (partition, aid) in batch.checked
+        #: The largest event that fits in an index segment of its own.
+        event_budget = self.max_record - len(meta_key) - 14
         for p in pendings:
             events = p.events
             if not meta.parked and events[0].version == meta.version + 1:
@@ -429,8 +431,8 @@ class Engine:
                     continue
             envelopes = [e.to_dict() for e in fresh_originals]
             raws = [dumps(e) for e in envelopes]
-            largest = max(len(r) for r in raws)
-            if largest > self.max_record - len(agg.event_key(aid, 0)) - 2:
+            largest = len(raws[0]) if len(raws) == 1 else max(map(len, raws))
+            if largest > event_budget:
                 # Its index segment could not be written: not applied, like a
                 # fold that raises (the aggregate's next event is a version gap).
                 self._deadletter(batch, p.key, p.value, TOO_LARGE,
@@ -583,6 +585,10 @@ class Engine:
             topic, partition = self.repartition_topics[name], partition_for(gkey, self.partitions)
             # As many messages as it takes to keep each under the record limit:
             # each is applied on its own, in order (plan_derived_steps).
+            value = dumps({"changes": changes})
+            if len(value) + len(gkey) + 64 <= self.max_record:  # the common case: one message
+                batch.plan.sends.append(Send(topic, partition, gkey, value))
+                continue
             room = self.max_record - len(gkey) - 64
             piece: list[bytes] = []
             size = 0
