@@ -435,11 +435,12 @@ class Engine:
             if largest > event_budget:
                 # Its index segment could not be written: not applied, like a
                 # fold that raises (the aggregate's next event is a version gap).
+                at = (f"version {fresh[0].version}" if len(fresh) == 1
+                      else f"versions {fresh[0].version}-{fresh[-1].version}")
                 self._deadletter(batch, p.key, p.value, TOO_LARGE,
-                                 f"aggregate {aid}: an event of {largest} bytes at version "
-                                 f"{fresh[0].version}-{fresh[-1].version} is over the {self.max_record} bytes "
-                                 f"a record may take; not applied (the aggregate stays at version {meta.version})",
-                                 p.source, p.size)
+                                 f"aggregate {aid}: an event of {largest} bytes (record at {at}) is over the "
+                                 f"{self.max_record} bytes a record may take; not applied (the aggregate stays at "
+                                 f"version {meta.version})", p.source, p.size)
                 continue
             updates = []
             contributions = []
@@ -676,14 +677,15 @@ class Engine:
             (HEADER_SOURCE, source.encode()),
         ]
         framing = sum(len(k) + len(v) for k, v in headers) + 64
+        truncated = None
         if value is not None and len(key or b"") + len(value) + framing > self.max_record:
-            size, value = len(value), b""
+            truncated, value = len(value), b""
         elif value is None and size is not None:
-            value = b""
-        if size is not None:
-            headers.append((HEADER_TRUNCATED, str(size).encode()))
-            if key is not None and len(key) + framing > self.max_record:
-                key = None  # not even the key fits: the source still finds the record
+            truncated, value = size, b""
+        if truncated is not None:
+            headers.append((HEADER_TRUNCATED, str(truncated).encode()))
+        if key is not None and len(key) + framing > self.max_record:
+            key = None  # not even the key fits: the source still finds the record
         batch.plan.sends.append(Send(self.deadletter_topic, None, key, value, headers))
 
     # --- re-keyed models -----------------------------------------------------------
