@@ -146,3 +146,5 @@ def test_big_events_are_stored_or_dead_lettered_by_reference_and_the_worker_keep
     wait_for(lambda: (row("acc-other-0") or {}).get("version") == 4, 120, "a later event applied")
     assert prometheus(worker.url)['projector_deadletter_total{reason="too_large"}'] == 1
     assert get(f"{worker.url}/readyz")[0] == 200
+    log = worker.log_path.read_text(errors="replace")
+    assert "Traceback" not in log and "MessageSizeTooLarge" not in log, worker.log_tail(60)
