@@ -44,6 +44,23 @@ COMMANDS = "_commands"
 HEADER_REASON = "projector.reason"
 HEADER_ERROR = "projector.error"
 HEADER_SOURCE = "projector.source"
+#: On a dead letter whose value was left out (too large to send): the value's size in bytes.
+HEADER_TRUNCATED = "projector.truncated"
+
+#: Dead-letter reason of a record too large to keep: an event whose index segment
+#: (or a parked record whose events) would exceed :data:`MAX_RECORD_BYTES`.
+TOO_LARGE = "too_large"
+
+#: The most bytes (key, value and headers together) of one record projector writes:
+#: a changelog record, a repartition message or a dead letter. Kafka's defaults
+#: take 1 MiB per record batch (the broker's ``message.max.bytes``, a topic's
+#: ``max.message.bytes``) and the producer 1,000,000 bytes per request
+#: (``max_request_size``, Faust's default); this leaves 40 KB of that for the
+#: record and batch framing. A worker lowers it at start when a topic it writes
+#: takes less (:func:`projector.runtime.topics.record_limit`).
+MAX_RECORD_BYTES = 960_000
+#: The longest ``projector.error`` header of a dead letter (characters); longer texts are cut.
+MAX_ERROR_CHARS = 4000
 
 
 def members_table(model: DerivedModel) -> str:
@@ -192,9 +209,14 @@ class Batch:
     each of them once, however often the batch reads and rewrites them.
     """
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, max_record: Optional[int] = None) -> None:
         self.store = store
         self.plan = Plan()
+        #: Rows encoded by :meth:`finish_steps` over ``max_record`` bytes (with their key): (table, partition, key).
+        self.max_record = max_record
+        self.oversize: list[tuple[str, int, bytes]] = []
+        #: Aggregates (partition, id) whose rows are checked against the record limit after each record.
+        self.checked: set[tuple[int, str]] = set()
         self.objects: dict[tuple[str, int], dict[bytes, Any]] = {}
         #: Source rows whose derived contributions changed in this batch, by (partition, aggregate id).
         self.touched: dict[tuple[int, str], Touched] = {}
@@ -243,11 +265,14 @@ class Batch:
     def finish_steps(self, every: int = 64) -> Generator[None, None, Plan]:
         """Encode every row kept as an object, yielding every ``every`` rows; returns the plan."""
         dumps = orjson.dumps
+        limit = self.max_record
         n = 0
         for slot, objects in self.objects.items():
             writes = self.plan.writes.setdefault(slot, {})
             for key, value in objects.items():
-                writes[key] = dumps(value)
+                writes[key] = raw = dumps(value)
+                if limit is not None and len(raw) + len(key) > limit:
+                    self.oversize.append((slot[0], slot[1], key))
                 n += 1
                 if n % every == 0:
                     yield
@@ -267,15 +292,17 @@ def run_steps(steps: Generator[None, None, Any]) -> Any:
 class Pending:
     """A decoded record waiting to be folded with the rest of its aggregate's."""
 
-    __slots__ = ("originals", "events", "key", "value", "_source")
+    __slots__ = ("originals", "events", "key", "value", "_source", "size")
 
     def __init__(self, originals: list[Event], events: list[Event], key: Optional[bytes],
-                 value: Optional[bytes], source: Any) -> None:
+                 value: Optional[bytes], source: Any, size: Optional[int] = None) -> None:
         self.originals = originals
         self.events = events
         self.key = key
         self.value = value
         self._source = source  # "topic/partition/offset", or the record to make it from when needed
+        #: The original value's size when ``value`` was not kept (a parked record too large to keep it).
+        self.size = size
 
     @property
     def source(self) -> str:
@@ -304,11 +331,15 @@ class Engine:
         metrics: Optional[Metrics] = None,
         schemas: Optional[Schemas] = None,
         control: Mapping[str, Any] = NO_CONTROL,
+        max_record: int = MAX_RECORD_BYTES,
     ) -> None:
         self.models = list(catalog.models)
+        #: The most bytes of one record this engine plans (key, value, headers): see :data:`MAX_RECORD_BYTES`.
+        self.max_record = max_record
         #: Read-only view of the control table, for folds that take it.
         self.control = control
         self.derived = list(catalog.derived)
+        self.model_names = {m.name for m in self.models}
         self.store = store
         self.partitions = partitions
         self.deadletter_topic = deadletter_topic
@@ -347,7 +378,28 @@ class Engine:
         its event loop back whenever a time slice is used up: a large batch
         does not hold up HTTP requests for the whole time it takes to fold.
         """
-        batch = Batch(self.store)
+        records, commands = list(records), list(commands)
+        snapshot = self.metrics.snapshot()
+        checked: set[tuple[int, str]] = set()
+        while True:
+            batch = Batch(self.store, self.max_record)
+            batch.checked = checked
+            plan = yield from self._plan_batch(batch, records, commands, every)
+            models = self.model_names
+            over = {(p, key.decode("utf-8")) for table, p, key in batch.oversize if table in models}
+            if not over - checked:
+                return plan
+            # A read model's row grew over the record limit: plan the batch again,
+            # checking those aggregates' rows after each record (rare, so the
+            # common path never encodes a row twice).
+            log.warning("rows of %d aggregate(s) over %d bytes: planning the batch again, record by record for them",
+                        len(over - checked), self.max_record)
+            checked |= over
+            self.metrics.restore(snapshot)
+
+    def _plan_batch(
+        self, batch: Batch, records: list[Record], commands: list[Record], every: int
+    ) -> Generator[None, None, Plan]:
         groups: dict[tuple[int, str], list[Pending]] = {}
         upcast_all = self.schemas.upcast_all
         n = 0
@@ -421,6 +473,9 @@ class Engine:
         latest: dict[str, Contribution] = {}
         encoded: list[tuple[int, bytes]] = []  # the applied events, for the index's new segment
         dumps = orjson.dumps
+        checked = bool(batch.checked) and (partition, aid) in batch.checked
+        #: The largest event that fits in an index segment of its own.
+        event_budget = self.max_record - len(meta_key) - 14
         for p in pendings:
             events = p.events
             if not meta.parked and events[0].version == meta.version + 1:
@@ -440,6 +495,19 @@ class Engine:
                     self._park(batch, partition, aid, meta, admission, fresh_originals, p, replay)
                     meta_changed = True
                     continue
+            envelopes = [e.to_dict() for e in fresh_originals]
+            raws = [dumps(e) for e in envelopes]
+            largest = len(raws[0]) if len(raws) == 1 else max(map(len, raws))
+            if largest > event_budget:
+                # Its index segment could not be written: not applied, like a
+                # fold that raises (the aggregate's next event is a version gap).
+                at = (f"version {fresh[0].version}" if len(fresh) == 1
+                      else f"versions {fresh[0].version}-{fresh[-1].version}")
+                self._deadletter(batch, p.key, p.value, TOO_LARGE,
+                                 f"aggregate {aid}: an event of {largest} bytes (record at {at}) is over the "
+                                 f"{self.max_record} bytes a record may take; not applied (the aggregate stays at "
+                                 f"version {meta.version})", p.source, p.size)
+                continue
             updates = []
             contributions = []
             try:
@@ -456,8 +524,16 @@ class Engine:
                             raise InvalidRecord(
                                 FOLD_ERROR, f"{d.name}: key/contribution of {aid} raised {type(exc).__name__}: {exc}"
                             ) from exc
+                if checked:
+                    for name, (row, _) in updates:
+                        size = len(dumps(row)) + len(key)
+                        if size > self.max_record:
+                            raise InvalidRecord(
+                                TOO_LARGE, f"{name}: the row of {aid} at version {fresh[-1].version} would take "
+                                f"{size} bytes, over the {self.max_record} bytes a record may take; not applied "
+                                f"(the aggregate stays at version {meta.version})")
             except InvalidRecord as exc:
-                self._deadletter(batch, p.key, p.value, exc.reason, exc.message, p.source)
+                self._deadletter(batch, p.key, p.value, exc.reason, exc.message, p.source, p.size)
                 continue
             for name, (row, applied) in updates:
                 rows[name] = row
@@ -465,8 +541,7 @@ class Engine:
                 applied_counts[name] += applied
             for dname, contribution in contributions:
                 latest[dname] = contribution
-            envelopes = [e.to_dict() for e in fresh_originals]
-            encoded.extend([(e["version"], dumps(e)) for e in envelopes])
+            encoded.extend([(e["version"], raw) for e, raw in zip(envelopes, raws)])
             meta.version = envelopes[-1]["version"]
             meta_changed = True
             command_id = command_id_of(p.originals)
@@ -475,6 +550,10 @@ class Engine:
                 # them: whoever folds them (the writer as it appends them, or any
                 # worker replaying the topic after a crash) records the same one.
                 answer = accepted_answer(command_id, aid, envelopes)
+                if sum(len(raw) + 1 for raw in raws) + 2 * len(command_id) + len(aid) + 256 > self.max_record:
+                    # Too large to keep whole: a retry gets the answer without the
+                    # events (they are in the index, from the answer's version back).
+                    answer["body"]["events"] = []
                 put_answer(batch, partition, aid, command_id, answer["status"], answer["body"],
                            rfc3339_seconds(envelopes[-1].get("timestamp")) or int(time.time()))
         applied_total = self.metrics.events_applied
@@ -483,7 +562,7 @@ class Engine:
                 applied_total[name] += n
         if meta_changed:
             if encoded:
-                for last, segment in meta.segments(encoded):
+                for last, segment in meta.segments(encoded, self.max_record - len(meta_key) - 16):
                     batch.put(INDEX, partition, agg.event_key(aid, last), segment)
             batch.put_json(INDEX, partition, meta_key, meta.to_json())
         for name in changed:
@@ -523,19 +602,34 @@ class Engine:
             )
         else:
             error = f"aggregate {aid} is parked at version {meta.version}; release it to apply its later events"
-        batch.put_json(
-            INDEX,
-            partition,
-            agg.parked_key(aid, admission.events[0].version, admission.events[-1].version),
-            {
-                "source": p.source,
-                "events": [e.to_dict() for e in fresh_originals],
-                "key": p.key.decode("utf-8", "surrogateescape") if p.key is not None else None,
-                "value": p.value.decode("utf-8", "surrogateescape") if p.value is not None else None,
-            },
-        )
-        if not replay:
-            self._deadletter(batch, p.key, p.value, admission.outcome, error, p.source)
+        key = agg.parked_key(aid, admission.events[0].version, admission.events[-1].version)
+        entry = {
+            "source": p.source,
+            "events": [e.to_dict() for e in fresh_originals],
+            "key": p.key.decode("utf-8", "surrogateescape") if p.key is not None else None,
+            "value": p.value.decode("utf-8", "surrogateescape") if p.value is not None else None,
+        }
+        if p.size is not None:
+            entry["size"] = p.size
+        stored = orjson.dumps(entry)
+        reason = admission.outcome
+        if len(key) + len(stored) > self.max_record and p.value is not None:
+            # The events and the original value again: keep the events, and the
+            # value's size (a dead letter of it on release refers to its source).
+            entry["value"] = None
+            entry["size"] = len(p.value)
+            stored = orjson.dumps(entry)
+        if len(key) + len(stored) > self.max_record:
+            # Even its events are too large to keep for a release: dead-lettered by
+            # reference, and a release must skip past it (skip_to).
+            reason = TOO_LARGE
+            error += (f"; this record ({len(stored)} bytes as a parked record) is over the {self.max_record} bytes "
+                      f"a record may take and is not kept: release with skip_to={admission.events[-1].version + 1} "
+                      f"to go on after it")
+        else:
+            batch.put(INDEX, partition, key, stored)
+        if not replay or reason == TOO_LARGE:  # a release re-parks what was dead-lettered when it was parked
+            self._deadletter(batch, p.key, p.value, reason, error, p.source, p.size)
 
     def _emit_derived(
         self, batch: Batch, every: int = 32
@@ -550,19 +644,31 @@ class Engine:
             for name, new in t.new.items():
                 for group, change in change_messages(t.old.get(name), new, aid, t.version):
                     by_group.setdefault((name, group), []).append(change)
+        dumps = orjson.dumps
         for (name, group), changes in by_group.items():
             n += 1
             if n % every == 0:
                 yield
             gkey = group.encode("utf-8")
-            batch.plan.sends.append(
-                Send(
-                    self.repartition_topics[name],
-                    partition_for(gkey, self.partitions),
-                    gkey,
-                    orjson.dumps({"changes": changes}),
-                )
-            )
+            topic, partition = self.repartition_topics[name], partition_for(gkey, self.partitions)
+            # As many messages as it takes to keep each under the record limit:
+            # each is applied on its own, in order (plan_derived_steps).
+            value = dumps({"changes": changes})
+            if len(value) + len(gkey) + 64 <= self.max_record:  # the common case: one message
+                batch.plan.sends.append(Send(topic, partition, gkey, value))
+                continue
+            room = self.max_record - len(gkey) - 64
+            piece: list[bytes] = []
+            size = 0
+            for change in changes:
+                raw = dumps(change)
+                if piece and size + len(raw) + 1 > room:
+                    batch.plan.sends.append(Send(topic, partition, gkey, b'{"changes":[' + b",".join(piece) + b"]}"))
+                    piece, size = [], 0
+                piece.append(raw)
+                size += len(raw) + 1
+            if piece:
+                batch.plan.sends.append(Send(topic, partition, gkey, b'{"changes":[' + b",".join(piece) + b"]}"))
 
     # --- releases ----------------------------------------------------------------
 
@@ -611,6 +717,7 @@ class Engine:
                     entry["key"].encode("utf-8", "surrogateescape") if entry.get("key") is not None else None,
                     entry["value"].encode("utf-8", "surrogateescape") if entry.get("value") is not None else None,
                     entry["source"],
+                    entry.get("size"),
                 )
             )
         self.fold(batch, partition, aid, meta, pendings, replay=True)
@@ -618,23 +725,35 @@ class Engine:
     # --- dead letters ------------------------------------------------------------
 
     def _deadletter(
-        self, batch: Batch, key: Optional[bytes], value: Optional[bytes], reason: str, error: str, source: str
+        self, batch: Batch, key: Optional[bytes], value: Optional[bytes], reason: str, error: str, source: str,
+        size: Optional[int] = None,
     ) -> None:
+        """Send the record to the dead letters, with its original key and value when they fit in a record.
+
+        A value too large for one (or one not kept: ``size``, a parked record's)
+        is left out (empty value) with :data:`HEADER_TRUNCATED` giving its size;
+        :data:`HEADER_SOURCE` still finds it.
+        """
         self.metrics.deadletters[reason] += 1
-        log.warning("dead letter %s (%s): %s", source, reason, error)
-        batch.plan.sends.append(
-            Send(
-                self.deadletter_topic,
-                None,
-                key,
-                value,
-                [
-                    (HEADER_REASON, reason.encode()),
-                    (HEADER_ERROR, error.encode("utf-8", "replace")),
-                    (HEADER_SOURCE, source.encode()),
-                ],
-            )
-        )
+        log.warning("dead letter %s (%s): %s", source, reason, error[:MAX_ERROR_CHARS])
+        if len(error) > MAX_ERROR_CHARS:
+            error = error[:MAX_ERROR_CHARS] + " [...]"
+        headers = [
+            (HEADER_REASON, reason.encode()),
+            (HEADER_ERROR, error.encode("utf-8", "replace")),
+            (HEADER_SOURCE, source.encode()),
+        ]
+        framing = sum(len(k) + len(v) for k, v in headers) + 64
+        truncated = None
+        if value is not None and len(key or b"") + len(value) + framing > self.max_record:
+            truncated, value = len(value), b""
+        elif value is None and size is not None:
+            truncated, value = size, b""
+        if truncated is not None:
+            headers.append((HEADER_TRUNCATED, str(truncated).encode()))
+        if key is not None and len(key) + framing > self.max_record:
+            key = None  # not even the key fits: the source still finds the record
+        batch.plan.sends.append(Send(self.deadletter_topic, None, key, value, headers))
 
     # --- re-keyed models -----------------------------------------------------------
 

@@ -98,12 +98,17 @@ class Meta:
             return {"version": self.version, "parked": self.parked, "tail": self.tail}
         return {"version": self.version, "parked": self.parked}
 
-    def segments(self, encoded: Sequence[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+    def segments(
+        self, encoded: Sequence[tuple[int, bytes]], max_bytes: int = SEGMENT_BYTES
+    ) -> list[tuple[int, bytes]]:
         """The segments for newly applied events, each ``(version, event JSON)``: ``(last version, value)``.
 
         Takes a legacy tail along (its events come first), so the entry no
         longer holds events. ``encoded`` must follow :attr:`version`'s events.
+        A segment holds at most :data:`SEGMENT_MAX` events and ``max_bytes``
+        (at most :data:`SEGMENT_BYTES`), unless it is a single larger event.
         """
+        max_bytes = min(max_bytes, SEGMENT_BYTES)
         if self.tail:
             encoded = [(e["version"], orjson.dumps(e)) for e in self.tail] + list(encoded)
             self.tail = []
@@ -114,7 +119,7 @@ class Meta:
             piece.append(raw)
             size += len(raw) + 1
             last = i + 1 == len(encoded)
-            if last or len(piece) == SEGMENT_MAX or size + len(encoded[i + 1][1]) > SEGMENT_BYTES:
+            if last or len(piece) == SEGMENT_MAX or size + len(encoded[i + 1][1]) + 2 > max_bytes:
                 out.append((version, b"[" + b",".join(piece) + b"]"))
                 piece, size = [], 0
         return out

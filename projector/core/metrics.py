@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import copy
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -43,6 +44,17 @@ class Metrics:
     lag_seconds_total: float = 0.0
     #: Unix time this worker handled its first record of the events topic (0: none yet).
     first_record_time: float = 0.0
+
+    #: The counters a batch's plan moves: :meth:`snapshot` and :meth:`restore` them when a plan is made again.
+    PLAN_COUNTERS = ("events_applied", "duplicates", "duplicates_derived", "command_echoes", "deadletters",
+                     "parked_aggregates", "releases", "records_seen", "batches")
+
+    def snapshot(self) -> dict:
+        return {name: copy.copy(getattr(self, name)) for name in self.PLAN_COUNTERS}
+
+    def restore(self, snapshot: dict) -> None:
+        for name, value in snapshot.items():
+            setattr(self, name, copy.copy(value))
 
     def observe_lag(self, seconds: float) -> None:
         self.lag_seconds_total += seconds

@@ -139,7 +139,8 @@ class Projector:
             topic_partitions=self.partitions,
             topic_replication_factor=settings.replication_factor,
             producer_acks=-1,
-            producer_max_batch_size=512 * 1024,
+            # A batch of several records stays under what a topic takes of one (max_record_bytes).
+            producer_max_batch_size=min(512 * 1024, settings.max_record_bytes),
             # A fetch is one batch, and the engine's cost per event falls with the
             # batch (one index segment, row and repartition message per key per
             # batch): up to 4 MiB per partition (Faust: 1 MiB), and at most 20,000
@@ -234,6 +235,7 @@ class Projector:
             metrics=self.metrics,
             schemas=self.schemas,
             control=self.control.entries,
+            max_record=settings.max_record_bytes,
         )
         #: Read-your-writes: requests parked until a row changes.
         self.rows = RowWaiters()

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional
 
+from projector.core.engine import MAX_RECORD_BYTES
 from projector.runtime.errors import ConfigError
 
 
@@ -230,6 +231,10 @@ class Settings:
     #: How long a command id's answer is kept (PROJECTOR_COMMAND_ID_TTL, seconds): the same id within it is
     #: answered again and never applied twice; after it, it is a new command.
     command_id_ttl: int = 7 * 86400
+    # The most bytes of one record a worker writes (changelogs, repartition topics,
+    # dead letters): MAX_RECORD_BYTES, lowered at start to what the topics take
+    # (topics.record_limit).
+    max_record_bytes: int = MAX_RECORD_BYTES
 
     @classmethod
     def from_env(cls, env: Optional[Mapping[str, str]] = None) -> "Settings":

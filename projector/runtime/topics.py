@@ -22,6 +22,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 
+from projector.core.engine import MAX_RECORD_BYTES
 from projector.runtime.config import Settings
 from projector.runtime.errors import BrokerError, TopicError
 from projector.runtime.kafka import (
@@ -140,6 +141,36 @@ async def _replication(admin: AIOKafkaAdminClient, settings: Settings) -> Settin
     log.info("%d broker(s): topics get replication factor %d, min.insync.replicas %d", brokers, factor, insync)
     return dataclasses.replace(settings, replication_factor=factor, replication_auto=False,
                                min_insync_replicas=insync)
+
+
+#: What a batch and its one record take besides the record's key, value and headers, with room to spare.
+BATCH_FRAMING = 8192
+
+
+def record_limit(settings: Settings, specs: Iterable[TopicSpec], configs: dict[str, dict[str, str]]) -> Settings:
+    """Settings whose ``max_record_bytes`` fits every topic a worker writes records of its own to.
+
+    :data:`~projector.core.engine.MAX_RECORD_BYTES` (Kafka's and the
+    producer's defaults), lowered to a topic's ``max.message.bytes`` (less the
+    batch's framing) where one takes less. The events and control topics are
+    left out: the worker writes there only what a client sent. A topic whose
+    configs this principal may not read keeps the default.
+    """
+    limit, tightest = MAX_RECORD_BYTES, None
+    for spec in specs:
+        if spec.name in (settings.events_topic, settings.control_topic):
+            continue
+        raw = configs.get(spec.name, {}).get("max.message.bytes")
+        try:
+            allowed = int(raw) - BATCH_FRAMING if raw is not None else limit
+        except ValueError:
+            continue
+        if allowed < limit:
+            limit, tightest = max(allowed, 1024), spec.name
+    if tightest is not None:
+        log.warning("topic %s takes records of at most %s bytes (max.message.bytes): a record projector writes is "
+                    "kept under %d bytes", tightest, configs[tightest]["max.message.bytes"], limit)
+    return dataclasses.replace(settings, max_record_bytes=limit)
 
 
 def replication_configs(settings: Settings) -> dict[str, str]:
@@ -353,7 +384,7 @@ async def prepare_worker_topics(settings: Settings, derived: Iterable[str],
                 allowed = allowed - {"DESCRIBE_CONFIGS"}
             access.need("topic", spec.name, TOPIC_OPERATIONS, allowed)
         access.check()
-        return settings, partitions
+        return record_limit(settings, specs, configs), partitions
     except KafkaError as exc:
         raise TopicError(f"Kafka admin request failed: {exc!r}") from exc
     finally:

@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from projector.core.engine import MAX_RECORD_BYTES
 from projector.runtime.config import Settings
 from projector.runtime.errors import BrokerError
 from projector.runtime.kafka import TopicInfo
@@ -16,6 +17,7 @@ from projector.runtime.topics import (
     _shape_problems,
     _summary,
     base_topics,
+    record_limit,
     worker_topics,
 )
 
@@ -180,3 +182,19 @@ def test_access_with_nothing_missing_passes():
 ])
 def test_summary(info, configs, expected):
     assert _summary(info, configs) == expected
+
+
+def test_the_record_limit_is_the_default_unless_a_written_topic_takes_less(settings):
+    specs = worker_topics(settings, 8, ["owners"], ["accounts", "_index"])
+    assert settings.max_record_bytes == MAX_RECORD_BYTES < 1_000_000
+    kafka_default = {s.name: {"max.message.bytes": "1048588"} for s in specs}
+    assert record_limit(settings, specs, kafka_default).max_record_bytes == MAX_RECORD_BYTES
+    # The events and control topics are not written with projector's own records: their limits do not count.
+    bigger = {**kafka_default, "events": {"max.message.bytes": "100"}, "control": {"max.message.bytes": "100"}}
+    assert record_limit(settings, specs, bigger).max_record_bytes == MAX_RECORD_BYTES
+    small = {**kafka_default, "bank-_index-changelog": {"max.message.bytes": "200000"}}
+    assert record_limit(settings, specs, small).max_record_bytes == 200000 - 8192
+    small_dead = {**kafka_default, "events.deadletter": {"max.message.bytes": "300000"}}
+    assert record_limit(settings, specs, small_dead).max_record_bytes == 300000 - 8192
+    # A topic whose configs could not be read keeps the default.
+    assert record_limit(settings, specs, {}).max_record_bytes == MAX_RECORD_BYTES
