@@ -810,7 +810,11 @@ def model(log: list[tuple[Optional[bytes], Optional[bytes], int]]) -> dict[str, 
 
 
 def strict(value: Any) -> Any:
-    """A form of a JSON value where True, 1 and 1.0 differ, for comparing type-exactly at the top level."""
+    """A form of a JSON value where True, 1 and 1.0 differ, at every depth, for comparing type-exactly."""
+    if isinstance(value, list):
+        return ("list", [strict(v) for v in value])
+    if isinstance(value, dict):
+        return ("dict", {k: strict(v) for k, v in value.items()})
     return (type(value).__name__, value)
 
 
@@ -888,7 +892,7 @@ def test_property_listener_events_rebuild_the_entries(log):
     rebuilt: dict[str, Any] = {}
     for key, old, new in rec.events:
         assert rebuilt.get(key) == old
-        assert old != new or type(old) is not type(new)
+        assert strict(old) != strict(new)  # a change, types included ([0] is not [False])
         if new is None:
             del rebuilt[key]
         else:
