@@ -20,9 +20,9 @@ from enginekit import DEADLETTER, EVENTS, PARTITIONS, Driver, Rec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from projector.core.commands import Answer, check_command, decide_steps, encode_command
+from projector.core.commands import Answer, check_command, decide_steps, encode_command, prune_answers
 from projector.core.control import ControlState
-from projector.core.engine import COMMANDS, INDEX, Plan, answer_key, run_steps
+from projector.core.engine import COMMANDS, INDEX, Plan, answer_key, answer_time_key, put_answer, run_steps
 from projector.core.envelope import decode_record
 from projector.core.partitioning import partition_for
 
@@ -552,3 +552,75 @@ def test_crashes_anywhere_in_the_write_sequence_keep_the_log_index_and_answers_c
         if row is not None:
             assert row["value"]["balance"] >= 0
     assert d.deadletters == [] and fresh.deadletters == []
+
+
+# --- command ids: scoped by aggregate, pruned by age ------------------------------------------
+
+
+def same_partition_pair() -> tuple[str, str]:
+    ids = [f"acc-{i}" for i in range(100)]
+    first = ids[0]
+    return first, next(a for a in ids[1:] if part(a) == part(first))
+
+
+def test_one_command_id_on_two_aggregates_is_two_commands(d, cmd):
+    a, b = same_partition_pair()
+    run(d, [cmd("open-a", a, "OpenAccount", open_body()), cmd("open-b", b, "OpenAccount", open_body())])
+    plan, answers = run(d, [cmd("same-id", a, "Deposit", {"amount": 5}), cmd("same-id", b, "Deposit", {"amount": 7})])
+    assert [(x.status, x.replayed, x.aggregate_id) for x in answers] == [(200, False, a), (200, False, b)]
+    assert [x.body["aggregate_id"] for x in answers] == [a, b]
+    assert len(plan.appends) == 2
+    assert (d.row("accounts", a)["value"]["balance"], d.row("accounts", b)["value"]["balance"]) == (5, 7)
+    # Each is its own aggregate's, for a retry.
+    _, [again] = run(d, [cmd("same-id", b, "Deposit", {"amount": 7})])
+    assert again.replayed and again.body["aggregate_id"] == b
+
+
+def test_a_stored_answer_from_before_the_scoping_still_counts_for_its_aggregate(d, cmd):
+    a, b = same_partition_pair()
+    run(d, [cmd("open-a", a, "OpenAccount", open_body())])
+    legacy = {"status": 200, "body": {"command_id": "old", "aggregate_id": a, "version": 1, "events": []}}
+    d.store.put(COMMANDS, part(a), b"old", orjson.dumps(legacy))
+    plan, [answer] = run(d, [cmd("old", a, "Deposit", {"amount": 5})])
+    assert answer.replayed and plan.appends == [] and answer.body == legacy["body"]
+    # Not for another aggregate.
+    run(d, [cmd("open-b", b, "OpenAccount", open_body())])
+    plan, [answer] = run(d, [cmd("old", b, "Deposit", {"amount": 5})])
+    assert not answer.replayed and len(plan.appends) == 1
+
+
+def test_answers_older_than_the_ttl_are_pruned_and_the_id_is_then_a_new_command(d, cmd):
+    a, _ = same_partition_pair()
+    day = 86400
+    run(d, [cmd("open", a, "OpenAccount", open_body(), ts=TS_MS)])
+    run(d, [cmd("dep-old", a, "Deposit", {"amount": 1}, ts=TS_MS + 1000)])
+    run(d, [cmd("dep-new", a, "Deposit", {"amount": 1}, ts=TS_MS + 2 * day * 1000)])
+    run(d, [cmd("rejected", a, "Withdraw", {"amount": 10**6}, ts=TS_MS + 2000)])  # insufficient funds, stored
+    now = TS_MS // 1000 + 2 * day
+    plan, pruned = prune_answers(d.engine, part(a), before=now - day)
+    assert pruned == 3  # open, dep-old, rejected
+    assert all(value is None for value in plan.writes[(COMMANDS, part(a))].values())
+    execute(d, plan)
+    left = sorted(k for k, _ in d.store.scan(COMMANDS, part(a), b""))
+    assert left == sorted([answer_key(a, "dep-new"), answer_time_key(now, a, "dep-new")])
+    assert stored_answer(d, "dep-old", a) is None and stored_answer(d, "dep-new", a) is not None
+    # A pruned id is a new command; a kept one is answered again.
+    later = TS_MS + 2 * day * 1000
+    plan, answers = run(d, [cmd("dep-old", a, "Deposit", {"amount": 1}, ts=later),
+                            cmd("dep-new", a, "Deposit", {"amount": 1}, ts=later)])
+    assert [x.replayed for x in answers] == [False, True] and len(plan.appends) == 1
+    # Nothing more to prune; a limit bounds one round.
+    assert prune_answers(d.engine, part(a), before=now - day)[1] == 0
+    assert prune_answers(d.engine, part(a), before=now + 10 * day, limit=1)[1] == 1
+
+
+def test_an_answer_stored_again_at_another_time_leaves_one_time_entry(d, cmd):
+    a, _ = same_partition_pair()
+    batch = d.engine.begin()
+    put_answer(batch, part(a), a, "c", 200, {"x": 1}, at=100)
+    execute(d, batch.finish())
+    batch = d.engine.begin()
+    put_answer(batch, part(a), a, "c", 200, {"x": 1}, at=200)
+    execute(d, batch.finish())
+    times = [k for k, _ in d.store.scan(COMMANDS, part(a), b"t\0")]
+    assert times == [answer_time_key(200, a, "c")]
