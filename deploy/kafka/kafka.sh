@@ -30,7 +30,8 @@
 #   kafka.sh --mode secure grant PRINCIPAL APP_ID EVENTS_TOPIC CONTROL_TOPIC
 #                          allow PRINCIPAL (e.g. User:projector) a worker's topics
 #                          (prefix APP_ID-, EVENTS_TOPIC, CONTROL_TOPIC,
-#                          EVENTS_TOPIC.deadletter), group APP_ID and
+#                          EVENTS_TOPIC.deadletter), group APP_ID, the command
+#                          writers' transactional ids (prefix APP_ID-writer-) and
 #                          IdempotentWrite; prints each as a kafka-acls.sh line
 #   kafka.sh --mode secure acls [kafka-acls options]   list the ACLs
 #   kafka.sh --mode secure env [sasl_ssl|ssl|sasl_plaintext]
@@ -500,13 +501,15 @@ grant() {  # PRINCIPAL APP_ID EVENTS_TOPIC CONTROL_TOPIC
   local topic_ops=(--operation Create --operation Describe --operation DescribeConfigs
                    --operation Read --operation Write)
   # AclCommand checks every operation against every resource it is given, so
-  # one run per pattern type and resource type: four JVMs, run side by side.
+  # one run per pattern type and resource type: five JVMs, run side by side.
   ACL_PIDS=()
   add_acls "${add[@]}" --resource-pattern-type prefixed --topic "$app-" "${topic_ops[@]}"
   add_acls "${add[@]}" --resource-pattern-type literal \
     --topic "$events" --topic "$control" --topic "$events.deadletter" "${topic_ops[@]}"
   add_acls "${add[@]}" --resource-pattern-type literal --group "$app" \
     --operation Read --operation Describe
+  add_acls "${add[@]}" --resource-pattern-type prefixed --transactional-id "$app-writer-" \
+    --operation Write --operation Describe
   add_acls "${add[@]}" --cluster --operation IdempotentWrite
   for i in "${!ACL_PIDS[@]}"; do
     wait "${ACL_PIDS[$i]}" || failed=1

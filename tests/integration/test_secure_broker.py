@@ -12,9 +12,10 @@ import os
 import subprocess
 import sys
 import time
+from typing import Any
 
 import pytest
-from support import fold_accounts, free_port, get, group_by, wait_for
+from support import fold_accounts, free_port, get, group_by, http, wait_for
 
 from projector.demo.data import generate_histories
 
@@ -85,6 +86,17 @@ def test_workers_over_sasl_ssl_and_mutual_tls_fold_and_serve(secure_kafka, worke
         wait_for(lambda: get(f"{w.url}/control")[1]["entries"].get("accounts.max_withdrawal") == 700, 30,
                  f"{w.name} to apply the control entry")
     assert get(f"{sasl.url}/status")[1]["partitions"] and get(f"{mtls.url}/status")[1]["partitions"]
+
+    # Commands: each writer appends in a Kafka transaction, under the transactional ids granted.
+    for w in (sasl, mtls):
+        def opened(w: Any = w) -> Any:
+            status, body = http("POST", f"{w.url}/commands?timeout_ms=20000", {
+                "command_id": f"open-{w.name}", "aggregate_type": "account", "aggregate_id": f"secure-{w.name}",
+                "type": "OpenAccount", "data": {"owner": "sec", "currency": "EUR"}}, timeout=60)
+            assert status in (200, 503, 504), body
+            return body if status == 200 else None
+
+        assert wait_for(opened, 90, f"a command through {w.name}")["version"] == 1
 
     # Secrets are never logged or shown.
     password = secure_kafka.password_file("projector").read_text()
