@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
 from typing import Any, Awaitable, Callable, Optional, Sequence
 
@@ -28,6 +29,12 @@ Produce = Callable[[str, bytes, bytes, int, float], Awaitable[Any]]
 SendAnswers = Callable[[str, list[dict[str, Any]]], Awaitable[None]]
 
 
+#: How long a writer whose append was fenced leaves the partition alone (seconds). A worker that
+#: lost the partition learns it from the rebalance well before; one whose transaction Kafka
+#: timed out takes the partition again after it.
+LOST_FOR = 20.0
+
+
 class WriterGate:
     """Per partition of the events topic: may this worker decide its commands yet?
 
@@ -40,7 +47,7 @@ class WriterGate:
     read, past any transaction markers) must reach it. Until then the
     partition's commands wait (:class:`CommandQueue`). A revoke starts every
     partition over. A partition whose append was fenced by another worker
-    stays shut (``moved``) until the next rebalance.
+    stays shut (``moved``) until the next rebalance, or for :data:`LOST_FOR` seconds.
     """
 
     def __init__(self, events_topic: str, fence: Optional[WriterFence] = None) -> None:
@@ -52,8 +59,9 @@ class WriterGate:
         self.open: set[int] = set()
         #: The partitions whose transactional id this worker took since the last rebalance.
         self.taken: set[int] = set()
-        #: The partitions another worker writes now (an append was fenced), until the next rebalance.
-        self.lost: set[int] = set()
+        #: The partitions another worker writes now (an append was fenced): until the next rebalance, or
+        #: until the time given (Kafka also fences a transaction it timed out; then this worker still writes).
+        self.lost: dict[int, float] = {}
         #: Why a partition's gate is still shut, when something failed (for the log).
         self.errors: dict[int, str] = {}
 
@@ -61,7 +69,8 @@ class WriterGate:
         return partition in self.open
 
     def moved(self, partition: int) -> bool:
-        return partition in self.lost
+        until = self.lost.get(partition)
+        return until is not None and time.monotonic() < until
 
     def reset(self) -> None:
         self.targets.clear()
@@ -76,12 +85,13 @@ class WriterGate:
         self.targets.pop(partition, None)
         self.taken.discard(partition)
         if by_another:
-            self.lost.add(partition)
+            self.lost[partition] = time.monotonic() + LOST_FOR
 
     async def check(self, partition: int, consumer: Any) -> None:
         """Open the gate of ``partition`` once earlier writers are fenced and every event it held is folded."""
-        if partition in self.open or partition in self.lost:
+        if partition in self.open or self.moved(partition):
             return
+        self.lost.pop(partition, None)
         if partition not in self.taken:
             if self.fence is not None:
                 try:

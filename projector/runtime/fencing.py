@@ -96,6 +96,17 @@ def _fenced(exc: BaseException) -> bool:
     return bool(names & {"ProducerFenced", "InvalidProducerEpoch", "InvalidTxnState"})
 
 
+class _QuietFencedSender(logging.Filter):
+    """Drop asyncio's "exception was never retrieved" for a fenced producer's sender: the append already said it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (exc is not None and "never retrieved" in record.getMessage() and _fenced(exc))
+
+
+_quiet = _QuietFencedSender()
+
+
 class WriterFence:
     """This worker's transactional producers, one per events partition it writes, fenced on take-over."""
 
@@ -105,6 +116,8 @@ class WriterFence:
         self.settings = settings
         self.events_topic = events_topic
         self.make_producer = make_producer or _producer
+        if _quiet not in logging.getLogger("asyncio").filters:
+            logging.getLogger("asyncio").addFilter(_quiet)
         self.timeout = timeout
         self.producers: dict[int, Any] = {}
         #: Appends refused because another worker holds the partition's id now (projector_writer_fenced_total).
@@ -147,6 +160,12 @@ class WriterFence:
     async def drop_all(self) -> None:
         for partition in list(self.producers):
             await self.drop(partition)
+
+    def release_all(self, spawn: Callable[[Any], Any]) -> None:
+        """Let go of every producer now (a rebalance: each partition is taken again), stopping them in the background."""
+        producers, self.producers = self.producers, {}
+        for producer in producers.values():
+            spawn(_stop(producer))
 
     async def append(self, sends: Sequence[Any]) -> dict[int, Any]:
         """Append ``sends`` (records of the events topic), each partition's in one transaction; their metadata.

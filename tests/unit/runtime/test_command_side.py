@@ -105,6 +105,22 @@ def test_a_fenced_append_shuts_the_partition_until_the_next_rebalance():
     assert not gate.moved(4) and check(gate, 4, consumer)
 
 
+def test_a_writer_still_holding_its_partition_after_a_fence_takes_it_again_after_a_while(monkeypatch):
+    # Kafka also fences a transaction it timed out: with no rebalance coming, the writer takes over again.
+    from projector.runtime import command_side
+
+    fence = Fence()
+    gate = WriterGate(TOPIC, fence)
+    consumer = Consumer(end=0, position=0)
+    assert check(gate, 4, consumer)
+    gate.append_failed(4, by_another=True)
+    assert not check(gate, 4, consumer)
+    clock = command_side.time.monotonic() + command_side.LOST_FOR + 1
+    monkeypatch.setattr(command_side.time, "monotonic", lambda: clock)
+    assert not gate.moved(4) and check(gate, 4, consumer)
+    assert fence.taken == [4, 4]
+
+
 def test_an_append_that_failed_otherwise_fences_and_catches_up_again():
     fence = Fence()
     gate = WriterGate(TOPIC, fence)
@@ -146,7 +162,7 @@ def test_commands_beyond_the_limit_are_refused_and_a_revoke_hands_back_every_wai
 
 def test_commands_of_a_partition_another_worker_writes_are_handed_on_at_once():
     gate = WriterGate(TOPIC, Fence())
-    gate.lost.add(0)
+    gate.append_failed(0, by_another=True)
     now, refused = CommandQueue().take([rec(0, 1)], gate)
     assert [r.n for r in now] == [1]  # decided as "moved": 503 unavailable
 
