@@ -312,6 +312,10 @@ def _decide_one(
     if not envelopes:
         return final(200, {"command_id": command_id, "aggregate_id": aid, "version": version, "events": []})
     value = orjson.dumps(envelopes if len(envelopes) > 1 else envelopes[0])
+    if len(key) + len(value) > engine.max_record:
+        return final(422, _error(command_id, "rejected", reason="too_large", detail=(
+            f"the decided events take {len(value)} bytes, more than the {engine.max_record} bytes a record "
+            "may have")))
     source = f"{record.topic}/{partition}/{record.offset}"
     try:
         originals = decode_record(key, value)

@@ -624,3 +624,14 @@ def test_an_answer_stored_again_at_another_time_leaves_one_time_entry(d, cmd):
     execute(d, batch.finish())
     times = [k for k, _ in d.store.scan(COMMANDS, part(a), b"t\0")]
     assert times == [answer_time_key(200, a, "c")]
+
+
+def test_a_decision_too_large_for_one_record_is_rejected_and_appends_nothing(d, cmd):
+    d.engine.max_record = 20_000
+    plan, [answer] = run(d, [cmd("big", "acc-big", "OpenAccount", open_body(owner="x" * 30_000))])
+    assert (answer.status, answer.body["reason"]) == (422, "too_large"), answer.body
+    assert plan.appends == [] and d.row("accounts", "acc-big") is None
+    _, [again] = run(d, [cmd("big", "acc-big", "OpenAccount", open_body(owner="x" * 30_000))])
+    assert again.replayed and again.status == 422
+    _, [small] = run(d, [cmd("small", "acc-big", "OpenAccount", open_body())])
+    assert small.status == 200
