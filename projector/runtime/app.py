@@ -382,7 +382,6 @@ class Projector:
         worker gets next, it folds each to its end before deciding commands.
         """
         self.writer_gate.reset()
-        self.fence.release_all(self.app.add_future)
         self.rows.wake_all()
         waiting = self.command_queue.drain()
         if waiting:

@@ -170,11 +170,6 @@ class WriterFence:
         for partition in list(self.producers):
             await self.drop(partition)
 
-    def release_all(self, spawn: Callable[[Any], Any]) -> None:
-        """Let go of every producer now (a rebalance: each partition is taken again), stopping them in the background."""
-        producers, self.producers = self.producers, {}
-        for producer in producers.values():
-            spawn(_stop(producer))
 
     async def append(self, sends: Sequence[Any]) -> dict[int, Any]:
         """Append ``sends`` (records of the events topic), each partition's in one transaction; their metadata.

@@ -257,7 +257,8 @@ def test_a_writer_frozen_while_it_decides_gets_a_503_once_another_has_taken_over
         if stopped:
             os.kill(w1.proc.pid, signal.SIGCONT)
     # The stale writer decided version 2 on its old state, woke up and appended it: refused.
-    assert prometheus(w1.url).get('projector_commands_total{outcome="append_failed"}') == 1, w1.log_tail()
+    wait_for(lambda: prometheus(w1.url).get('projector_commands_total{outcome="append_failed"}') == 1, 60,
+             "w1's append of the stale decision to be refused")
     events = [orjson.loads(r.value) for r in read_topic(kafka_bootstrap, names["events"])
               if r.partition == stale_partition]
     decided = [(e["metadata"]["command_id"], e["version"]) for e in events]
