@@ -9,6 +9,10 @@ does not (forwarded to worker 2). A
 request's latency runs from the moment it was *scheduled* to its answer, so
 a generator that falls behind is charged for it (no coordinated omission).
 Then a closed loop measures the request rate worker 1 sustains on local keys.
+With ``--long-polls N``, N clients keep long-polls (``min_version`` no row
+reaches, ``timeout_ms=30000``) for forwarded keys outstanding on worker 1
+during the open loop, each asking again as soon as it is answered: the
+lookups' latency under a long-poll flood.
 
 The broker must run; the workers, the topic and the report come from
 :mod:`projector.bench.common`.
@@ -73,7 +77,37 @@ async def _open_loop(session: aiohttp.ClientSession, base: str, keys: dict[str, 
         kind = kinds[i % len(kinds)]
         tasks.append(asyncio.ensure_future(one(kind, rng.choice(keys[kind]), start + i / rate)))
     await asyncio.gather(*tasks)
-    return {k: latency_summary(lat[k], errors[k], seconds * len(lat[k]) / max(1, total) * len(kinds)) for k in kinds}
+    # (A kind whose every request failed, e.g. forwarded lookups starved by a long-poll flood, still reports.)
+    return {k: latency_summary(lat[k], errors[k], (seconds * len(lat[k]) / max(1, total) * len(kinds)) or seconds)
+            for k in kinds}
+
+
+async def _flood(base: str, keys: list[str], clients: int, stop: asyncio.Event) -> dict[str, int]:
+    """``clients`` long-polls for ``keys`` kept outstanding on ``base`` until ``stop``; their answers by status."""
+    answers: dict[str, int] = {}
+    rng = random.Random(13)
+    timeout = aiohttp.ClientTimeout(total=40)
+    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=clients)) as session:
+
+        async def client() -> None:
+            while not stop.is_set():
+                url = f"{base}/tables/accounts/{rng.choice(keys)}?min_version=1000000000&timeout_ms=30000"
+                try:
+                    async with session.get(url) as r:
+                        await r.read()
+                        status = str(r.status)
+                except (aiohttp.ClientError, asyncio.TimeoutError):
+                    status = "error"
+                answers[status] = answers.get(status, 0) + 1
+                if status != "504":
+                    await asyncio.sleep(0.1)  # refused: ask again soon (not in a tight loop)
+
+        tasks = [asyncio.ensure_future(client()) for _ in range(clients)]
+        await stop.wait()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return answers
 
 
 async def _closed_loop(session: aiohttp.ClientSession, base: str, keys: list[str], seconds: float,
@@ -180,7 +214,15 @@ async def _run(args: argparse.Namespace, settings: Settings, workdir: Path) -> d
                 fold_rate_before = await _events_per_second(session, urls[0])
                 log(f"open loop: {args.rate} requests/s for {args.seconds} s while worker 1 folds")
                 lag_before = await _loop_lag_buckets(session, urls[0])
+                stop_flood = asyncio.Event()
+                flood = None
+                if args.long_polls:
+                    log(f"{args.long_polls} long-polls kept outstanding on worker 1 (forwarded keys)")
+                    flood = asyncio.ensure_future(_flood(urls[0], keys["forwarded"], args.long_polls, stop_flood))
+                    await asyncio.sleep(2)  # let them park
                 under_load = await _open_loop(session, urls[0], keys, args.rate, args.seconds)
+                stop_flood.set()
+                long_poll_answers = await flood if flood is not None else {}
                 loop_lag = _lag_quantiles(lag_before, await _loop_lag_buckets(session, urls[0]))
                 fold_rate_during = await _events_per_second(session, urls[0])
                 log("closed loop: the request rate worker 1 sustains on local keys, while folding")
@@ -192,6 +234,7 @@ async def _run(args: argparse.Namespace, settings: Settings, workdir: Path) -> d
                 "events": args.events, "accounts": args.accounts, "partitions": args.partitions,
                 "rate": args.rate, "seconds": args.seconds, "concurrency": args.concurrency,
                 "open_loop": under_load,
+                "long_polls": args.long_polls, "long_poll_answers": long_poll_answers,
                 "sustained_local": sustained,
                 "worker1_event_loop_lag_during_open_loop": loop_lag,
                 "worker1_events_per_second": [fold_rate_before, fold_rate_during, fold_rate_after],
@@ -213,6 +256,9 @@ def cmd_bench_lookups(args: argparse.Namespace) -> None:
           f"after the open loop {report['worker1_events_per_second'][1]:.0f}, "
           f"after the closed loop {report['worker1_events_per_second'][2]:.0f}; "
           f"worker 2: {report['worker2_events_per_second']:.0f}")
+    if report["long_polls"]:
+        print(f"during the open loop, {report['long_polls']} long-polls kept outstanding on worker 1; "
+              f"their answers by status: {report['long_poll_answers']}")
     lag = report["worker1_event_loop_lag_during_open_loop"]
     print(f"worker 1's event loop lag during the open loop: p50 <= {lag['p50_ms_at_most']} ms, "
           f"p99 <= {lag['p99_ms_at_most']} ms ({lag['samples']} samples)")
@@ -228,5 +274,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rate", type=float, default=500.0, help="open-loop requests/s")
     p.add_argument("--seconds", type=float, default=15.0, help="length of each phase")
     p.add_argument("--concurrency", type=int, default=16, help="clients of the closed loop")
+    p.add_argument("--long-polls", type=int, default=0,
+                   help="long-polls kept outstanding on worker 1 (forwarded keys) during the open loop")
     p.add_argument("--output", default=None)
     p.add_argument("--keep-data", action="store_true")

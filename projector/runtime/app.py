@@ -49,7 +49,7 @@ from projector.runtime.sink import ChangelogSink
 from projector.runtime.slicing import TimeSlice
 from projector.runtime.stores import FaustStore, rocksdb_options
 from projector.runtime.topics import command_topic_name, release_topic_name, repartition_topic_name, replication_configs
-from projector.runtime.waiters import RowWaiters
+from projector.runtime.waiters import ParkingLimit, RowWaiters
 
 log = logging.getLogger(__name__)
 
@@ -239,6 +239,8 @@ class Projector:
         )
         #: Read-your-writes: requests parked until a row changes.
         self.rows = RowWaiters()
+        #: The cap on requests parked at once (PROJECTOR_MAX_PARKED): rows and /control waits.
+        self.parking = ParkingLimit(settings.max_parked)
         self.sink = ChangelogSink(
             store=self.store, producer=lambda: raw_producer(self.app), guard_tables=self.engine.guard_tables,
             metrics=self.metrics, rows=self.rows,
@@ -253,6 +255,7 @@ class Projector:
         self.commands = CommandRoundTrip(
             url=settings.url, command_topic=self.command_topic.get_topic_name(), partitions=self.partitions,
             produce=self.produce, send_answers=send_answers, spawn=self.app.add_future,
+            is_peer=self.is_group_member,
         )
         self.app.on_partitions_revoked.connect(self._on_revoked)
         self.app.batch_handlers = {
@@ -457,6 +460,19 @@ class Projector:
     def owns(self, partition: int) -> bool:
         """True when this worker actively processes ``partition`` of the events topic."""
         return TP(self.settings.events_topic, partition) in active_partitions(self.app)
+
+    def group_urls(self) -> set[str]:
+        """Web URLs of the workers of this group (this one included), as Faust's partition assignor knows them."""
+        urls = {self.settings.url.rstrip("/")}
+        try:
+            urls.update(str(u).rstrip("/") for u in self.app.router.tables_metadata())
+        except Exception as exc:  # before the first assignment
+            log.debug("no worker metadata yet: %r", exc)
+        return {u for u in urls if u}
+
+    def is_group_member(self, url: str) -> bool:
+        """True when ``url`` is the address a worker of this group advertises (where command answers may go)."""
+        return str(url).rstrip("/") in self.group_urls()
 
     def owner_url(self, table: str, partition: int) -> Optional[str]:
         """The web URL of the worker that owns ``partition`` of ``table``, if known."""

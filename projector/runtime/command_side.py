@@ -185,13 +185,18 @@ class CommandRoundTrip:
     """
 
     def __init__(self, *, url: str, command_topic: str, partitions: int, produce: Produce,
-                 send_answers: Optional[SendAnswers] = None, spawn: Callable[[Awaitable[Any]], Any]) -> None:
+                 send_answers: Optional[SendAnswers] = None, spawn: Callable[[Awaitable[Any]], Any],
+                 is_peer: Optional[Callable[[str], bool]] = None) -> None:
         self.url = url
         self.command_topic = command_topic
         self.partitions = partitions
         self.produce = produce
         self.send_answers = send_answers
         self.spawn = spawn
+        #: Whether a URL is a worker of this group: the only places a remote answer goes (None: none is).
+        self.is_peer = is_peer
+        #: Answers dropped because their ``reply_to`` is no worker of the group.
+        self.dropped_answers = 0
         #: Requests waiting for a command's answer, by aggregate id and command id.
         self.waiters: dict[tuple[str, str], set[asyncio.Future]] = {}
 
@@ -205,6 +210,12 @@ class CommandRoundTrip:
                 remote[answer.reply_to].append({"aggregate_id": answer.aggregate_id, "command_id": answer.command_id,
                                                 "status": answer.status, "body": answer.body})
         for url, items in remote.items():
+            # reply_to comes from the command record: whoever can write the command topic
+            # chooses it. Answer only a worker of this group, at the address it advertises.
+            if self.is_peer is None or not self.is_peer(url):
+                self.dropped_answers += len(items)
+                log.warning("dropped %d command answers for %r: not a worker of this group", len(items), url[:200])
+                continue
             self.spawn(self._send(url, items))
 
     async def _send(self, url: str, items: list[dict[str, Any]]) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import hashlib
+import hmac
 import os
 import ssl
 from dataclasses import dataclass, field
@@ -220,6 +222,12 @@ class Settings:
     security: BrokerSecurity = BrokerSecurity()
     api_token: Optional[str] = field(default=None, repr=False)
     admin_token: Optional[str] = field(default=None, repr=False)
+    #: The secret workers of one app id show each other (PROJECTOR_PEER_TOKEN); None: derived (see peer_secret).
+    peer_token: Optional[str] = field(default=None, repr=False)
+    #: Requests one worker keeps parked at once (read-your-writes and /control waits); more get 503.
+    max_parked: int = 1000
+    #: Long-polls one worker forwards to others at once (its own connection pool); more get 503.
+    max_forwarded_waits: int = 64
     # Not in the contract: replication factor for topics projector creates, and
     # their min.insync.replicas. Unset (auto), a worker picks min(3, brokers), and
     # 2 in-sync replicas once the factor is 3 (see topics.resolve_replication).
@@ -254,6 +262,9 @@ class Settings:
             security=BrokerSecurity.from_env(env),
             api_token=env.get("PROJECTOR_API_TOKEN") or None,
             admin_token=env.get("PROJECTOR_ADMIN_TOKEN") or None,
+            peer_token=env.get("PROJECTOR_PEER_TOKEN") or None,
+            max_parked=_int(env, "PROJECTOR_MAX_PARKED", 1000, minimum=1),
+            max_forwarded_waits=_int(env, "PROJECTOR_MAX_FORWARDED_WAITS", 64, minimum=1),
             replication_factor=_int(env, "PROJECTOR_REPLICATION_FACTOR", 1),
             replication_auto=not (env.get("PROJECTOR_REPLICATION_FACTOR") or "").strip(),
             min_insync_replicas=_int(env, "PROJECTOR_MIN_INSYNC_REPLICAS", 0) or None,
@@ -282,6 +293,21 @@ class Settings:
     def bind_address(self) -> str:
         """Where the HTTP server listens: PROJECTOR_WEB_BIND, else the advertised host."""
         return self.web_bind or self.web_host
+
+    @property
+    def peer_secret(self) -> Optional[str]:
+        """The token one worker shows another: PROJECTOR_PEER_TOKEN, else derived from the API token.
+
+        Derived: HMAC-SHA256(key=API token, "projector-peer/" + app id), hex; with
+        no API token, from the admin token the same way; None when no token is set.
+        It is never the API or admin token itself, so a worker never hands those on.
+        """
+        if self.peer_token:
+            return self.peer_token
+        base = self.api_token or self.admin_token
+        if not base:
+            return None
+        return hmac.new(base.encode(), f"projector-peer/{self.app_id}".encode(), hashlib.sha256).hexdigest()
 
     @property
     def url(self) -> str:

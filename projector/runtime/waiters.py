@@ -57,3 +57,24 @@ def _wake(waiters: set[asyncio.Future]) -> None:
     for waiter in waiters:
         if not waiter.done():
             waiter.set_result(None)
+
+
+class ParkingLimit:
+    """How many requests one worker keeps parked at once (read-your-writes and ``/control`` waits).
+
+    :meth:`enter` takes a place, or answers False when all ``cap`` are taken
+    (the request answers 503 ``overloaded``); :meth:`leave` gives it back.
+    """
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.parked = 0
+
+    def enter(self) -> bool:
+        if self.parked >= self.cap:
+            return False
+        self.parked += 1
+        return True
+
+    def leave(self) -> None:
+        self.parked = max(0, self.parked - 1)

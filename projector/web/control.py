@@ -17,7 +17,7 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from projector.core.errors import ControlError
 from projector.web.auth import is_admin
 from projector.web.params import MAX_WAIT_MS, int_param
-from projector.web.responses import broker_unreachable, json_error, json_response, write_timeout
+from projector.web.responses import broker_unreachable, json_error, json_response, overloaded, write_timeout
 
 if TYPE_CHECKING:
     from projector.runtime.app import Projector
@@ -32,7 +32,17 @@ class ControlViews:
         control = self.projector.control
         min_offset = int_param(request, "min_offset", -1, -1)
         timeout_ms = int_param(request, "timeout_ms", 0, 0, MAX_WAIT_MS)
-        if control.offset < min_offset and not await control.wait_for_offset(min_offset, timeout_ms / 1000):
+        if control.offset < min_offset and timeout_ms > 0:
+            parking = self.projector.parking
+            if not parking.enter():
+                return overloaded(f"{parking.cap} requests are already waiting on this worker; retry")
+            try:
+                applied = await control.wait_for_offset(min_offset, timeout_ms / 1000)
+            finally:
+                parking.leave()
+            if not applied:
+                return json_error(504, "timeout", offset=control.offset)
+        elif control.offset < min_offset:
             return json_error(504, "timeout", offset=control.offset)
         return json_response(control.snapshot())
 

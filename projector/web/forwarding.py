@@ -4,6 +4,8 @@
 answers locally when this worker owns the partition and forwards otherwise;
 :meth:`Peers.post` is how the worker itself calls another one's internal
 endpoints (the command side sends answers with it, see :mod:`projector.worker`).
+Every such call carries the peer token (:func:`projector.web.auth.peer_headers`),
+never the client's ``Authorization`` header.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import orjson
 from aiohttp import web
 
 from projector.core.partitioning import partition_for
-from projector.web.responses import json_error
+from projector.web.auth import FORWARDED_HEADER, is_forwarded, peer_headers  # noqa: F401 (FORWARDED_HEADER: re-exported)
+from projector.web.responses import json_error, overloaded
 
 if TYPE_CHECKING:
     from projector.runtime.app import Projector
@@ -25,48 +28,70 @@ if TYPE_CHECKING:
 #: How long a key lookup keeps retrying while its partition has no owner (rebalance).
 ROUTE_DEADLINE = 10.0
 FORWARD_TIMEOUT = 15.0
-#: Marks a request one worker sends another: the receiver answers it itself, never forwards it again.
-FORWARDED_HEADER = "X-Projector-Forwarded"
+#: Connections one worker keeps to the others for plain calls (lookups, scans, answers).
+PLAIN_CONNECTIONS = 100
 #: Set on a forwarded answer: the URL of the worker that answered.
 SERVED_BY_HEADER = "X-Projector-Served-By"
 
+def forwarded_headers(settings: Any) -> dict[str, str]:
+    """Headers of a request one worker sends another on a client's behalf: marked, with the peer token.
 
-def forwarded_headers(request: web.Request) -> dict[str, str]:
-    """Headers of a request one worker sends another on a client's behalf: marked, with its credentials."""
-    headers = {FORWARDED_HEADER: "1"}
-    if "Authorization" in request.headers:
-        headers["Authorization"] = request.headers["Authorization"]
-    return headers
+    Never the client's ``Authorization`` header: the receiver trusts the peer token.
+    """
+    return peer_headers(settings)
 
 
 class Peers:
-    """The other workers, as the views reach them: one HTTP session, opened on first use."""
+    """The other workers, as the views reach them: two HTTP sessions, opened on first use.
+
+    ``session`` (``PLAIN_CONNECTIONS`` connections) is for calls that answer at once;
+    ``long_poll_session`` (``max_forwarded_waits`` connections) for forwarded requests
+    that may wait (``min_version`` with ``timeout_ms``), so they never take the
+    connections key lookups need. At most ``max_forwarded_waits`` of them are in
+    flight at once; more get 503 ``overloaded``.
+    """
 
     def __init__(self, projector: "Projector", timeout: float = FORWARD_TIMEOUT) -> None:
         self.projector = projector
         self.timeout = timeout
+        self.max_waits = int(getattr(projector.settings, "max_forwarded_waits", 64))
         self._session: Optional[aiohttp.ClientSession] = None
+        self._long_poll_session: Optional[aiohttp.ClientSession] = None
+        #: Forwarded long-polls in flight now.
+        self.waits = 0
 
     @property
     def session(self) -> aiohttp.ClientSession:
-        """One session (and its kept-alive connections) for all of these calls, opened on first use."""
+        """One session (and its kept-alive connections) for the calls that answer at once, opened on first use."""
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=PLAIN_CONNECTIONS),
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+            )
         return self._session
 
+    @property
+    def long_poll_session(self) -> aiohttp.ClientSession:
+        """The session of forwarded requests that may wait, with its own connections."""
+        if self._long_poll_session is None or self._long_poll_session.closed:
+            self._long_poll_session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.max_waits),
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+            )
+        return self._long_poll_session
+
     async def post(self, url: str, path: str, body: Any) -> None:
-        """POST a JSON body to another worker's internal endpoint, with this deployment's API token."""
-        headers = {FORWARDED_HEADER: "1", "Content-Type": "application/json"}
-        if self.projector.settings.api_token is not None:
-            headers["Authorization"] = f"Bearer {self.projector.settings.api_token}"
+        """POST a JSON body to another worker's internal endpoint, with the peer token."""
+        headers = {**peer_headers(self.projector.settings), "Content-Type": "application/json"}
         async with self.session.post(url.rstrip("/") + path, data=orjson.dumps(body), headers=headers) as r:
             if r.status != 200:
                 raise RuntimeError(f"{url}{path} answered {r.status}: {(await r.read())[:200]!r}")
 
     async def close(self, app: Any = None) -> None:
-        """Close the session (an aiohttp ``on_cleanup`` callback)."""
-        if self._session is not None and not self._session.closed:
-            await self._session.close()
+        """Close the sessions (an aiohttp ``on_cleanup`` callback)."""
+        for session in (self._session, self._long_poll_session):
+            if session is not None and not session.closed:
+                await session.close()
 
     async def on_owner(
         self, request: web.Request, table: str, key_bytes: bytes, local: Callable[[int], Awaitable[web.Response]],
@@ -80,7 +105,7 @@ class Peers:
             if p.owns(partition):
                 return await local(partition)
             owner = p.owner_url(table, partition)
-            if owner and owner.rstrip("/") != p.settings.url and FORWARDED_HEADER not in request.headers:
+            if owner and owner.rstrip("/") != p.settings.url and not is_forwarded(request, p.settings):
                 return await self.forward(request, owner, extra_timeout)
             if time.monotonic() >= deadline:
                 return json_error(
@@ -93,10 +118,16 @@ class Peers:
     async def forward(self, request: web.Request, owner: str, extra_timeout: float = 0.0) -> web.Response:
         """Send the request on to the owning worker, keeping its status, JSON body and headers."""
         url = owner.rstrip("/") + request.rel_url.path_qs
-        headers = forwarded_headers(request)
+        headers = forwarded_headers(self.projector.settings)
         timeout = aiohttp.ClientTimeout(total=FORWARD_TIMEOUT + extra_timeout)
+        session = self.session
+        if extra_timeout > 0:  # a request that may wait: its own pool, and a cap
+            if self.waits >= self.max_waits:
+                return overloaded(f"{self.max_waits} forwarded waiting requests are in flight; retry")
+            session = self.long_poll_session
+            self.waits += 1
         try:
-            async with self.session.request(
+            async with session.request(
                 request.method, url, headers=headers, data=await request.read(), timeout=timeout
             ) as r:
                 body = await r.read()
@@ -108,3 +139,6 @@ class Peers:
                 )
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             return json_error(503, "unavailable", detail=f"owner {owner} did not answer: {exc!r}")
+        finally:
+            if extra_timeout > 0:
+                self.waits -= 1

@@ -119,6 +119,10 @@ def prometheus_text(projector) -> str:
         "# HELP projector_parked_requests Requests waiting for a row version (min_version).",
         "# TYPE projector_parked_requests gauge",
         f"projector_parked_requests {projector.rows.parked}",
+        "# HELP projector_command_answers_dropped_total Command answers not sent: their reply_to is no worker of "
+        "this group.",
+        "# TYPE projector_command_answers_dropped_total counter",
+        f"projector_command_answers_dropped_total {int(getattr(projector.commands, 'dropped_answers', 0) or 0)}",
         "# HELP projector_batch_phase_seconds_total Time spent per phase of a batch.",
         "# TYPE projector_batch_phase_seconds_total counter",
         *(f'projector_batch_phase_seconds_total{{phase="{p}"}} {v:.6f}' for p, v in sorted(m.phase_seconds.items())),

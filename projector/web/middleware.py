@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from aiohttp import web
 
-from projector.web.auth import bearer, query_token
+from projector.web.auth import bearer, is_peer, peer_secret, query_token
 from projector.web.responses import json_error
 
 if TYPE_CHECKING:
@@ -65,13 +65,25 @@ def json_errors() -> Any:
 
 
 def auth(settings: Any) -> Any:
-    """Middleware: with ``PROJECTOR_API_TOKEN`` set, 401 ``unauthorized`` without it (or the admin token)."""
+    """Middleware: the token check of every request.
+
+    ``/internal/...`` routes are for workers only: with any token set they need the
+    peer token (``X-Projector-Peer``), and nothing else opens them. Every other
+    route but ``/healthz`` needs, with ``PROJECTOR_API_TOKEN`` set, the API token,
+    the admin token, or the peer token (a request another worker forwards); the
+    peer token never counts as the admin token (:func:`projector.web.auth.is_admin`).
+    """
     open_warning_logged = False
 
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         nonlocal open_warning_logged
         token = settings.api_token
+        if request.path.startswith("/internal/"):
+            if peer_secret(settings) is not None and not is_peer(request, settings):
+                return json_error(401, "unauthorized", detail="internal routes are for workers: missing or wrong "
+                                                              "peer token")
+            return await handler(request)
         if token is None:
             if not open_warning_logged:
                 open_warning_logged = True
@@ -79,7 +91,11 @@ def auth(settings: Any) -> Any:
             return await handler(request)
         if request.path == "/healthz":
             return await handler(request)
-        ok = bearer(request, token) or (settings.admin_token is not None and bearer(request, settings.admin_token))
+        ok = (
+            bearer(request, token)
+            or (settings.admin_token is not None and bearer(request, settings.admin_token))
+            or is_peer(request, settings)
+        )
         if not ok and request.path == "/" and request.method == "GET":
             # A browser cannot send a header when it opens a page: the status page
             # (which holds no data itself) takes the token as ?token=, and its

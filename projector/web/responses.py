@@ -28,6 +28,17 @@ def json_error(status: int, code: str, **extra: Any) -> web.Response:
     return json_response({"error": code, **extra}, status=status)
 
 
+#: Seconds a client is told to wait (``Retry-After``) when a limit is reached (or a rebalance is under way).
+RETRY_AFTER = 1
+
+
+def overloaded(detail: str) -> web.Response:
+    """503 ``overloaded`` with ``Retry-After``: a limit of this worker is reached; retry shortly."""
+    response = json_error(503, "overloaded", detail=detail, retry_after=RETRY_AFTER)
+    response.headers["Retry-After"] = str(RETRY_AFTER)
+    return response
+
+
 def broker_unreachable(projector: "Projector", **extra: Any) -> Optional[web.Response]:
     """503 before anything is written, while this worker cannot reach Kafka; None when it can."""
     broker = projector.broker

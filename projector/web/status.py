@@ -29,7 +29,7 @@ middleware of :mod:`projector.web.middleware`, like every route but
 
     The other workers are the web URLs Faust's partition assignor knows
     (``app.router.table_metadata(<table>)``); each is asked ``GET /status``
-    with a 2 s timeout, passing this request's ``Authorization`` header on. A
+    with a 2 s timeout and the peer token (never this request's ``Authorization``). A
     worker that does not answer, or answers an error, is listed as
     ``{"worker": url, "error": "..."}``; the request itself never fails for it.
 
@@ -66,6 +66,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from projector.web.auth import peer_headers
 from projector.web.forwarding import Peers
 from projector.web.responses import json_error, json_response
 
@@ -187,15 +188,13 @@ class StatusViews:
         except Exception as exc:
             log.exception("status of this worker failed")
             mine = {"worker": me, "error": f"{type(exc).__name__}: {exc}"}
-        auth = request.headers.get("Authorization")
-        others = await asyncio.gather(*(self._peer(url, auth) for url in peer_urls(self.projector)))
+        others = await asyncio.gather(*(self._peer(url) for url in peer_urls(self.projector)))
         workers = sorted([mine, *others], key=lambda w: str(w.get("worker", "")))
         return json_response({"served_by": me, "time": time.time(), "workers": workers})
 
-    async def _peer(self, url: str, auth: Optional[str]) -> dict[str, Any]:
-        headers = {"Accept": "application/json"}
-        if auth:
-            headers["Authorization"] = auth
+    async def _peer(self, url: str) -> dict[str, Any]:
+        # The peer token, never this request's Authorization header: a worker does not hand a client's token on.
+        headers = {"Accept": "application/json", **peer_headers(self.projector.settings)}
         try:
             async with self.peers.session.get(f"{url}/status", headers=headers) as r:
                 raw = await r.read()

@@ -19,15 +19,15 @@ from aiohttp import web
 
 from projector.web.forwarding import ROUTE_DEADLINE, Peers, forwarded_headers
 from projector.web.params import MAX_KEY_PARAM, MAX_LIMIT, MAX_WAIT_MS, int_param
-from projector.web.responses import json_error, json_response
+from projector.web.responses import RETRY_AFTER, json_error, json_response, overloaded
 
 if TYPE_CHECKING:
     from projector.runtime.app import Projector
 
 log = logging.getLogger(__name__)
 
-#: Requests a worker keeps waiting for a row version at once; more get 503.
-MAX_PARKED = 1000
+#: Listings one worker serves at once (each asks every other worker); more get 503 ``overloaded``.
+MAX_LISTINGS = 32
 
 
 def encode_cursor(table: str, key: str) -> str:
@@ -53,6 +53,8 @@ class TableViews:
     def __init__(self, projector: "Projector", peers: Peers) -> None:
         self.projector = projector
         self.peers = peers
+        #: Listings under way now (at most MAX_LISTINGS).
+        self.listings = 0
 
     async def list_tables(self, request: web.Request) -> web.Response:
         p = self.projector
@@ -88,8 +90,8 @@ class TableViews:
                 remaining = deadline - asyncio.get_running_loop().time()
                 if remaining <= 0 or not p.owns(partition):
                     return json_error(504, "timeout", version=row["version"] if row else None)
-                if p.rows.parked >= MAX_PARKED:
-                    return json_error(503, "unavailable", detail=f"{MAX_PARKED} requests are already waiting; retry")
+                if not p.parking.enter():
+                    return overloaded(f"{p.parking.cap} requests are already waiting on this worker; retry")
                 waiter = p.rows.park(table, partition, key_bytes)
                 try:
                     await asyncio.wait_for(waiter, remaining)
@@ -97,12 +99,14 @@ class TableViews:
                     pass
                 finally:
                     p.rows.unpark(table, partition, key_bytes, waiter)
+                    p.parking.leave()
                 row = read(partition)
             if row is None:
                 return json_error(404, "not_found", table=table, key=key)
             return json_response({"table": table, "key": key, "version": row["version"], "value": row["value"]})
 
-        return await self.peers.on_owner(request, table, key_bytes, local, extra_timeout=timeout_ms / 1000)
+        wait = timeout_ms / 1000 if min_version else 0.0  # only a request that may wait is a long-poll
+        return await self.peers.on_owner(request, table, key_bytes, local, extra_timeout=wait)
 
     async def list_rows(self, request: web.Request) -> web.Response:
         """Rows of a table in key order, over all partitions and workers, a page at a time."""
@@ -115,20 +119,45 @@ class TableViews:
         if len(prefix.encode("utf-8")) > MAX_KEY_PARAM:
             raise web.HTTPBadRequest(reason=f"prefix must be at most {MAX_KEY_PARAM} bytes")
         after = decode_cursor(request.query.get("cursor"), table)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + ROUTE_DEADLINE
-        while True:
-            rows = await self._gather_rows(request, table, prefix, after, limit + 1)
-            if rows is not None:
-                break
-            if loop.time() >= deadline:
-                return json_error(503, "unavailable",
+        if self.listings >= MAX_LISTINGS:
+            return overloaded(f"{MAX_LISTINGS} listings are already under way on this worker; retry")
+        self.listings += 1
+        try:
+            rows = await self._gather_until(request, table, prefix, after, limit + 1)
+        finally:
+            self.listings -= 1
+        if rows is None:
+            response = json_error(503, "unavailable", retry_after=RETRY_AFTER,
                                   detail=f"some partitions of {table} have no owner yet (rebalancing); retry")
-            await asyncio.sleep(0.2)
+            response.headers["Retry-After"] = str(RETRY_AFTER)
+            return response
         rows.sort(key=lambda r: r["key"].encode("utf-8"))
         page = rows[:limit]
         next_cursor = encode_cursor(table, page[-1]["key"]) if len(rows) > limit else None
         return json_response({"rows": page, "next_cursor": next_cursor})
+
+    async def _gather_until(
+        self, request: web.Request, table: str, prefix: str, after: Optional[str], limit: int
+    ) -> Optional[list[dict]]:
+        """:meth:`_gather_rows`, asked again every 0.2 s while a partition has no owner; None at the deadline.
+
+        No scan outlives the deadline (``ROUTE_DEADLINE`` s from the first try).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ROUTE_DEADLINE
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return None
+            try:
+                rows = await asyncio.wait_for(self._gather_rows(request, table, prefix, after, limit), remaining)
+            except asyncio.TimeoutError:
+                return None
+            if rows is not None:
+                return rows
+            if loop.time() + 0.2 >= deadline:
+                return None
+            await asyncio.sleep(0.2)
 
     async def _gather_rows(
         self, request: web.Request, table: str, prefix: str, after: Optional[str], limit: int
@@ -154,7 +183,7 @@ class TableViews:
                 query["after"] = after
             url = f"{owner.rstrip('/')}/internal/scan/{table}"
             try:
-                async with self.peers.session.get(url, params=query, headers=forwarded_headers(request)) as r:
+                async with self.peers.session.get(url, params=query, headers=forwarded_headers(p.settings)) as r:
                     if r.status != 200:
                         return None  # the owner moved meanwhile: ask again
                     rows.extend((await r.json())["rows"])

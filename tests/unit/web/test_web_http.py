@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Awaitable, Callable
 from unittest import mock
 
@@ -22,11 +21,16 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from projector.core.catalog import load_catalog
 from projector.core.control import ControlState
+from projector.runtime.config import Settings
+from projector.runtime.waiters import ParkingLimit
+from projector.web.forwarding import Peers
 from projector.web.middleware import MAX_BODY, web_application_options
 from projector.web.routes import install_routes
 
 TABLES_DIR = Path(__file__).resolve().parents[3] / "tables"
 API, ADMIN = "api-token", "admin-token"
+#: ``call(..., token=PEER)`` sends the worker-to-worker header with the settings' peer token.
+PEER = object()
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +43,10 @@ def projector(catalog: Any) -> Any:
     fake = mock.MagicMock(name="projector")
     fake.catalog = catalog
     fake.partitions = 4
-    fake.settings = SimpleNamespace(api_token=API, admin_token=ADMIN, url="http://127.0.0.1:1",
-                                    broker="kafka://127.0.0.1:1")
+    fake.settings = Settings(api_token=API, admin_token=ADMIN, web_port=1, broker="kafka://127.0.0.1:1")
     fake.control = ControlState(catalog.control_settings)
     fake.model = catalog.get
+    fake.parking = ParkingLimit(fake.settings.max_parked)
     fake.readiness.return_value = (True, "ready")
     fake.broker.reachable = True
     fake.broker.snapshot.return_value = {"reachable": True, "since": "2026-01-01T00:00:00Z"}
@@ -60,8 +64,11 @@ def serve(projector: Any, scenario: Callable[[Call], Awaitable[None]]) -> None:
         install_routes(app, projector)
         async with TestClient(TestServer(app, host="127.0.0.1")) as client:
 
-            async def call(method: str, path: str, token: str | None = API, **kwargs: Any) -> tuple[int, Any, Any]:
-                headers = {"Authorization": f"Bearer {token}"} if token else {}
+            async def call(method: str, path: str, token: Any = API, **kwargs: Any) -> tuple[int, Any, Any]:
+                if token == PEER:
+                    headers = {"X-Projector-Peer": projector.settings.peer_secret}
+                else:
+                    headers = {"Authorization": f"Bearer {token}"} if token else {}
                 r = await client.request(method, path, headers={**headers, **kwargs.pop("headers", {})}, **kwargs)
                 raw = await r.read()
                 body = orjson.loads(raw) if r.content_type == "application/json" else raw.decode()
@@ -125,7 +132,7 @@ def test_an_unexpected_error_is_a_logged_503(projector: Any, caplog: pytest.LogC
 def test_tables_refuse_unknown_tables_and_bad_parameters(projector: Any) -> None:
     async def scenario(call: Call) -> None:
         for path in ("/tables/nope", "/tables/nope/key", "/internal/scan/nope?partitions=0"):
-            status, body, _ = await call("GET", path)
+            status, body, _ = await call("GET", path, token=PEER if path.startswith("/internal/") else API)
             assert (status, body) == (404, {"error": "unknown_table", "table": "nope"}), path
         for query in ("limit=0", "limit=x", "cursor=nonsense"):
             status, body, _ = await call("GET", f"/tables/accounts?{query}")
@@ -198,14 +205,191 @@ def test_writes_answer_503_while_the_broker_is_unreachable(projector: Any) -> No
 def test_internal_command_answers_reach_the_waiting_requests(projector: Any) -> None:
     async def scenario(call: Call) -> None:
         items = [{"aggregate_id": "a-1", "command_id": "c-1", "status": 200, "body": {"version": 1}}]
-        assert (await call("POST", "/internal/command-answers", data=orjson.dumps(items)))[:2] == \
+        assert (await call("POST", "/internal/command-answers", data=orjson.dumps(items), token=PEER))[:2] == \
             (200, {"delivered": 1})
-        status, body, _ = await call("POST", "/internal/command-answers", data=b'[{"command_id": 1}]')
+        status, body, _ = await call("POST", "/internal/command-answers", data=b'[{"command_id": 1}]', token=PEER)
         assert (status, body["error"]) == (400, "invalid")
         # Waiters are keyed by aggregate and command id: an answer without its aggregate is refused.
         unscoped = orjson.dumps([{"command_id": "c-1", "status": 200, "body": {}}])
-        status, body, _ = await call("POST", "/internal/command-answers", data=unscoped)
+        status, body, _ = await call("POST", "/internal/command-answers", data=unscoped, token=PEER)
         assert (status, body["error"]) == (400, "invalid")
 
     serve(projector, scenario)
     projector.commands.resolve.assert_called_once_with("a-1", "c-1", 200, {"version": 1})
+
+
+# --- worker-to-worker trust and limits -----------------------------------------------
+
+
+class FakeOwner:
+    """Another worker: records the headers of every request; ``hold`` keeps long-polls open until released."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, dict[str, str]]] = []
+        self.release = asyncio.Event()
+        self.held = 0
+        self.hang_scans = False
+
+    def app(self) -> web.Application:
+        async def any_route(request: web.Request) -> web.Response:
+            self.seen.append((request.path, dict(request.headers)))
+            if request.query.get("min_version") or (self.hang_scans and request.path.startswith("/internal/scan/")):
+                self.held += 1
+                await self.release.wait()
+            if request.path.startswith("/internal/scan/"):
+                return web.json_response({"rows": []})
+            if request.path == "/status":
+                return web.json_response({"worker": "owner", "ready": True})
+            return web.json_response({"table": "accounts", "key": "k", "version": 1, "value": {}})
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", any_route)
+        return app
+
+
+def with_owner(projector: Any, scenario: Callable[[Call, FakeOwner, str], Awaitable[None]]) -> None:
+    """Run ``scenario`` with every partition owned by a fake other worker."""
+    owner = FakeOwner()
+
+    async def main() -> None:
+        async with TestServer(owner.app(), host="127.0.0.1") as server:
+            url = str(server.make_url("")).rstrip("/")
+            projector.owns.return_value = False
+            projector.owner_url.return_value = url
+            projector.app.router.table_metadata.return_value = {url: {}}
+            projector.app.router.tables_metadata.return_value = {url: {}}
+
+            async def inner(call: Call) -> None:
+                await scenario(call, owner, url)
+
+            app = web.Application(**web_application_options(projector))
+            install_routes(app, projector)
+            async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+
+                async def call(method: str, path: str, token: Any = API, **kwargs: Any) -> tuple[int, Any, Any]:
+                    headers = {"Authorization": f"Bearer {token}"} if token else {}
+                    r = await client.request(method, path, headers={**headers, **kwargs.pop("headers", {})}, **kwargs)
+                    raw = await r.read()
+                    body = orjson.loads(raw) if r.content_type == "application/json" else raw.decode()
+                    return r.status, body, r.headers
+
+                await inner(call)
+
+    asyncio.run(main())
+
+
+def test_internal_routes_need_the_peer_token(projector: Any) -> None:
+    """Fails on the old code: the API token (or none at all) opened /internal/... routes."""
+    items = orjson.dumps([{"aggregate_id": "a-1", "command_id": "c-1", "status": 200, "body": {"version": 1}}])
+
+    async def scenario(call: Call) -> None:
+        for token in (API, ADMIN, None, "wrong"):
+            for method, path in (("POST", "/internal/command-answers"), ("GET", "/internal/scan/accounts?partitions=0")):
+                status, body, _ = await call(method, path, token=token, data=items)
+                assert (status, body["error"]) == (401, "unauthorized"), (token, path)
+        # The X-Projector-Forwarded mark alone opens nothing either.
+        status, _, _ = await call("POST", "/internal/command-answers", data=items,
+                                  headers={"X-Projector-Forwarded": "1"})
+        assert status == 401
+        assert (await call("POST", "/internal/command-answers", token=PEER, data=items))[0] == 200
+        # The peer token reads the API, but it is not the admin token.
+        assert (await call("GET", "/control", token=PEER))[0] == 200
+        status, body, _ = await call("PUT", "/control/commands.enabled", token=PEER, data=b"false")
+        assert (status, body["error"]) == (401, "unauthorized")
+
+    serve(projector, scenario)
+    projector.commands.resolve.assert_called_once_with("a-1", "c-1", 200, {"version": 1})
+
+
+def test_the_peer_token_is_its_own_secret() -> None:
+    derived = Settings(api_token=API).peer_secret
+    assert derived and derived not in (API, ADMIN) and len(derived) == 64
+    assert Settings(api_token=API, app_id="other").peer_secret != derived, "one per app id"
+    assert Settings(api_token=API, peer_token="p").peer_secret == "p"
+    assert Settings.from_env({"PROJECTOR_PEER_TOKEN": "p2"}).peer_secret == "p2"
+    assert Settings().peer_secret is None, "no token at all: nothing to derive"
+
+
+def test_forwarded_calls_carry_the_peer_token_never_the_clients(projector: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fails on the old code: the client's Authorization (here the admin token) went on to the other worker."""
+    monkeypatch.setattr("projector.web.status.worker_status", lambda p: {"worker": p.settings.url})
+    peer = projector.settings.peer_secret
+
+    async def scenario(call: Call, owner: FakeOwner, url: str) -> None:
+        assert (await call("GET", "/tables/accounts/k", token=ADMIN))[0] == 200
+        assert (await call("GET", "/tables/accounts?limit=5", token=ADMIN))[0] == 200
+        status, body, _ = await call("GET", "/status?all=1", token=ADMIN)
+        assert status == 200 and any(w.get("worker") == "owner" for w in body["workers"]), body
+        await Peers(projector).post(url, "/internal/command-answers", [])
+        paths = [path for path, _ in owner.seen]
+        assert paths == ["/tables/accounts/k", "/internal/scan/accounts", "/status", "/internal/command-answers"]
+        for path, headers in owner.seen:
+            assert "Authorization" not in headers, path
+            assert headers.get("X-Projector-Peer") == peer, path
+
+    with_owner(projector, scenario)
+
+
+def test_a_forwarded_mark_without_the_peer_token_is_forwarded_again(projector: Any) -> None:
+    """Fails on the old code: X-Projector-Forwarded alone made a worker answer itself (or 503 after 10 s)."""
+
+    async def scenario(call: Call, owner: FakeOwner, url: str) -> None:
+        status, _, headers = await call("GET", "/tables/accounts/k", headers={"X-Projector-Forwarded": "1"})
+        assert status == 200 and headers["X-Projector-Served-By"] == url
+        assert [path for path, _ in owner.seen] == ["/tables/accounts/k"]
+
+    with_owner(projector, scenario)
+
+
+def test_forwarded_long_polls_have_their_own_pool_and_cap(projector: Any) -> None:
+    """Long-polls beyond the cap answer 503 + Retry-After; key lookups are still forwarded meanwhile."""
+    projector.settings = Settings(api_token=API, admin_token=ADMIN, web_port=1, broker="kafka://127.0.0.1:1",
+                                  max_forwarded_waits=2)
+
+    async def scenario(call: Call, owner: FakeOwner, url: str) -> None:
+        polls = [asyncio.ensure_future(call("GET", "/tables/accounts/k?min_version=9&timeout_ms=30000"))
+                 for _ in range(2)]
+        deadline = asyncio.get_running_loop().time() + 10
+        while owner.held < 2:
+            assert asyncio.get_running_loop().time() < deadline, "the long-polls never reached the owner"
+            await asyncio.sleep(0.01)
+        status, body, headers = await call("GET", "/tables/accounts/k?min_version=9&timeout_ms=30000")
+        assert (status, body["error"], headers["Retry-After"]) == (503, "overloaded", "1")
+        for _ in range(5):  # the plain pool is free
+            assert (await call("GET", "/tables/accounts/k"))[0] == 200
+        owner.release.set()
+        assert [s for s, _, _ in await asyncio.gather(*polls)] == [200, 200]
+
+    with_owner(projector, scenario)
+
+
+def test_parked_requests_are_capped(projector: Any) -> None:
+    """Fails on the old code: no cap on /control waits, and the row cap answered without Retry-After."""
+    projector.owns.return_value = True
+    projector.store.get.return_value = None
+    projector.parking = ParkingLimit(1)
+    assert projector.parking.enter()  # the one place is taken
+
+    async def scenario(call: Call) -> None:
+        for path in ("/tables/accounts/k?min_version=3&timeout_ms=5000", "/control?min_offset=99&timeout_ms=5000"):
+            status, body, headers = await call("GET", path)
+            assert (status, body["error"], headers["Retry-After"]) == (503, "overloaded", "1"), path
+        projector.parking.leave()
+        status, body, _ = await call("GET", "/control?min_offset=99&timeout_ms=50")
+        assert (status, body["error"]) == (504, "timeout")
+        assert projector.parking.parked == 0, "a wait gives its place back"
+
+    serve(projector, scenario)
+
+
+def test_a_listing_stops_at_its_deadline(projector: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fails on the old code: a scan that hangs held the listing past the deadline, and the 503 had no Retry-After."""
+    monkeypatch.setattr("projector.web.tables.ROUTE_DEADLINE", 0.5)
+
+    async def scenario(call: Call, owner: FakeOwner, url: str) -> None:
+        owner.hang_scans = True  # the other worker holds the scan, longer than the deadline
+        status, body, headers = await asyncio.wait_for(call("GET", "/tables/accounts?limit=5"), 5)
+        assert (status, body["error"], headers["Retry-After"]) == (503, "unavailable", "1")
+        owner.release.set()
+
+    with_owner(projector, scenario)
