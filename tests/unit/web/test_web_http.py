@@ -136,6 +136,16 @@ def test_tables_refuse_unknown_tables_and_bad_parameters(projector: Any) -> None
     serve(projector, scenario)
 
 
+def test_status_takes_only_the_documented_values_of_all(projector: Any) -> None:
+    """GET /status?all= takes exactly the values the OpenAPI document lists (no case folding, no blanks)."""
+    async def scenario(call: Call) -> None:
+        for value in ("TRUE", " 1", "Yes", "2"):
+            status, body, _ = await call("GET", f"/status?all={value}")
+            assert (status, body["error"]) == (400, "invalid"), value
+
+    serve(projector, scenario)
+
+
 def test_control_writes_need_the_admin_token_and_a_value_the_setting_takes(projector: Any) -> None:
     async def scenario(call: Call) -> None:
         status, body, _ = await call("PUT", "/control/commands.enabled", data=b"false")
