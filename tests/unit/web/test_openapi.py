@@ -24,9 +24,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from projector.core.catalog import load_catalog
-from projector.core.control import BUILTIN
+from projector.core.control import BUILTIN, MAX_KEY_BYTES
 from projector.web import openapi as openapi
-from projector.web.params import MAX_LIMIT, MAX_WAIT_MS
+from projector.web.params import MAX_KEY_PARAM, MAX_LIMIT, MAX_WAIT_MS
 from projector.web.routes import install_routes
 
 TABLES_DIR = Path(__file__).resolve().parents[3] / "tables"
@@ -209,7 +209,9 @@ def test_contract_parameters(doc: dict[str, Any], fake_projector: Any) -> None:
     assert row["timeout_ms"]["schema"] == {"type": "integer", "minimum": 0, "maximum": MAX_WAIT_MS, "default": 0}
     listing = params_of(doc, "/tables/{table}")
     assert listing["limit"]["schema"] == {"type": "integer", "minimum": 1, "default": 100}  # more is capped
-    assert listing["cursor"]["schema"] == listing["prefix"]["schema"] == {"type": "string"}
+    assert listing["cursor"]["schema"] == {"type": "string"}
+    assert listing["prefix"]["schema"] == {"type": "string", "maxLength": MAX_KEY_PARAM}  # more is 400
+    assert params_of(doc, "/control/{key}")["key"]["schema"]["maxLength"] == MAX_KEY_BYTES
     assert "maximum" not in params_of(doc, "/deadletters")["limit"]["schema"]
     assert params_of(doc, "/aggregates/{id}/events")["from_version"]["schema"]["minimum"] == 1
     control = params_of(doc, "/control")

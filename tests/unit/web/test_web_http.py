@@ -23,6 +23,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from projector.core.catalog import load_catalog
 from projector.core.control import ControlState
 from projector.web.middleware import MAX_BODY, web_application_options
+from projector.web.params import MAX_KEY_PARAM
 from projector.web.routes import install_routes
 
 TABLES_DIR = Path(__file__).resolve().parents[3] / "tables"
@@ -127,7 +128,8 @@ def test_tables_refuse_unknown_tables_and_bad_parameters(projector: Any) -> None
         for path in ("/tables/nope", "/tables/nope/key", "/internal/scan/nope?partitions=0"):
             status, body, _ = await call("GET", path)
             assert (status, body) == (404, {"error": "unknown_table", "table": "nope"}), path
-        for query in ("limit=0", "limit=x", "cursor=nonsense"):
+        for query in ("limit=0", "limit=x", "cursor=nonsense", "limit=1_0", "limit=+5", "limit=%205", "limit=%D9%A3",
+                      f"prefix={'p' * (MAX_KEY_PARAM + 1)}"):
             status, body, _ = await call("GET", f"/tables/accounts?{query}")
             assert (status, body["error"]) == (400, "invalid"), query
         status, body, _ = await call("GET", "/tables/accounts/k?timeout_ms=30001")
