@@ -160,6 +160,10 @@ def test_control_writes_need_the_admin_token_and_a_value_the_setting_takes(proje
             assert (status, body["error"]) == (400, "invalid"), key
         status, body, _ = await call("PUT", "/control/anything", token=ADMIN, data=b"not json")
         assert (status, body["error"]) == (400, "invalid")
+        # A key with a line break reaches the view (not a 404 from the router) and is refused as the document says.
+        for method in ("PUT", "DELETE"):
+            status, body, _ = await call(method, "/control/a%0Ab", token=ADMIN, data=b"1")
+            assert (status, body["error"]) == (400, "invalid"), method
         projector.write_control.assert_not_called()
 
     serve(projector, scenario)
