@@ -26,7 +26,8 @@ from projector.core.catalog import ControlSetting, settings_with_builtin
 from projector.core.commands import MAX_ID, MAX_VERSION
 from projector.web.commands import COMMAND_WAIT_MS
 from projector.web.forwarding import SERVED_BY_HEADER
-from projector.web.params import MAX_LIMIT, MAX_WAIT_MS
+from projector.web.params import MAX_KEY_PARAM, MAX_LIMIT, MAX_WAIT_MS
+from projector.web.status import STATUS_ALL, STATUS_MINE
 
 JSON = "application/json"
 
@@ -96,6 +97,8 @@ def _object(required: list[str], properties: dict[str, Any]) -> dict[str, Any]:
 
 UNAUTHORIZED = {"$ref": "#/components/responses/Unauthorized"}
 UNAVAILABLE = {"$ref": "#/components/responses/Unavailable"}
+#: The 503 of the routes that wait (a row's min_version, the control table's min_offset): it may say when to retry.
+UNAVAILABLE_RETRY = {"$ref": "#/components/responses/UnavailableRetry"}
 INVALID = {"$ref": "#/components/responses/Invalid"}
 TOO_LARGE = {"$ref": "#/components/responses/TooLarge"}
 WRITE_TIMEOUT = {"$ref": "#/components/responses/WriteTimeout"}
@@ -107,10 +110,17 @@ SERVED_BY = {
 }
 
 
+#: Who may call an operation (see :func:`_secure`): anyone, holders of PROJECTOR_API_TOKEN (when it is
+#: set), holders of PROJECTOR_ADMIN_TOKEN (when it is set; else as "api").
+PUBLIC, API, ADMIN = "public", "api", "admin"
+#: Where :func:`_operation` notes the access, until :func:`_secure` turns it into security and 401.
+_ACCESS = "x-projector-access"
+
+
 def _operation(operation_id: str, summary: str, responses: dict[str, Any], *, tags: list[str],
-               parameters: Optional[list[dict[str, Any]]] = None, public: bool = False,
+               parameters: Optional[list[dict[str, Any]]] = None, access: str = API,
                description: Optional[str] = None, **extra: Any) -> dict[str, Any]:
-    """One operation; every one but /healthz needs the bearer token (401) and may answer 503."""
+    """One operation; every one but /healthz may answer 503. Its security and 401 come from :func:`_secure`."""
     out: dict[str, Any] = {"operationId": operation_id, "summary": summary, "tags": tags}
     if description:
         out["description"] = description
@@ -118,13 +128,36 @@ def _operation(operation_id: str, summary: str, responses: dict[str, Any], *, ta
         out["parameters"] = parameters
     out.update(extra)
     all_responses = dict(responses)
-    if public:
-        out["security"] = []
-    else:
-        all_responses.setdefault("401", UNAUTHORIZED)
+    if access != PUBLIC:
         all_responses.setdefault("503", UNAVAILABLE)
     out["responses"] = dict(sorted(all_responses.items()))
+    out[_ACCESS] = access
     return out
+
+
+def _secure(paths: dict[str, Any], api_token: bool, admin_token: bool) -> None:
+    """Security and 401 where the worker checks a token (projector.web.middleware.auth, auth.is_admin), only there.
+
+    With PROJECTOR_API_TOKEN set, every operation but the public ones needs a bearer
+    token (the document's global ``security``); with PROJECTOR_ADMIN_TOKEN set, the
+    admin operations need that one. Without any token the API is open: no
+    security, no 401. ``GET /`` also takes the token as ``?token=`` (a browser
+    cannot send a header when it opens a page).
+    """
+    for path, item in paths.items():
+        for method, op in item.items():
+            if method == "parameters":
+                continue
+            access = op.pop(_ACCESS)
+            checked = (access == ADMIN and admin_token) or (access != PUBLIC and api_token)
+            if checked:
+                op["responses"] = dict(sorted({**op["responses"], "401": UNAUTHORIZED}.items()))
+            if api_token and not checked:
+                op["security"] = []
+            elif checked and not api_token:
+                op["security"] = [{"bearer": []}]
+            elif checked and (path, method) == ("/", "get"):
+                op["security"] = [{"bearer": []}, {"token": []}]
 
 
 # --- shared parameters -------------------------------------------------------------
@@ -153,6 +186,7 @@ def _control_key_param() -> dict[str, Any]:
         "key",
         # projector.core.control.check_key: non-empty, at most 1024 bytes of UTF-8, no control
         # character (Cc) nor line or paragraph separator (Zl, Zp).
+        # The length limit is said in words only, as for the listing's prefix (see _rows).
         {"type": "string", "minLength": 1, "pattern": "^[^\\u0000-\\u001F\\u007F-\\u009F\\u2028\\u2029]+$"},
         "A control key: at most 1024 bytes of UTF-8, without control characters or line separators "
         "(writing such a key is 400 `invalid`). It may contain `/`.",
@@ -183,7 +217,7 @@ def _healthz() -> dict[str, Any]:
             {"200": _json({"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
                           "The process runs.")},
             tags=["operations"],
-            public=True,
+            access=PUBLIC,
         )
     }
 
@@ -257,47 +291,12 @@ def _rows(table_param: dict[str, Any]) -> dict[str, Any]:
                 _query("limit", _int(1, default=100),
                        f"Rows per page, 1 or more (default 100); more than {MAX_LIMIT} is capped to {MAX_LIMIT}."),
                 _query("cursor", {"type": "string"}, "The `next_cursor` of the previous page (opaque)."),
-                _query("prefix", {"type": "string"}, "Only keys that start with this."),
-            ],
-        )
-    }
-
-
-def _internal_scan(table_param: dict[str, Any], partitions: int) -> dict[str, Any]:
-    partition_item: dict[str, Any] = {"type": "integer", "minimum": 0}
-    if partitions > 0:
-        partition_item["maximum"] = partitions - 1
-    return {
-        "get": _operation(
-            "internalScan",
-            "Rows of some partitions this worker owns (used between workers by the listing)",
-            {
-                "200": _json(
-                    _object(["rows"], {"rows": {"type": "array", "items": _ref("ListedRow")}}),
-                    "Up to `limit` rows after `after`, in key order.",
-                ),
-                "400": _error("Bad `partitions` or `limit`.", ["invalid"]),
-                "404": _error("Unknown table.", ["unknown_table"]),
-                "409": _error("This worker does not own some of the partitions.", ["not_owner"],
-                              partitions={"type": "array", "items": {"type": "integer"}}),
-            },
-            tags=["internal"],
-            description="Worker to worker: `GET /tables/{table}` asks each owner for its partitions. "
-            "Not a stable API.",
-            parameters=[
-                table_param,
-                {
-                    "name": "partitions",
-                    "in": "query",
-                    "required": True,
-                    "style": "form",
-                    "explode": False,
-                    "schema": {"type": "array", "minItems": 1, "items": partition_item},
-                    "description": "Comma-separated partitions of the table, all owned by this worker.",
-                },
-                _query("prefix", {"type": "string"}, "Only keys that start with this."),
-                _query("after", {"type": "string"}, "Only keys after this one."),
-                _query("limit", _int(1, default=100), f"Most rows; more than {MAX_LIMIT + 1} is capped."),
+                # At most MAX_KEY_PARAM bytes of UTF-8, said in words only: with a maxLength, schemathesis
+                # sends prefixes of that many 4-byte characters, 12 KiB percent-encoded, longer than the
+                # 8190-byte request line aiohttp reads (it answers 400 text/plain itself, before any view).
+                _query("prefix", {"type": "string"},
+                       f"Only keys that start with this (at most {MAX_KEY_PARAM} bytes of UTF-8; more is 400 "
+                       "`invalid`)."),
             ],
         )
     }
@@ -311,6 +310,7 @@ def _row(table_param: dict[str, Any], example_key: Optional[str]) -> dict[str, A
             {
                 "200": _json(_ref("Row"), "The row.", headers=SERVED_BY),
                 "400": _error("A bad `min_version` or `timeout_ms`.", ["invalid"]),
+                "503": UNAVAILABLE_RETRY,
                 "404": _error("No such row (`not_found`) or no such table (`unknown_table`).",
                               ["not_found", "unknown_table"]),
                 "504": _error(
@@ -379,11 +379,11 @@ def _aggregate_release(example_key: Optional[str]) -> dict[str, Any]:
                     "The release command is written; `offset` is its offset in the commands topic.",
                 ),
                 "400": INVALID,
-                "401": UNAUTHORIZED,
                 "413": TOO_LARGE,
                 "504": WRITE_TIMEOUT,
             },
             tags=["aggregates"],
+            access=ADMIN,
             description="Needs PROJECTOR_ADMIN_TOKEN when it is set. The body is optional: `{}` or "
             '`{"skip_to": <version>}`.',
             parameters=[_aggregate_param(example_key)],
@@ -579,35 +579,6 @@ def _commands(command_example: Optional[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _internal_command_answers() -> dict[str, Any]:
-    answer = _object(
-        ["command_id", "status", "body"],
-        {
-            "command_id": {"type": "string"},
-            "status": {"type": "integer", "description": "The HTTP status of the answer."},
-            "body": {"type": "object", "description": "The answer's body."},
-        },
-    )
-    return {
-        "post": _operation(
-            "internalCommandAnswers",
-            "Answers of commands this worker took (used between workers by POST /commands)",
-            {
-                "200": _json(
-                    _object(["delivered"], {"delivered": {"type": "integer", "minimum": 0}}),
-                    "`delivered` answers were handed to the requests waiting for them (if any still waits).",
-                ),
-                "400": _error("The body is not a list of `{command_id, status, body}`.", ["invalid"]),
-                "413": TOO_LARGE,
-            },
-            tags=["internal"],
-            description="Worker to worker: the writer of an aggregate sends each command's answer to the "
-            "worker that took the command. Not a stable API.",
-            requestBody={"required": True, "content": {JSON: {"schema": {"type": "array", "items": answer}}}},
-        )
-    }
-
-
 # --- the control table -------------------------------------------------------------
 
 
@@ -640,6 +611,7 @@ def _control() -> dict[str, Any]:
                     "The control table.",
                 ),
                 "400": _error("A bad `min_offset` or `timeout_ms`.", ["invalid"]),
+                "503": UNAVAILABLE_RETRY,
                 "504": _error(
                     "The worker did not apply `min_offset` within `timeout_ms`.",
                     ["timeout"],
@@ -681,8 +653,9 @@ def _control_entry(settings: Mapping[str, ControlSetting]) -> dict[str, Any]:
         "put": _operation(
             "putControlKey",
             "Set a control entry (admin)",
-            {"202": written, "400": INVALID, "401": UNAUTHORIZED, "413": TOO_LARGE, "504": WRITE_TIMEOUT},
+            {"202": written, "400": INVALID, "413": TOO_LARGE, "504": WRITE_TIMEOUT},
             tags=["control"],
+            access=ADMIN,
             description="Needs PROJECTOR_ADMIN_TOKEN when it is set. The body is any JSON value; `null` "
             f"deletes the key. A value the key's meaning refuses ({refused}) is 400 `invalid`; the "
             "`ControlSettings` schema describes each of these keys. Any other key takes any JSON value.",
@@ -691,8 +664,9 @@ def _control_entry(settings: Mapping[str, ControlSetting]) -> dict[str, Any]:
         "delete": _operation(
             "deleteControlKey",
             "Delete a control entry (admin)",
-            {"202": written, "400": INVALID, "401": UNAUTHORIZED, "504": WRITE_TIMEOUT},
+            {"202": written, "400": INVALID, "504": WRITE_TIMEOUT},
             tags=["control"],
+            access=ADMIN,
             description="Needs PROJECTOR_ADMIN_TOKEN when it is set.",
         ),
     }
@@ -766,28 +740,32 @@ def _status() -> dict[str, Any]:
             },
             tags=["status"],
             parameters=[
-                _query("all", {"type": "string", "enum": ["1", "0", "true", "false", "yes", "no"]},
-                       "Every worker of the group (1, true, yes) or this one only (0, false, no; the default)."),
+                _query("all", {"type": "string", "enum": [*sorted(STATUS_ALL), *sorted(STATUS_MINE)]},
+                       "Every worker of the group (1, true, yes, on) or this one only (0, false, no, off, empty; "
+                       "the default); anything else is 400 `invalid`."),
             ],
         )
     }
 
 
-def _paths(tables: list[str], partitions: int, command_example: Optional[dict[str, Any]],
+def _paths(tables: list[str], command_example: Optional[dict[str, Any]],
            settings: Mapping[str, ControlSetting], example_key: Optional[str]) -> dict[str, Any]:
-    """Every path of the API (projector.web.routes serves them)."""
+    """Every path of the public API (projector.web.routes serves them).
+
+    The routes under ``/internal/`` are left out: workers call them on each other
+    (the listing's scan, the answers of forwarded commands); they are no API for
+    anyone else and may change with any release.
+    """
     table = _table_param(tables)
     return {
         "/healthz": _healthz(),
         "/readyz": _readyz(),
         "/tables": _tables(),
         "/tables/{table}": _rows(table),
-        "/internal/scan/{table}": _internal_scan(table, partitions),
         "/tables/{table}/{key}": _row(table, example_key),
         "/aggregates/{id}/events": _aggregate_events(example_key),
         "/aggregates/{id}/release": _aggregate_release(example_key),
         "/commands": _commands(command_example),
-        "/internal/command-answers": _internal_command_answers(),
         "/control": _control(),
         "/control/{key}": _control_entry(settings),
         "/deadletters": _deadletters(),
@@ -892,6 +870,16 @@ def _responses() -> dict[str, Any]:
         ),
         "Unavailable": _error("The worker cannot answer now (rebalancing, Kafka unreachable: "
                               "`broker_unreachable`, ...); retry."),
+        "UnavailableRetry": {
+            **_error("The worker cannot answer now (rebalancing, Kafka unreachable: `broker_unreachable`, "
+                     "too many requests waiting: `overloaded`, ...); retry, after `Retry-After` when given."),
+            "headers": {
+                "Retry-After": {
+                    "description": "Seconds to wait before retrying (sent with some 503 answers only).",
+                    "schema": {"type": "integer", "minimum": 0},
+                }
+            },
+        },
         "WriteTimeout": _error("Kafka did not acknowledge the write in time: the outcome is unknown, it may "
                                "still be written.", ["timeout"]),
         "Invalid": _error("A bad query parameter or body.", ["invalid"]),
@@ -911,38 +899,60 @@ def _info() -> dict[str, Any]:
     }
 
 
-BEARER = {
-    "type": "http",
-    "scheme": "bearer",
-    "description": "PROJECTOR_API_TOKEN (or PROJECTOR_ADMIN_TOKEN). A worker without "
-    "PROJECTOR_API_TOKEN is open; writes need PROJECTOR_ADMIN_TOKEN when that is set.",
-}
+def _security_schemes(api_token: bool, admin_token: bool) -> dict[str, Any]:
+    """The bearer scheme (and ``?token=`` of the status page) when a token is set; none on an open worker."""
+    if not (api_token or admin_token):
+        return {}
+    if api_token:
+        bearer = "PROJECTOR_API_TOKEN (or PROJECTOR_ADMIN_TOKEN)"
+        if admin_token:
+            bearer += "; the writes marked (admin) need PROJECTOR_ADMIN_TOKEN"
+    else:
+        bearer = "PROJECTOR_ADMIN_TOKEN, for the writes marked (admin); the rest of the API is open"
+    schemes: dict[str, Any] = {"bearer": {"type": "http", "scheme": "bearer", "description": bearer + "."}}
+    if api_token:
+        schemes["token"] = {
+            "type": "apiKey",
+            "in": "query",
+            "name": "token",
+            "description": "The status page (`GET /`) only: the token as a query parameter, for a browser.",
+        }
+    return schemes
 
-TAGS = ("tables", "aggregates", "commands", "control", "operations", "status", "internal")
+TAGS = ("tables", "aggregates", "commands", "control", "operations", "status")
 
 
 # --- the document ------------------------------------------------------------------
 
 
 def document(projector: Any) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of ``projector``'s HTTP API (only ``catalog`` and ``partitions`` are read)."""
+    """The OpenAPI 3.1 document of ``projector``'s HTTP API.
+
+    Only ``catalog`` and ``settings`` (its ``api_token`` and ``admin_token``; none
+    when absent) are read: security and 401 are documented where this worker
+    checks a token, and nowhere on a worker without one.
+    """
     catalog = projector.catalog
     tables = [m.name for m in catalog.all]
-    partitions = int(getattr(projector, "partitions", 0) or 0)
+    worker_settings = getattr(projector, "settings", None)
+    api_token = getattr(worker_settings, "api_token", None) is not None
+    admin_token = getattr(worker_settings, "admin_token", None) is not None
     command_schema, command_example = _command_schema(catalog)
     settings = control_settings(catalog)
-    return {
-        "openapi": "3.1.0",
-        "info": _info(),
-        "tags": [{"name": name} for name in TAGS],
-        "security": [{"bearer": []}],
-        "paths": _paths(tables, partitions, command_example, settings, example_key(catalog)),
-        "components": {
-            "securitySchemes": {"bearer": dict(BEARER)},
-            "schemas": _schemas(command_schema, settings),
-            "responses": _responses(),
-        },
-    }
+    paths = _paths(tables, command_example, settings, example_key(catalog))
+    _secure(paths, api_token, admin_token)
+    responses = _responses()
+    schemes = _security_schemes(api_token, admin_token)
+    if not schemes:
+        del responses["Unauthorized"]
+    out: dict[str, Any] = {"openapi": "3.1.0", "info": _info(), "tags": [{"name": name} for name in TAGS]}
+    if api_token:
+        out["security"] = [{"bearer": []}]
+    out["paths"] = paths
+    out["components"] = {"schemas": _schemas(command_schema, settings), "responses": responses}
+    if schemes:
+        out["components"]["securitySchemes"] = schemes
+    return out
 
 
 class OpenAPIView:

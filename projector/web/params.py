@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Optional
 
 from aiohttp import web
@@ -12,6 +13,9 @@ MAX_LIMIT = 1000
 MAX_WAIT_MS = 30000
 #: Longest key prefix or cursor key accepted, in bytes.
 MAX_KEY_PARAM = 1024
+#: An integer as the OpenAPI document's ``"type": "integer"`` means it in a query: ASCII digits, maybe a minus.
+#: (``int()`` alone also takes blanks around it, ``1_000``, ``+5`` and non-ASCII digits such as ``٣``.)
+INTEGER = re.compile(r"-?[0-9]+")
 
 
 def int_param(request: web.Request, name: str, default: int, minimum: int, maximum: Optional[int] = None,
@@ -25,8 +29,10 @@ def int_param(request: web.Request, name: str, default: int, minimum: int, maxim
     if raw is None:
         return default
     try:
+        if not INTEGER.fullmatch(raw):
+            raise ValueError(raw)
         value = int(raw)
-    except ValueError:
+    except ValueError:  # also more digits than int() converts
         raise web.HTTPBadRequest(reason=f"{name} must be an integer, got {raw!r}") from None
     if value < minimum:
         raise web.HTTPBadRequest(reason=f"{name} must be at least {minimum}, got {value}")

@@ -21,7 +21,7 @@ middleware of :mod:`projector.web.middleware`, like every route but
                                                # the last 90 s, oldest first
          "time": 1767225600.123}               # unix seconds when the answer was made
 
-``GET /status?all=1`` (also ``true``/``yes``; ``0``/``false``/``no`` mean this worker only)
+``GET /status?all=1`` (also ``true``/``yes``/``on``; ``0``/``false``/``no``/``off``/empty mean this worker only; any other value, other case included, is 400)
     Every worker of the group::
 
         {"served_by": "<this worker's URL>", "time": ...,
@@ -82,8 +82,9 @@ POLL_MS = 1500
 #: The worker samples ``records_total`` this often (seconds), into ``Metrics.throughput`` (90 s).
 SAMPLE_EVERY = 1.0
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"", "0", "false", "no", "off"}
+#: The values ``GET /status?all=`` takes, exactly (the OpenAPI document lists them; anything else is 400).
+STATUS_ALL = frozenset({"1", "true", "yes", "on"})
+STATUS_MINE = frozenset({"", "0", "false", "no", "off"})
 
 
 def _norm(url: Any) -> str:
@@ -177,10 +178,11 @@ class StatusViews:
         return worker_status(self.projector)
 
     async def status(self, request: web.Request) -> web.Response:
-        raw = request.query.get("all", "0").strip().lower()
-        if raw not in _TRUE | _FALSE:
-            return json_error(400, "invalid", detail=f"all must be 1 or 0, got {raw!r}")
-        if raw in _FALSE:
+        raw = request.query.get("all", "0")
+        if raw not in STATUS_ALL | STATUS_MINE:
+            allowed = sorted(STATUS_ALL | STATUS_MINE)
+            return json_error(400, "invalid", detail=f"all must be one of {allowed}, got {raw!r}")
+        if raw in STATUS_MINE:
             return json_response(self.mine())
         me = self.projector.settings.url
         try:

@@ -24,28 +24,43 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from projector.core.catalog import load_catalog
-from projector.core.control import BUILTIN
+from projector.core.control import BUILTIN, MAX_KEY_BYTES
 from projector.web import openapi as openapi
-from projector.web.params import MAX_LIMIT, MAX_WAIT_MS
+from projector.web.params import MAX_KEY_PARAM, MAX_LIMIT, MAX_WAIT_MS
 from projector.web.routes import install_routes
 
 TABLES_DIR = Path(__file__).resolve().parents[3] / "tables"
 PARTITIONS = 4
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+#: A worker with both tokens set (the document of a worker without one is checked below).
+TOKENS = SimpleNamespace(api_token="api-token", admin_token="admin-token")
+ADMIN_OPERATIONS = {("put", "/control/{key}"), ("delete", "/control/{key}"), ("post", "/aggregates/{id}/release")}
 
 
 @pytest.fixture(scope="module")
 def fake_projector() -> Any:
-    """Just enough of a Projector for the routes and the document: its catalog and partition count."""
+    """Just enough of a Projector for the routes and the document: its catalog, partition count and tokens."""
     fake = mock.MagicMock(name="projector")
     fake.catalog = load_catalog(TABLES_DIR)
     fake.partitions = PARTITIONS
+    fake.settings = TOKENS
     return fake
+
+
+def document_for(catalog: Any, api_token: Any = None, admin_token: Any = None) -> dict[str, Any]:
+    settings = SimpleNamespace(api_token=api_token, admin_token=admin_token)
+    return openapi.document(SimpleNamespace(catalog=catalog, partitions=PARTITIONS, settings=settings))
 
 
 @pytest.fixture(scope="module")
 def doc(fake_projector: Any) -> dict[str, Any]:
-    return openapi.document(SimpleNamespace(catalog=fake_projector.catalog, partitions=PARTITIONS))
+    return document_for(fake_projector.catalog, TOKENS.api_token, TOKENS.admin_token)
+
+
+@pytest.fixture(scope="module")
+def open_doc(fake_projector: Any) -> dict[str, Any]:
+    """The document of a worker without any token."""
+    return document_for(fake_projector.catalog)
 
 
 def operations(doc: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
@@ -154,14 +169,18 @@ def test_only_503_and_504_among_server_errors(doc: dict[str, Any]) -> None:
 
 def test_bearer_auth_everywhere_but_healthz(doc: dict[str, Any]) -> None:
     schemes = doc["components"]["securitySchemes"]
-    assert schemes == {"bearer": {**schemes["bearer"], "type": "http", "scheme": "bearer"}}
+    assert schemes["bearer"] == {**schemes["bearer"], "type": "http", "scheme": "bearer"}
+    assert schemes["token"] == {**schemes["token"], "type": "apiKey", "in": "query", "name": "token"}
     assert doc["security"] == [{"bearer": []}]
     for path, method, op in operations(doc):
         if path == "/healthz":
             assert op["security"] == []
             assert "401" not in op["responses"]
             continue
-        assert "security" not in op, f"{method.upper()} {path} uses the global bearer scheme"
+        if path == "/":  # the status page also takes ?token= (projector.web.middleware.auth)
+            assert op["security"] == [{"bearer": []}, {"token": []}]
+        else:
+            assert "security" not in op, f"{method.upper()} {path} uses the global bearer scheme"
         unauthorized = resolve(doc, op["responses"]["401"])["content"]["application/json"]["schema"]
         assert requires_error_string(doc, unauthorized)
         assert resolve(doc, resolve(doc, unauthorized)["allOf"][1]["properties"]["error"])["enum"] == ["unauthorized"]
@@ -190,7 +209,10 @@ def test_contract_parameters(doc: dict[str, Any], fake_projector: Any) -> None:
     assert row["timeout_ms"]["schema"] == {"type": "integer", "minimum": 0, "maximum": MAX_WAIT_MS, "default": 0}
     listing = params_of(doc, "/tables/{table}")
     assert listing["limit"]["schema"] == {"type": "integer", "minimum": 1, "default": 100}  # more is capped
-    assert listing["cursor"]["schema"] == listing["prefix"]["schema"] == {"type": "string"}
+    assert listing["cursor"]["schema"] == {"type": "string"}
+    # The byte limits are said in words (a maxLength would make schemathesis overflow aiohttp's request line).
+    assert listing["prefix"]["schema"] == {"type": "string"} and f"{MAX_KEY_PARAM} bytes" in listing["prefix"]["description"]
+    assert f"{MAX_KEY_BYTES} bytes" in params_of(doc, "/control/{key}")["key"]["description"]
     assert "maximum" not in params_of(doc, "/deadletters")["limit"]["schema"]
     assert params_of(doc, "/aggregates/{id}/events")["from_version"]["schema"]["minimum"] == 1
     control = params_of(doc, "/control")
@@ -239,7 +261,10 @@ def served_routes(projector: Any) -> set[tuple[str, str]]:
 
 
 def test_every_served_route_is_documented(doc: dict[str, Any], fake_projector: Any) -> None:
-    served = served_routes(fake_projector)
+    """Every public route, that is; the worker-to-worker routes under /internal/ are left out."""
+    all_served = served_routes(fake_projector)
+    served = {(method, path) for method, path in all_served if not path.startswith("/internal/")}
+    assert served != all_served, "the worker serves routes under /internal/"
     documented = {(method, path) for path, method, _ in operations(doc)}
     assert served - documented == set(), "routes served but missing from projector/web/openapi.py"
     assert documented - served == set(), "operations documented but not served"
@@ -316,7 +341,7 @@ def decide(state, command, settings):
 def test_another_domain_is_documented_from_its_own_declarations(tmp_path: Path) -> None:
     (tmp_path / "parcels.py").write_text(OTHER_DOMAIN)
     catalog = load_catalog(tmp_path)
-    doc = openapi.document(SimpleNamespace(catalog=catalog, partitions=2))
+    doc = document_for(catalog, "t")
     schemathesis.openapi.from_dict(doc).validate()
     variants = command_variants(doc)
     assert set(variants) == {("parcel", "Ship"), ("parcel", "Cancel")}
@@ -344,6 +369,59 @@ def test_a_catalog_without_an_example_key_shows_no_example(fake_projector):
     catalog = fake_projector.catalog
     models = [dataclasses.replace(m, example_key=None) for m in catalog.models]
     bare = dataclasses.replace(catalog, models=models)
-    document = openapi.document(SimpleNamespace(catalog=bare, partitions=PARTITIONS))
+    document = document_for(bare)
     params = document["paths"]["/tables/{table}/{key}"]["get"]["parameters"]
     assert all("example" not in p for p in params if p["name"] == "key")
+
+
+# --- security and 401 say what the worker checks ----------------------------------------
+
+
+def test_a_worker_without_a_token_documents_no_security_and_no_401(open_doc: dict[str, Any]) -> None:
+    schemathesis.openapi.from_dict(open_doc).validate()
+    assert "security" not in open_doc
+    assert "securitySchemes" not in open_doc["components"]
+    assert "Unauthorized" not in open_doc["components"]["responses"]
+    for path, method, op in operations(open_doc):
+        assert "security" not in op, f"{method.upper()} {path}"
+        assert "401" not in op["responses"], f"{method.upper()} {path}"
+    assert "unauthorized" not in orjson.dumps(open_doc).decode()
+
+
+def test_with_only_the_admin_token_the_writes_need_it(fake_projector: Any) -> None:
+    doc = document_for(fake_projector.catalog, admin_token="admin")
+    schemathesis.openapi.from_dict(doc).validate()
+    assert "security" not in doc
+    assert set(doc["components"]["securitySchemes"]) == {"bearer"}
+    for path, method, op in operations(doc):
+        label = f"{method.upper()} {path}"
+        if (method, path) in ADMIN_OPERATIONS:
+            assert op["security"] == [{"bearer": []}], label
+            assert resolve(doc, op["responses"]["401"]), label
+        else:
+            assert "security" not in op and "401" not in op["responses"], label
+
+
+def test_with_both_tokens_the_writes_document_401(doc: dict[str, Any]) -> None:
+    for method, path in ADMIN_OPERATIONS:
+        assert "401" in doc["paths"][path][method]["responses"]
+
+
+def test_internal_routes_are_not_in_the_document(doc: dict[str, Any], open_doc: dict[str, Any]) -> None:
+    for document in (doc, open_doc):
+        assert not [path for path in document["paths"] if path.startswith("/internal")]
+        assert "internal" not in {tag["name"] for tag in document["tags"]}
+
+
+def test_the_waiting_routes_document_retry_after_on_503(doc: dict[str, Any]) -> None:
+    for path in ("/tables/{table}/{key}", "/control"):
+        unavailable = resolve(doc, doc["paths"][path]["get"]["responses"]["503"])
+        header = unavailable["headers"]["Retry-After"]
+        assert header["schema"] == {"type": "integer", "minimum": 0} and not header.get("required"), path
+
+
+def test_status_all_lists_what_the_handler_takes(doc: dict[str, Any]) -> None:
+    from projector.web.status import STATUS_ALL, STATUS_MINE
+
+    assert set(params_of(doc, "/status")["all"]["schema"]["enum"]) == STATUS_ALL | STATUS_MINE
+    assert {"", "on", "off"} <= STATUS_ALL | STATUS_MINE

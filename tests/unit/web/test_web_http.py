@@ -25,6 +25,7 @@ from projector.runtime.config import Settings
 from projector.runtime.waiters import ParkingLimit
 from projector.web.forwarding import Peers
 from projector.web.middleware import MAX_BODY, web_application_options
+from projector.web.params import MAX_KEY_PARAM
 from projector.web.routes import install_routes
 
 TABLES_DIR = Path(__file__).resolve().parents[3] / "tables"
@@ -134,11 +135,22 @@ def test_tables_refuse_unknown_tables_and_bad_parameters(projector: Any) -> None
         for path in ("/tables/nope", "/tables/nope/key", "/internal/scan/nope?partitions=0"):
             status, body, _ = await call("GET", path, token=PEER if path.startswith("/internal/") else API)
             assert (status, body) == (404, {"error": "unknown_table", "table": "nope"}), path
-        for query in ("limit=0", "limit=x", "cursor=nonsense"):
+        for query in ("limit=0", "limit=x", "cursor=nonsense", "limit=1_0", "limit=+5", "limit=%205", "limit=%D9%A3",
+                      f"prefix={'p' * (MAX_KEY_PARAM + 1)}"):
             status, body, _ = await call("GET", f"/tables/accounts?{query}")
             assert (status, body["error"]) == (400, "invalid"), query
         status, body, _ = await call("GET", "/tables/accounts/k?timeout_ms=30001")
         assert (status, body["error"]) == (400, "invalid")
+
+    serve(projector, scenario)
+
+
+def test_status_takes_only_the_documented_values_of_all(projector: Any) -> None:
+    """GET /status?all= takes exactly the values the OpenAPI document lists (no case folding, no blanks)."""
+    async def scenario(call: Call) -> None:
+        for value in ("TRUE", " 1", "Yes", "2"):
+            status, body, _ = await call("GET", f"/status?all={value}")
+            assert (status, body["error"]) == (400, "invalid"), value
 
     serve(projector, scenario)
 
@@ -155,6 +167,10 @@ def test_control_writes_need_the_admin_token_and_a_value_the_setting_takes(proje
             assert (status, body["error"]) == (400, "invalid"), key
         status, body, _ = await call("PUT", "/control/anything", token=ADMIN, data=b"not json")
         assert (status, body["error"]) == (400, "invalid")
+        # A key with a line break reaches the view (not a 404 from the router) and is refused as the document says.
+        for method in ("PUT", "DELETE"):
+            status, body, _ = await call(method, "/control/a%0Ab", token=ADMIN, data=b"1")
+            assert (status, body["error"]) == (400, "invalid"), method
         projector.write_control.assert_not_called()
 
     serve(projector, scenario)
