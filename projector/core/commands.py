@@ -138,22 +138,27 @@ def encode_command(command: dict[str, Any], reply_to: Optional[str]) -> bytes:
     return orjson.dumps({"command": command, "reply_to": reply_to})
 
 
-def _timestamp(record: Any) -> Optional[str]:
-    """The command record's timestamp as RFC 3339: the same every time the record is decided."""
+def _record_seconds(record: Any) -> Optional[float]:
+    """The command record's timestamp in seconds since the epoch, if it has one."""
     ts = getattr(record, "timestamp", None)
     if not isinstance(ts, (int, float)) or ts <= 0:
         return None
-    seconds = ts / 1000 if ts > 10_000_000_000 else ts  # Kafka gives ms, Faust's messages seconds
+    return ts / 1000 if ts > 10_000_000_000 else ts  # Kafka gives ms, Faust's messages seconds
+
+
+def _timestamp(record: Any) -> Optional[str]:
+    """The command record's timestamp as RFC 3339: the same every time the record is decided."""
+    seconds = _record_seconds(record)
+    if seconds is None:
+        return None
     moment = datetime.datetime.fromtimestamp(seconds, tz=datetime.timezone.utc)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _seconds(record: Any) -> int:
-    """The command record's timestamp in seconds since the epoch (when its answer is stored), or now."""
-    ts = getattr(record, "timestamp", None)
-    if not isinstance(ts, (int, float)) or ts <= 0:
-        return int(time.time())
-    return int(ts / 1000 if ts > 10_000_000_000 else ts)
+    """The command record's timestamp in whole seconds (when its answer is stored), or now."""
+    seconds = _record_seconds(record)
+    return int(time.time() if seconds is None else seconds)
 
 
 def events_for(command: dict[str, Any], decided: Iterable[Any], version: int, timestamp: Optional[str]) -> list[dict]:

@@ -28,7 +28,7 @@ from faust.types import TP
 from projector.core.catalog import Catalog, load_catalog
 from projector.core.commands import Answer, decide_steps, prune_answers, unavailable_error
 from projector.core.control import ControlState, encode_value
-from projector.core.engine import Engine, tables_of
+from projector.core.engine import Engine, run_steps, tables_of
 from projector.core.metrics import LAG_PROBE_INTERVAL, Metrics
 from projector.core.schemas import Schemas
 from projector.runtime.command_side import CommandQueue, CommandRoundTrip, SendAnswers, WriterGate
@@ -241,13 +241,12 @@ class Projector:
         self.rows = RowWaiters()
         #: The cap on requests parked at once (PROJECTOR_MAX_PARKED): rows and /control waits.
         self.parking = ParkingLimit(settings.max_parked)
+        #: The writers' transactional producers: a writer that lost its partition is fenced.
+        self.fence = WriterFence(settings)
         self.sink = ChangelogSink(
             store=self.store, producer=lambda: raw_producer(self.app), guard_tables=self.engine.guard_tables,
-            metrics=self.metrics, rows=self.rows,
+            metrics=self.metrics, rows=self.rows, append=self.fence.append,
         )
-        #: The writers' transactional producers: a writer that lost its partition is fenced.
-        self.fence = WriterFence(settings, self.events_topic.get_topic_name())
-        self.sink.append = self.fence.append
         self.writer_gate = WriterGate(self.events_topic.get_topic_name(), self.fence)
         #: Commands waiting for their partition's gate.
         self.command_queue = CommandQueue()
@@ -322,13 +321,10 @@ class Projector:
 
     def _not_ready(self, records: Sequence[Any]) -> list[Answer]:
         """``not_ready`` answers for command records this writer does not keep (the requester sends them again)."""
-        steps = decide_steps(self.engine, self.catalog, records, events_topic=self.events_topic.get_topic_name(),
-                             settings={}, enabled=True, ready=lambda partition: False)
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                return done.value[1]
+        _, answers = run_steps(decide_steps(self.engine, self.catalog, records,
+                                            events_topic=self.events_topic.get_topic_name(),
+                                            settings={}, enabled=True, ready=lambda partition: False))
+        return answers
 
     def _append_failed(self, plan: Any, answers: list[Answer], exc: Fenced) -> list[Answer]:
         """A batch whose appends did not all commit: nothing of it is written, and its answers say so.

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 #: Sends one record and waits for Kafka: (topic, key, value, partition, timeout) -> RecordMetadata.
 Produce = Callable[[str, bytes, bytes, int, float], Awaitable[Any]]
-#: Hands answers to the worker at a URL: (url, [{command_id, status, body}]).
+#: Hands answers to the worker at a URL: (url, [{aggregate_id, command_id, status, body}]).
 SendAnswers = Callable[[str, list[dict[str, Any]]], Awaitable[None]]
 
 
@@ -50,7 +50,7 @@ class WriterGate:
     stays shut (``moved``) until the next rebalance, or for :data:`LOST_FOR` seconds.
     """
 
-    def __init__(self, events_topic: str, fence: Optional[WriterFence] = None) -> None:
+    def __init__(self, events_topic: str, fence: WriterFence) -> None:
         self.events_topic = events_topic
         self.fence = fence
         #: The end each partition must be folded to (read after the fence).
@@ -92,17 +92,15 @@ class WriterGate:
         if partition in self.open or self.moved(partition):
             return
         self.lost.pop(partition, None)
-        if partition not in self.taken:
-            if self.fence is not None:
-                try:
-                    await self.fence.take(partition)
-                except Fenced as exc:
-                    if self.errors.get(partition) != str(exc):
-                        log.warning("writer of partition %d: cannot fence earlier writers yet: %s", partition, exc)
-                    self.errors[partition] = str(exc)
-                    return
+        if partition not in self.taken:  # no end read yet either: it is read after the fence
+            try:
+                await self.fence.take(partition)
+            except Fenced as exc:
+                if self.errors.get(partition) != str(exc):
+                    log.warning("writer of partition %d: cannot fence earlier writers yet: %s", partition, exc)
+                self.errors[partition] = str(exc)
+                return
             self.taken.add(partition)
-            self.targets.pop(partition, None)
         tp = TP(self.events_topic, partition)
         target = self.targets.get(partition)
         if target is None:

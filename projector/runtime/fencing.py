@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import aiokafka.producer.sender
 from aiokafka import AIOKafkaProducer
@@ -119,17 +119,13 @@ _quiet = _QuietFencedSender()
 class WriterFence:
     """This worker's transactional producers, one per events partition it writes, fenced on take-over."""
 
-    def __init__(self, settings: Settings, events_topic: str, *,
-                 make_producer: Optional[Callable[[Settings, int], Any]] = None,
-                 timeout: float = KAFKA_WRITE_TIMEOUT) -> None:
+    def __init__(self, settings: Settings, *, timeout: float = KAFKA_WRITE_TIMEOUT) -> None:
         self.settings = settings
-        self.events_topic = events_topic
-        self.make_producer = make_producer or _producer
         if _quiet not in logging.getLogger("asyncio").filters:
             logging.getLogger("asyncio").addFilter(_quiet)
         self.timeout = timeout
         self.producers: dict[int, Any] = {}
-        #: Appends refused because another worker holds the partition's id now (projector_writer_fenced_total).
+        #: Appends refused because another worker holds the partition's id now.
         self.fenced = 0
 
     def holds(self, partition: int) -> bool:
@@ -144,7 +140,7 @@ class WriterFence:
         holder's transaction is then aborted or committed, never pending).
         """
         await self.drop(partition)
-        producer = self.make_producer(self.settings, partition)
+        producer = _producer(self.settings, partition)
         try:
             await asyncio.wait_for(self._init(producer), self.timeout)
         except Exception as exc:
@@ -170,9 +166,8 @@ class WriterFence:
         for partition in list(self.producers):
             await self.drop(partition)
 
-
-    async def append(self, sends: Sequence[Any]) -> dict[int, Any]:
-        """Append ``sends`` (records of the events topic), each partition's in one transaction; their metadata.
+    async def append(self, sends: Sequence[Any]) -> None:
+        """Append ``sends`` (records of the events topic), each partition's in one transaction.
 
         The partitions' transactions run side by side. :class:`Fenced` when
         one does not commit (the one another worker fenced, if any); the
@@ -191,11 +186,9 @@ class WriterFence:
         results = await asyncio.gather(*(
             asyncio.wait_for(self._commit(self.producers[partition], records), self.timeout)
             for partition, records in by_partition.items()), return_exceptions=True)
-        out: dict[int, Any] = {}
         failed: Optional[Fenced] = None
         for partition, result in zip(by_partition, results):
             if not isinstance(result, BaseException):
-                out[partition] = result
                 continue
             by_another = _fenced(result)
             if by_another:
@@ -210,15 +203,14 @@ class WriterFence:
                 failed = error
         if failed is not None:
             raise failed
-        return out
 
     @staticmethod
-    async def _commit(producer: Any, records: Sequence[Any]) -> Any:
+    async def _commit(producer: Any, records: Sequence[Any]) -> None:
         await producer.begin_transaction()
         try:
             futures = [await producer.send(r.topic, value=r.value, key=r.key, partition=r.partition,
                                            headers=r.headers or None) for r in records]
-            metas = await asyncio.gather(*futures)
+            await asyncio.gather(*futures)
         except BaseException:
             try:
                 await producer.abort_transaction()
@@ -226,7 +218,6 @@ class WriterFence:
                 log.debug("abort after a failed append: %r", exc)
             raise
         await producer.commit_transaction()
-        return metas[-1]
 
 
 async def _stop(producer: Any) -> None:

@@ -26,8 +26,7 @@ class ChangelogSink:
     """Sends a plan's changelog records and messages, waits for Kafka, then writes the store and wakes readers."""
 
     def __init__(self, *, store: WritableStore, producer: Callable[[], Any], guard_tables: set[str],
-                 metrics: Metrics, rows: RowWaiters,
-                 append: Optional[Callable[[Sequence[Any]], Awaitable[Any]]] = None) -> None:
+                 metrics: Metrics, rows: RowWaiters, append: Callable[[Sequence[Any]], Awaitable[None]]) -> None:
         self.store = store
         #: Appends the command side's events (the writers' transactions, :mod:`projector.runtime.fencing`).
         self.append = append
@@ -57,10 +56,7 @@ class ChangelogSink:
             # The command side's events: committed to the events topic before
             # any row, index entry or answer that counts them as applied. A
             # writer that was fenced raises here, and nothing is written.
-            if self.append is not None:
-                await self.append(plan.appends)
-            else:
-                await self._send_and_wait({}, plan.appends, offsets, slice_)
+            await self.append(plan.appends)
         if plan.sends:
             await self._send_and_wait({}, plan.sends, offsets, slice_)
         await self._send_and_wait(first, [], offsets, slice_)

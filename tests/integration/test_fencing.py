@@ -294,7 +294,7 @@ def test_the_next_writer_of_a_partition_fences_the_last_one_and_aborts_its_open_
             await admin.create_topics([NewTopic(topic, 1, 1)])
         finally:
             await admin.close()
-        old, new, later = (WriterFence(settings, topic) for _ in range(3))
+        old, new, later = (WriterFence(settings) for _ in range(3))
         try:
             await old.take(0)
             await old.append([Send(topic, 0, b"a", b"old-committed")])
