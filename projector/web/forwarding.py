@@ -19,7 +19,8 @@ import orjson
 from aiohttp import web
 
 from projector.core.partitioning import partition_for
-from projector.web.auth import FORWARDED_HEADER, is_forwarded, peer_headers  # noqa: F401 (FORWARDED_HEADER: re-exported)
+from projector.runtime.waiters import ParkingLimit
+from projector.web.auth import is_forwarded, peer_headers
 from projector.web.responses import json_error, overloaded
 
 if TYPE_CHECKING:
@@ -32,14 +33,6 @@ FORWARD_TIMEOUT = 15.0
 PLAIN_CONNECTIONS = 100
 #: Set on a forwarded answer: the URL of the worker that answered.
 SERVED_BY_HEADER = "X-Projector-Served-By"
-
-def forwarded_headers(settings: Any) -> dict[str, str]:
-    """Headers of a request one worker sends another on a client's behalf: marked, with the peer token.
-
-    Never the client's ``Authorization`` header: the receiver trusts the peer token.
-    """
-    return peer_headers(settings)
-
 
 class Peers:
     """The other workers, as the views reach them: two HTTP sessions, opened on first use.
@@ -58,7 +51,7 @@ class Peers:
         self._session: Optional[aiohttp.ClientSession] = None
         self._long_poll_session: Optional[aiohttp.ClientSession] = None
         #: Forwarded long-polls in flight now.
-        self.waits = 0
+        self.waits = ParkingLimit(self.max_waits)
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -118,14 +111,13 @@ class Peers:
     async def forward(self, request: web.Request, owner: str, extra_timeout: float = 0.0) -> web.Response:
         """Send the request on to the owning worker, keeping its status, JSON body and headers."""
         url = owner.rstrip("/") + request.rel_url.path_qs
-        headers = forwarded_headers(self.projector.settings)
+        headers = peer_headers(self.projector.settings)  # never the client's Authorization
         timeout = aiohttp.ClientTimeout(total=FORWARD_TIMEOUT + extra_timeout)
         session = self.session
         if extra_timeout > 0:  # a request that may wait: its own pool, and a cap
-            if self.waits >= self.max_waits:
+            if not self.waits.enter():
                 return overloaded(f"{self.max_waits} forwarded waiting requests are in flight; retry")
             session = self.long_poll_session
-            self.waits += 1
         try:
             async with session.request(
                 request.method, url, headers=headers, data=await request.read(), timeout=timeout
@@ -141,4 +133,4 @@ class Peers:
             return json_error(503, "unavailable", detail=f"owner {owner} did not answer: {exc!r}")
         finally:
             if extra_timeout > 0:
-                self.waits -= 1
+                self.waits.leave()

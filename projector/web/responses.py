@@ -32,11 +32,16 @@ def json_error(status: int, code: str, **extra: Any) -> web.Response:
 RETRY_AFTER = 1
 
 
-def overloaded(detail: str) -> web.Response:
-    """503 ``overloaded`` with ``Retry-After``: a limit of this worker is reached; retry shortly."""
-    response = json_error(503, "overloaded", detail=detail, retry_after=RETRY_AFTER)
+def retry_later(code: str, detail: str) -> web.Response:
+    """503 ``code`` with ``Retry-After`` (header and body): retry shortly."""
+    response = json_error(503, code, detail=detail, retry_after=RETRY_AFTER)
     response.headers["Retry-After"] = str(RETRY_AFTER)
     return response
+
+
+def overloaded(detail: str) -> web.Response:
+    """503 ``overloaded`` with ``Retry-After``: a limit of this worker is reached; retry shortly."""
+    return retry_later("overloaded", detail)
 
 
 def broker_unreachable(projector: "Projector", **extra: Any) -> Optional[web.Response]:

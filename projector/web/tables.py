@@ -17,9 +17,11 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from projector.web.forwarding import ROUTE_DEADLINE, Peers, forwarded_headers
+from projector.runtime.waiters import ParkingLimit
+from projector.web.auth import peer_headers
+from projector.web.forwarding import ROUTE_DEADLINE, Peers
 from projector.web.params import MAX_KEY_PARAM, MAX_LIMIT, MAX_WAIT_MS, int_param
-from projector.web.responses import RETRY_AFTER, json_error, json_response, overloaded
+from projector.web.responses import json_error, json_response, overloaded, retry_later
 
 if TYPE_CHECKING:
     from projector.runtime.app import Projector
@@ -54,7 +56,7 @@ class TableViews:
         self.projector = projector
         self.peers = peers
         #: Listings under way now (at most MAX_LISTINGS).
-        self.listings = 0
+        self.listings = ParkingLimit(MAX_LISTINGS)
 
     async def list_tables(self, request: web.Request) -> web.Response:
         p = self.projector
@@ -119,18 +121,14 @@ class TableViews:
         if len(prefix.encode("utf-8")) > MAX_KEY_PARAM:
             raise web.HTTPBadRequest(reason=f"prefix must be at most {MAX_KEY_PARAM} bytes")
         after = decode_cursor(request.query.get("cursor"), table)
-        if self.listings >= MAX_LISTINGS:
+        if not self.listings.enter():
             return overloaded(f"{MAX_LISTINGS} listings are already under way on this worker; retry")
-        self.listings += 1
         try:
             rows = await self._gather_until(request, table, prefix, after, limit + 1)
         finally:
-            self.listings -= 1
+            self.listings.leave()
         if rows is None:
-            response = json_error(503, "unavailable", retry_after=RETRY_AFTER,
-                                  detail=f"some partitions of {table} have no owner yet (rebalancing); retry")
-            response.headers["Retry-After"] = str(RETRY_AFTER)
-            return response
+            return retry_later("unavailable", f"some partitions of {table} have no owner yet (rebalancing); retry")
         rows.sort(key=lambda r: r["key"].encode("utf-8"))
         page = rows[:limit]
         next_cursor = encode_cursor(table, page[-1]["key"]) if len(rows) > limit else None
@@ -183,7 +181,7 @@ class TableViews:
                 query["after"] = after
             url = f"{owner.rstrip('/')}/internal/scan/{table}"
             try:
-                async with self.peers.session.get(url, params=query, headers=forwarded_headers(p.settings)) as r:
+                async with self.peers.session.get(url, params=query, headers=peer_headers(p.settings)) as r:
                     if r.status != 200:
                         return None  # the owner moved meanwhile: ask again
                     rows.extend((await r.json())["rows"])
