@@ -658,17 +658,17 @@ class Engine:
                 batch.plan.sends.append(Send(topic, partition, gkey, value))
                 continue
             room = self.max_record - len(gkey) - 64
-            piece: list[bytes] = []
+            pieces: list[list[bytes]] = [[]]
             size = 0
             for change in changes:
                 raw = dumps(change)
-                if piece and size + len(raw) + 1 > room:
-                    batch.plan.sends.append(Send(topic, partition, gkey, b'{"changes":[' + b",".join(piece) + b"]}"))
-                    piece, size = [], 0
-                piece.append(raw)
+                if pieces[-1] and size + len(raw) + 1 > room:
+                    pieces.append([])
+                    size = 0
+                pieces[-1].append(raw)
                 size += len(raw) + 1
-            if piece:
-                batch.plan.sends.append(Send(topic, partition, gkey, b'{"changes":[' + b",".join(piece) + b"]}"))
+            batch.plan.sends.extend(Send(topic, partition, gkey, b'{"changes":[' + b",".join(piece) + b"]}")
+                                    for piece in pieces if piece)
 
     # --- releases ----------------------------------------------------------------
 
