@@ -15,8 +15,10 @@ from typing import Any, Optional
 from projector.core.catalog import Catalog, load_catalog
 from projector.core.engine import tables_of
 from projector.core.errors import ReadModelError, SchemaError
+from projector.core.lifecycle import TableState
 from projector.core.schemas import Schemas
 from projector.runtime.app import Projector
+from projector.runtime.builds import plan_worker_tables
 from projector.runtime.config import Settings
 from projector.runtime.errors import BrokerError, TopicError
 from projector.runtime.topics import prepare_worker_topics
@@ -27,7 +29,8 @@ from projector.web.routes import install_routes
 log = logging.getLogger(__name__)
 
 
-def build_worker(settings: Settings, catalog: Optional[Catalog] = None, partitions: Optional[int] = None) -> Projector:
+def build_worker(settings: Settings, catalog: Optional[Catalog] = None, partitions: Optional[int] = None,
+                 states: Optional[dict[str, TableState]] = None) -> Projector:
     """One worker with its web views, ready for Faust's ``Worker`` to run."""
     peers: Peers  # this worker's HTTP session to the others: forwarded reads, and command answers
 
@@ -39,7 +42,7 @@ def build_worker(settings: Settings, catalog: Optional[Catalog] = None, partitio
 
     projector = Projector(
         settings, catalog, partitions,
-        web_options=web_application_options, install_web=install_web, send_answers=send_answers,
+        web_options=web_application_options, install_web=install_web, send_answers=send_answers, states=states,
     )
     peers = Peers(projector)
     return projector
@@ -56,16 +59,21 @@ def run_worker(settings: Settings, loglevel: str) -> None:
     log.info("Kafka at %s (%s)", settings.broker, settings.security.describe())
     # Every topic must exist, with the events topic's partition count, before
     # Faust joins the group, or its first assignment leaves some out.
-    tables = [name for name, _ in tables_of(catalog)]
+    async def prepare() -> tuple[Settings, int, dict[str, TableState]]:
+        states = await plan_worker_tables(settings, catalog)
+        tables = [name for name, _ in tables_of(catalog, states)]
+        ready, partitions = await prepare_worker_topics(settings, [d.name for d in catalog.derived], tables)
+        return ready, partitions, states
+
     try:
-        settings, partitions = asyncio.run(prepare_worker_topics(settings, [d.name for d in catalog.derived], tables))
+        settings, partitions, states = asyncio.run(prepare())
     except (BrokerError, TopicError) as exc:
         sys.exit(f"projector: {exc}")
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         sys.exit(f"projector: cannot create PROJECTOR_DATA_DIR {settings.data_dir}: {exc}")
-    projector = build_worker(settings, catalog, partitions)
+    projector = build_worker(settings, catalog, partitions, states)
     from faust.worker import Worker
 
     worker = Worker(projector.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)

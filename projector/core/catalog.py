@@ -214,10 +214,17 @@ class ReadModel:
     command_schemas: Mapping[str, dict] = field(default_factory=lambda: MappingProxyType({}), hash=False)
     #: An id to show in examples (``EXAMPLE_KEY``, e.g. one of the demo data's), if the module gives one.
     example_key: Optional[str] = None
+    #: The version of the fold (``VERSION``, default 1): raising it builds the table anew from history.
+    version: int = 1
 
     @property
     def keyed_by_aggregate(self) -> bool:
         return self.key is None
+
+    @property
+    def table(self) -> str:
+        """The name of this version's own table (and changelog): :func:`versioned_table`."""
+        return versioned_table(self.name, self.version)
 
     def initial_state(self) -> Any:
         return copy.deepcopy(self.initial)
@@ -264,6 +271,23 @@ class Catalog:
     def deciders(self) -> dict[str, ReadModel]:
         """Read models that are the state of an aggregate taking commands, by aggregate type."""
         return {m.aggregate_type: m for m in self.models if m.decide is not None}
+
+
+def versioned_table(name: str, version: int) -> str:
+    """The table that holds version ``version`` of read model ``name``: ``name`` for 1, ``name-v<N>`` after.
+
+    Version 1 keeps the bare name, so a read model that never raised its
+    ``VERSION`` keeps the table (and changelog) it always had.
+    """
+    return name if version == 1 else f"{name}-v{version}"
+
+
+def _version_of(module: ModuleType, where: str) -> int:
+    version = getattr(module, "VERSION", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= 1_000_000:
+        raise ReadModelError(f"{where}: VERSION must be an integer from 1 (the fold's version: raise it when the "
+                             f"fold changes), got {version!r}")
+    return version
 
 
 def default_tables_dir() -> Path:
@@ -353,6 +377,7 @@ def read_model_from_module(module: ModuleType, origin: str = "") -> Any:
         commands=tuple(commands),
         command_schemas=command_schemas,
         example_key=example_key,
+        version=_version_of(module, where),
     )
 
 
@@ -423,6 +448,9 @@ def _fold_arity(fold: Callable, where: str) -> int:
 
 def _derived_from_module(module: ModuleType, where: str, name: str, description: str) -> DerivedModel:
     source = module.SOURCE
+    if getattr(module, "VERSION", 1) != 1:
+        raise ReadModelError(f"{where}: VERSION is for read models folded from events; a re-keyed read model "
+                             f"(SOURCE = {source!r}) follows its source's rows and has no VERSION of its own")
     if not isinstance(source, str) or not _NAME_RE.fullmatch(source):
         raise ReadModelError(f"{where}: SOURCE must name an aggregate-keyed read model, got {source!r}")
     funcs = {}

@@ -26,11 +26,12 @@ from typing import Any, Generator, Iterable, Iterator, Mapping, Optional, Protoc
 import orjson
 
 from projector.core import index as agg
-from projector.core.catalog import Catalog, DerivedModel
+from projector.core.catalog import Catalog, DerivedModel, ReadModel
 from projector.core.derived import Contribution, apply_change, change_messages, contribution_of, member_key
 from projector.core.envelope import Event, decode_record
 from projector.core.errors import InvalidRecord
 from projector.core.fold import FOLD_ERROR, NO_CONTROL, fold_events
+from projector.core.lifecycle import BUILDS
 from projector.core.metrics import Metrics
 from projector.core.partitioning import partition_for
 from projector.core.schemas import Schemas
@@ -67,12 +68,27 @@ def members_table(model: DerivedModel) -> str:
     return f"_{model.name}_members"
 
 
-def tables_of(catalog: Catalog) -> list[tuple[str, str]]:
-    """Every table a worker keeps for ``catalog``, with its description: the read models and projector's own."""
-    out = [(m.name, m.description) for m in catalog.models]
+def tables_of(catalog: Catalog, states: Optional[Mapping[str, Any]] = None) -> list[tuple[str, str]]:
+    """Every table a worker keeps for ``catalog``, with its description: the read models and projector's own.
+
+    ``states`` (:func:`projector.core.lifecycle.plan_tables`): each read model's
+    live version and the one being built, each in its own table; without it,
+    each read model's own version is live.
+    """
+    out = []
+    for m in catalog.models:
+        state = states.get(m.name) if states else None
+        if state is None:
+            out.append((m.table, m.description))
+            continue
+        if state.live_table is not None:
+            out.append((state.live_table, m.description))
+        if state.build_table is not None:
+            out.append((state.build_table, f"{m.description} (version {m.version}, building)"))
     out += [
         (INDEX, "projector's aggregate index: versions, events and parked records per aggregate"),
         (COMMANDS, "the command side's answers by command id, for retries"),
+        (BUILDS, "how far each new read-model version has been built from history, per partition"),
     ]
     for d in catalog.derived:
         out += [(d.name, d.description), (members_table(d), f"members of {d.name} and their last contributions")]
@@ -356,7 +372,10 @@ class Engine:
         #: the two then leaves rows ahead of their guard (a replay skips them as
         #: duplicates), never a guard ahead of its rows (a replay would skip
         #: events the rows never got).
-        self.guard_tables = {INDEX, COMMANDS, *(members_table(d) for d in self.derived)}
+        self.guard_tables = {INDEX, COMMANDS, BUILDS, *(members_table(d) for d in self.derived)}
+        #: Versions being built beside the live ones (:mod:`projector.core.lifecycle`), by events partition: once
+        #: a partition's build has caught up, the live fold writes the new version's table too, until the switch.
+        self.shadow: dict[int, list[ReadModel]] = {}
 
     # --- events ------------------------------------------------------------------
 
@@ -461,12 +480,15 @@ class Engine:
         """
         key = aid.encode("utf-8")
         meta_key = agg.meta_key(aid)
-        rows = {m.name: batch.get_json(m.name, partition, key) for m in self.models}
+        models = self.models
+        shadow = self.shadow.get(partition) if self.shadow else None
+        if shadow:
+            models = models + shadow
+        rows = {m.name: batch.get_json(m.name, partition, key) for m in models}
         first_rows = dict(rows)
         changed: set[str] = set()
         meta_changed = replay  # a release has changed the entry already
         derived_check = self.derived_by_source
-        models = self.models
         control = self.control
         applied_counts = dict.fromkeys(rows, 0)
         #: The contribution of each re-keyed model for the source row as it now stands (validated).
@@ -669,6 +691,64 @@ class Engine:
                 size += len(raw) + 1
             batch.plan.sends.extend(Send(topic, partition, gkey, b'{"changes":[' + b",".join(piece) + b"]}")
                                     for piece in pieces if piece)
+
+    # --- building a new version from history --------------------------------------
+
+    def plan_build_steps(self, model: ReadModel, records: Iterable[Record], every: int = 32
+                         ) -> Generator[None, None, Plan]:
+        """Fold history records into ``model``'s table (a version being built): the rows only; returns the Plan.
+
+        ``model.name`` is the table of the version being built. An event is
+        applied when the aggregate index says the live fold applied it (its
+        version is at or below the index's) and the row has not got it yet: the
+        new version sees what the live one saw, skips what was parked or never
+        applied, and a replay of the same records changes nothing. A record
+        that does not decode, or a fold that raises, is skipped and counted
+        (``projector_build_skipped_total``): the live fold already dead-lettered
+        what does not decode, and the new fold's errors must not stop the build.
+        """
+        batch = Batch(self.store, self.max_record)
+        groups: dict[tuple[int, str], list[list[Event]]] = {}
+        upcast_all = self.schemas.upcast_all
+        handles = model.handles
+        n = 0
+        for record in records:
+            n += 1
+            if n % every == 0:
+                yield
+            try:
+                events = upcast_all(decode_record(record.key, record.value))
+            except InvalidRecord:
+                self.metrics.build_skipped[model.name] += 1
+                continue
+            if not any(e.type in handles for e in events):
+                continue
+            groups.setdefault((record.partition, events[0].aggregate_id), []).append(events)
+        control = self.control
+        for (partition, aid), records_events in groups.items():
+            n += len(records_events)
+            if n >= every:
+                n = 0
+                yield
+            key = aid.encode("utf-8")
+            applied_to = agg.Meta.from_json(batch.get_json(INDEX, partition, agg.meta_key(aid))).version
+            row = first = batch.get_json(model.name, partition, key)
+            for events in records_events:
+                events = [e for e in events if e.version <= applied_to]
+                if not events:
+                    continue
+                try:
+                    result = fold_events(model, row, events, control)
+                except InvalidRecord as exc:
+                    self.metrics.build_skipped[model.name] += 1
+                    log.warning("building %s: skipped a record of %s: %s", model.name, aid, exc.message)
+                    continue
+                if result is not None:
+                    row = result[0]
+                    self.metrics.events_applied[model.name] += result[1]
+            if row is not first:
+                batch.put_json(model.name, partition, key, row)
+        return (yield from batch.finish_steps(every * 2))
 
     # --- releases ----------------------------------------------------------------
 

@@ -44,6 +44,9 @@ class Metrics:
     lag_seconds_total: float = 0.0
     #: Unix time this worker handled its first record of the events topic (0: none yet).
     first_record_time: float = 0.0
+    #: Builds of new read-model versions: history records read, and records skipped, by table.
+    build_records: Counter = field(default_factory=Counter)
+    build_skipped: Counter = field(default_factory=Counter)
 
     #: The counters a batch's plan moves: :meth:`snapshot` and :meth:`restore` them when a plan is made again.
     PLAN_COUNTERS = ("events_applied", "duplicates", "duplicates_derived", "command_echoes", "deadletters",

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import shutil
 import time
 from typing import Any, Callable, Optional, Sequence
 
@@ -28,9 +29,11 @@ from faust.types import TP
 from projector.core.catalog import Catalog, load_catalog
 from projector.core.commands import Answer, decide_steps, prune_answers, unavailable_error
 from projector.core.control import ControlState, encode_value
-from projector.core.engine import Engine, run_steps, tables_of
+from projector.core.engine import INDEX, Engine, run_steps, tables_of
+from projector.core.lifecycle import TableState
 from projector.core.metrics import LAG_PROBE_INTERVAL, Metrics
 from projector.core.schemas import Schemas
+from projector.runtime.builds import Builds
 from projector.runtime.command_side import CommandQueue, CommandRoundTrip, SendAnswers, WriterGate
 from projector.runtime.config import Settings
 from projector.runtime.control_table import ControlRecovery, ControlTable, GapFiller
@@ -38,7 +41,9 @@ from projector.runtime.faust_patches import (
     PatchedApp,
     active_partitions,
     check_restore_offsets,
+    drop_table,
     keep_changelog_records_on_resume,
+    open_partition_dbs,
     raw_producer,
     read_offset,
 )
@@ -48,7 +53,14 @@ from projector.runtime.recovery import RecoveryProgress
 from projector.runtime.sink import ChangelogSink
 from projector.runtime.slicing import TimeSlice
 from projector.runtime.stores import FaustStore, rocksdb_options
-from projector.runtime.topics import command_topic_name, release_topic_name, repartition_topic_name, replication_configs
+from projector.runtime.topics import (
+    changelog_topic_name,
+    command_topic_name,
+    delete_topic,
+    release_topic_name,
+    repartition_topic_name,
+    replication_configs,
+)
 from projector.runtime.waiters import ParkingLimit, RowWaiters
 
 log = logging.getLogger(__name__)
@@ -87,7 +99,13 @@ class ProjectorApp(PatchedApp):
     async def after_fetch(self) -> None:
         await self.projector.after_fetch()
 
+    @property
+    def fetch_wait(self) -> float:
+        """How long an idle round of the fetch loop waits for records: short while a build runs in its rounds."""
+        return 0.05 if self.projector.builds.active else 1.0
+
     async def on_stop(self) -> None:
+        await self.projector.builds.close()
         await self.projector.fence.drop_all()
         await super().on_stop()
 
@@ -108,9 +126,12 @@ class Projector:
         web_options: Optional[WebOptions] = None,
         install_web: Optional[InstallWeb] = None,
         send_answers: Optional[SendAnswers] = None,
+        states: Optional[dict[str, TableState]] = None,
     ) -> None:
         self.settings = settings
         self.catalog = catalog if catalog is not None else load_catalog()
+        #: Each read model's live version and the one being built (:func:`projector.core.lifecycle.plan_tables`).
+        self.states = states if states is not None else {m.name: TableState(m, m.version) for m in self.catalog.models}
         self.schemas = Schemas.from_modules(self.catalog.modules)
         self.partitions = partitions or settings.partitions
         self.metrics = Metrics()
@@ -204,10 +225,16 @@ class Projector:
                 extra_topic_configs=replication_configs(settings),
             )
 
-        for name, description in tables_of(self.catalog):
+        for name, description in tables_of(self.catalog, self.states):
             table(name, description)
+        #: The Faust tables by their own names (a read model's version 2 on is ``name-vN``).
         self.tables = tables
-        self.store = FaustStore(tables)
+        # Everything else reads and writes a read model by its name: the live version's table.
+        aliases = dict(tables)
+        for name, state in self.states.items():
+            if state.live_table is not None:
+                aliases[name] = tables[state.live_table]
+        self.store = FaustStore(aliases)
 
         # The control table: every worker reads the whole control topic.
         self.control = ControlState(self.catalog.control_settings)
@@ -237,6 +264,13 @@ class Projector:
             control=self.control.entries,
             max_record=settings.max_record_bytes,
         )
+        # A brand-new read model is folded live only once it has been built from history.
+        self.engine.models = [m for m in self.engine.models if self.states[m.name].live is not None]
+        self.engine.model_names = {m.name for m in self.engine.models}
+        #: Time the live fold took in this round of the fetch loop (the builds take a share of it).
+        self.live_busy = 0.0
+        #: The next offset the live fold will fold, by events partition, since the last assignment.
+        self.folded: dict[int, int] = {}
         #: Read-your-writes: requests parked until a row changes.
         self.rows = RowWaiters()
         #: The cap on requests parked at once (PROJECTOR_MAX_PARKED): rows and /control waits.
@@ -256,6 +290,8 @@ class Projector:
             produce=self.produce, send_answers=send_answers, spawn=self.app.add_future,
             is_peer=self.is_group_member,
         )
+        #: New read-model versions being built from history beside the live ones.
+        self.builds = Builds(self, self.states)
         self.app.on_partitions_revoked.connect(self._on_revoked)
         self.app.batch_handlers = {
             self.events_topic.get_topic_name(): self._on_events,
@@ -278,7 +314,15 @@ class Projector:
         slice_ = TimeSlice()
         plan = await slice_.run(self.engine.plan_steps(records, releases))
         self.metrics.phase_seconds["plan"] += time.perf_counter() - started - slice_.paused
+        ends: dict[int, int] = {}
+        for record in records:
+            if record.offset >= ends.get(record.partition, 0):
+                ends[record.partition] = record.offset + 1
+        if self.engine.shadow:
+            self.builds.note_live_batch(plan, ends)
         await self.sink.execute(plan, slice_)
+        self.live_busy += time.perf_counter() - started - slice_.paused
+        self.folded.update(ends)
 
     async def _on_derived(self, messages: Sequence[Any]) -> None:
         started = time.perf_counter()
@@ -349,9 +393,12 @@ class Projector:
         return out
 
     async def after_fetch(self) -> None:
-        """After each round of the fetch loop: decide waiting commands whose gate opened, prune old answers."""
+        """After each round of the fetch loop: decide waiting commands whose gate opened, build, prune old answers."""
         if self.command_queue.waiting:
             await self._on_commands(())
+        if self.builds.active:
+            busy, self.live_busy = self.live_busy, 0.0
+            await self.builds.round(busy)
         now = time.time()
         if now >= self._next_prune:
             self._next_prune = now + max(1.0, min(COMMAND_PRUNE_INTERVAL, self.settings.command_id_ttl / 4))
@@ -381,6 +428,7 @@ class Projector:
         worker gets next, it folds each to its end before deciding commands.
         """
         self.writer_gate.reset()
+        self.folded.clear()
         self.rows.wake_all()
         waiting = self.command_queue.drain()
         if waiting:
@@ -453,6 +501,49 @@ class Projector:
     def model(self, name: str) -> Any:
         return self.catalog.get(name)
 
+    def live_position(self, partition: int) -> Optional[int]:
+        """The next offset of events ``partition`` the live fold will fold (None: not known yet).
+
+        What it folded since the last assignment, or else where the consumer
+        was positioned (Faust keeps the offset it seeked to; None for 0).
+        """
+        folded = self.folded.get(partition)
+        if folded is not None:
+            return folded
+        return read_offset(self.app.consumer, TP(self.settings.events_topic, partition))
+
+    async def forget_table(self, name: str) -> int:
+        """Stop keeping table ``name`` (an old read-model version): out of Faust, its local state deleted.
+
+        Its changelog is no longer read (the subscription changes, which
+        rebalances the group once). Returns the partition databases removed.
+        """
+        table = self.tables.pop(name)
+        await drop_table(self.app, table)
+        if self.store.tables.get(name) is table:  # version 1's name is also the read model's
+            del self.store.tables[name]
+        store = table.data
+        dbs = open_partition_dbs(store)
+        for db in dbs.values():
+            db.close()
+        dbs.clear()
+        removed = 0
+        for partition in range(self.partitions):
+            path = store.partition_path(partition)
+            if path.exists():
+                shutil.rmtree(path, ignore_errors=True)
+                removed += 1
+        return removed
+
+    async def delete_changelog(self, name: str) -> None:
+        """Delete the changelog topic of table ``name`` (an old read-model version's): projector made it."""
+        topic = changelog_topic_name(self.settings, name)
+        try:
+            await delete_topic(self.settings, topic)
+            log.info("deleted topic %s", topic)
+        except Exception as exc:  # gone already (another worker), or no rights: say so
+            log.warning("could not delete topic %s: %r", topic, exc)
+
     def owns(self, partition: int) -> bool:
         """True when this worker actively processes ``partition`` of the events topic."""
         return TP(self.settings.events_topic, partition) in active_partitions(self.app)
@@ -472,7 +563,9 @@ class Projector:
 
     def owner_url(self, table: str, partition: int) -> Optional[str]:
         """The web URL of the worker that owns ``partition`` of ``table``, if known."""
-        for url, topics in self.app.router.table_metadata(table).items():
+        # Every table is co-partitioned with the events topic and assigned with it: the
+        # aggregate index's owners are every table's (a read model's name may be an alias).
+        for url, topics in self.app.router.table_metadata(INDEX).items():
             for partitions in topics.values():
                 if partition in partitions:
                     return str(url)

@@ -243,6 +243,11 @@ class Settings:
     # dead letters): MAX_RECORD_BYTES, lowered at start to what the topics take
     # (topics.record_limit).
     max_record_bytes: int = MAX_RECORD_BYTES
+    #: ``auto``: a new read-model version takes over once it is built; ``manual``: once
+    #: ``POST /tables/{table}/cutover`` asks for it (PROJECTOR_CUTOVER).
+    cutover: str = "auto"
+    #: Why the events topic may lose events (its retention settings), found at start; None when it keeps them.
+    retention_warning: Optional[str] = None
 
     @classmethod
     def from_env(cls, env: Optional[Mapping[str, str]] = None) -> "Settings":
@@ -270,7 +275,10 @@ class Settings:
             min_insync_replicas=_int(env, "PROJECTOR_MIN_INSYNC_REPLICAS", 0) or None,
             standby_replicas=_int(env, "PROJECTOR_STANDBY_REPLICAS", 1, minimum=0),
             command_id_ttl=_duration(env, "PROJECTOR_COMMAND_ID_TTL", cls.command_id_ttl),
+            cutover=(env.get("PROJECTOR_CUTOVER") or "auto").strip().lower(),
         )
+        if settings.cutover not in ("auto", "manual"):
+            raise ConfigError(f"PROJECTOR_CUTOVER must be auto or manual, got {env.get('PROJECTOR_CUTOVER')!r}")
         if settings.web_port > 65535:
             raise ConfigError(f"PROJECTOR_WEB_PORT must be a TCP port, got {settings.web_port}")
         if settings.events_topic == settings.control_topic:

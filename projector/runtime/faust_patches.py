@@ -109,6 +109,10 @@ FAUST_PRIVATE_NAMES: tuple[tuple[str, str, str], ...] = (
     ("faust.transport.drivers.aiokafka.AIOKafkaConsumerThread", "_create_worker_consumer",
      "wrapped: read committed records only"),
     ("aiokafka.AIOKafkaConsumer", "_isolation_level", "set to read_committed before the consumer starts"),
+    ("faust.tables.manager.TableManager", "_changelogs", "a table dropped at run time (an old read-model version)"),
+    ("faust.tables.manager.TableManager", "_channels", "a table dropped at run time (an old read-model version)"),
+    ("faust.transport.conductor.Conductor", "_topics", "a table's changelog dropped at run time"),
+    ("faust.transport.conductor.Conductor", "_update_indices", "resubscribing without a table's changelog"),
 )
 
 
@@ -295,7 +299,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
                 gc.disable()
                 idle.clear()
                 try:
-                    await self._take_fetch(timeout=1.0)
+                    await self._take_fetch(timeout=getattr(self.app, "fetch_wait", 1.0))
                     after_fetch = getattr(self.app, "after_fetch", None)
                     if after_fetch is not None and self.flow_active and not self.should_stop:
                         await after_fetch()
@@ -673,6 +677,23 @@ def partition_db(store: Any, partition: int) -> Any:
 def forget_key(store: Any, key: bytes) -> None:
     """Drop ``key`` from Faust's key-to-partition cache (only its ``table[key]`` API reads it)."""
     store._key_index.pop(key, None)
+
+
+async def drop_table(app: faust.App, table: Any) -> None:
+    """Stop keeping a table at run time: Faust no longer recovers it nor reads its changelog.
+
+    The consumer's subscription loses the changelog topic at once, which makes
+    the group rebalance once. (Faust's conductor would resubscribe only 45 s
+    after the change, and not at all if it came during a rebalance.)
+    """
+    manager = app.tables
+    manager._changelogs.pop(table.changelog_topic.get_topic_name(), None)
+    channel = manager._channels.pop(table, None)
+    manager.pop(table.name, None)
+    if channel is not None:
+        conductor = app.topics
+        conductor._topics.discard(channel)
+        await app.consumer.subscribe(await conductor._update_indices())
 
 
 def open_partition_dbs(store: Any) -> dict[int, Any]:

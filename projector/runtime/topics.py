@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 TOPIC_ALREADY_EXISTS = 36
 TOPIC_AUTHORIZATION_FAILED = 29
+UNKNOWN_TOPIC_OR_PARTITION = 3
 #: How long a worker waits at start for a broker to answer before it stops (within 60 s in all).
 STARTUP_TIMEOUT = 30.0
 #: What a worker does on each of its topics, and on its consumer group.
@@ -171,6 +172,21 @@ def record_limit(settings: Settings, specs: Iterable[TopicSpec], configs: dict[s
         log.warning("topic %s takes records of at most %s bytes (max.message.bytes): a record projector writes is "
                     "kept under %d bytes", tightest, configs[tightest]["max.message.bytes"], limit)
     return dataclasses.replace(settings, max_record_bytes=limit)
+
+
+def retention_warning(settings: Settings, configs: dict[str, str]) -> Optional[str]:
+    """What the events topic's retention would delete (None: it keeps every event, as an event store must)."""
+    problems = []
+    for name in ("retention.ms", "retention.bytes"):
+        value = configs.get(name)
+        if value is not None and value.strip() != "-1":
+            problems.append(f"{name}={value}")
+    if not problems:
+        return None
+    return (f"the events topic {settings.events_topic} deletes events ({', '.join(problems)}): an event store keeps "
+            f"them, and a new read-model version is built from the topic's first record. Keep them with "
+            f"kafka-configs.sh --alter --entity-type topics --entity-name {settings.events_topic} "
+            f"--add-config retention.ms=-1,retention.bytes=-1")
 
 
 def replication_configs(settings: Settings) -> dict[str, str]:
@@ -384,9 +400,36 @@ async def prepare_worker_topics(settings: Settings, derived: Iterable[str],
                 allowed = allowed - {"DESCRIBE_CONFIGS"}
             access.need("topic", spec.name, TOPIC_OPERATIONS, allowed)
         access.check()
+        warning = retention_warning(settings, configs.get(settings.events_topic, {}))
+        if warning:
+            log.warning("%s", warning)
+        settings = dataclasses.replace(settings, retention_warning=warning)
         return record_limit(settings, specs, configs), partitions
     except KafkaError as exc:
         raise TopicError(f"Kafka admin request failed: {exc!r}") from exc
+    finally:
+        await admin.close()
+
+
+async def topic_names(settings: Settings) -> set[str]:
+    """The names of every topic this principal may see (a metadata request for all topics creates none)."""
+    admin = await connect_admin(settings)
+    try:
+        return set(await admin.list_topics())
+    except KafkaError as exc:
+        raise TopicError(f"Kafka admin request failed: {exc!r}") from exc
+    finally:
+        await admin.close()
+
+
+async def delete_topic(settings: Settings, name: str) -> None:
+    """Delete one topic projector made (an old read-model version's changelog)."""
+    admin = await connect_admin(settings)
+    try:
+        response = await admin.delete_topics([name])
+        for topic, code, message in _topic_errors(response):
+            if code not in (0, UNKNOWN_TOPIC_OR_PARTITION):
+                raise TopicError(f"deleting topic {topic!r} failed: error {code} {message or ''}".strip())
     finally:
         await admin.close()
 

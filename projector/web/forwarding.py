@@ -99,7 +99,10 @@ class Peers:
                 return await local(partition)
             owner = p.owner_url(table, partition)
             if owner and owner.rstrip("/") != p.settings.url and not is_forwarded(request, p.settings):
-                return await self.forward(request, owner, extra_timeout)
+                response = await self.forward(request, owner, extra_timeout, gone_ok=time.monotonic() < deadline)
+                if response is not None:
+                    return response
+                # The owner is gone (stopped, restarting): the group hands its partitions over; ask again.
             if time.monotonic() >= deadline:
                 return json_error(
                     503,
@@ -108,8 +111,13 @@ class Peers:
                 )
             await asyncio.sleep(0.2)
 
-    async def forward(self, request: web.Request, owner: str, extra_timeout: float = 0.0) -> web.Response:
-        """Send the request on to the owning worker, keeping its status, JSON body and headers."""
+    async def forward(self, request: web.Request, owner: str, extra_timeout: float = 0.0,
+                      gone_ok: bool = False) -> Optional[web.Response]:
+        """Send the request on to the owning worker, keeping its status, JSON body and headers.
+
+        ``gone_ok``: None when the owner takes no connection (the request never
+        reached it), so that the caller can ask the next owner.
+        """
         url = owner.rstrip("/") + request.rel_url.path_qs
         headers = peer_headers(self.projector.settings)  # never the client's Authorization
         timeout = aiohttp.ClientTimeout(total=FORWARD_TIMEOUT + extra_timeout)
@@ -129,6 +137,10 @@ class Peers:
                     content_type=r.content_type or "application/json",
                     headers={SERVED_BY_HEADER: owner},
                 )
+        except aiohttp.ClientConnectorError as exc:
+            if gone_ok:
+                return None
+            return json_error(503, "unavailable", detail=f"owner {owner} did not answer: {exc!r}")
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             return json_error(503, "unavailable", detail=f"owner {owner} did not answer: {exc!r}")
         finally:

@@ -64,6 +64,35 @@ def _recovery_lines(projector) -> list[str]:
     return lines
 
 
+def _build_lines(projector) -> list[str]:
+    """New read-model versions being built from history (CONTRACT §6): progress over all partitions."""
+    m: Metrics = projector.metrics
+    lines = [
+        "# HELP projector_build_records_total History records this worker's builders read, by table being built.",
+        "# TYPE projector_build_records_total counter",
+        *(f'projector_build_records_total{{table="{_escape(t)}"}} {n}' for t, n in sorted(m.build_records.items())),
+        "# HELP projector_build_skipped_total History records a build skipped (undecodable, or its fold raised).",
+        "# TYPE projector_build_skipped_total counter",
+        *(f'projector_build_skipped_total{{table="{_escape(t)}"}} {n}' for t, n in sorted(m.build_skipped.items())),
+        "# HELP projector_build_remaining Records left to build over every partition, by read model (-1: unknown).",
+        "# TYPE projector_build_remaining gauge",
+    ]
+    etas = []
+    for name in sorted(projector.builds.builds):
+        summary = projector.builds.summary(name)
+        if summary is None:
+            continue
+        remaining = summary["remaining"]
+        lines.append(f'projector_build_remaining{{table="{_escape(name)}",version="{summary["version"]}"}} '
+                     f'{-1 if remaining is None else remaining}')
+        if summary["eta_seconds"] is not None:
+            etas.append(f'projector_build_eta_seconds{{table="{_escape(name)}",version="{summary["version"]}"}} '
+                        f'{summary["eta_seconds"]:.1f}')
+    lines += ["# HELP projector_build_eta_seconds Estimated seconds until a build has caught up.",
+              "# TYPE projector_build_eta_seconds gauge", *etas]
+    return lines
+
+
 def prometheus_text(projector) -> str:
     """The worker's metrics in Prometheus text format."""
     m: Metrics = projector.metrics
@@ -132,6 +161,7 @@ def prometheus_text(projector) -> str:
     for topic, partition, lag in projector.consumer_lag():
         lines.append(f'projector_consumer_lag{{topic="{_escape(topic)}",partition="{partition}"}} {lag}')
     lines += _recovery_lines(projector)
+    lines += _build_lines(projector)
     broker = projector.broker
     lines += [
         "# HELP projector_broker_reachable 1 while this worker reaches Kafka, 0 while it cannot (it then serves "

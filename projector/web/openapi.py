@@ -246,12 +246,24 @@ def _readyz() -> dict[str, Any]:
 
 
 def _tables() -> dict[str, Any]:
+    building = _nullable(_object(
+        ["version", "remaining", "eta_seconds"],
+        {
+            "version": {"type": "integer", "minimum": 1, "description": "The version being built."},
+            "remaining": _nullable({"type": "integer", "minimum": 0,
+                                    "description": "Records left over every partition (null: not known yet)."}),
+            "eta_seconds": _nullable({"type": "number", "minimum": 0}),
+        },
+    ))
     table = _object(
-        ["name", "description", "partitions"],
+        ["name", "description", "partitions", "version", "building"],
         {
             "name": {"type": "string"},
             "description": {"type": "string"},
             "partitions": {"type": "integer", "minimum": 1},
+            "version": _nullable({"type": "integer", "minimum": 1,
+                                  "description": "The version that answers (null: a brand-new read model, building)."}),
+            "building": building,
         },
     )
     return {
@@ -284,6 +296,7 @@ def _rows(table_param: dict[str, Any]) -> dict[str, Any]:
                 "400": _error("`limit` is 0 or less or not a number, or the cursor is not one this API gave.",
                               ["invalid"]),
                 "404": _error("Unknown table.", ["unknown_table"]),
+                "503": UNAVAILABLE_RETRY,
             },
             tags=["tables"],
             parameters=[
@@ -298,6 +311,31 @@ def _rows(table_param: dict[str, Any]) -> dict[str, Any]:
                        f"Only keys that start with this (at most {MAX_KEY_PARAM} bytes of UTF-8; more is 400 "
                        "`invalid`)."),
             ],
+        )
+    }
+
+
+def _cutover(table_param: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "post": _operation(
+            "cutover",
+            "Switch a read model to its new version, built and caught up (admin)",
+            {
+                "202": _json(
+                    _object(["table", "version", "offset"],
+                            {"table": {"type": "string"}, "version": {"type": "integer", "minimum": 1},
+                             "offset": {"type": "integer", "minimum": 0}}),
+                    "The cutover is written to the control topic; every worker switches when it reads it.",
+                ),
+                "404": _error("Unknown table.", ["unknown_table"]),
+                "409": _error("No new version is being built (`not_building`), or it has not caught up on every "
+                              "partition yet (`not_caught_up`).", ["not_building", "not_caught_up"]),
+            },
+            tags=["tables"],
+            access=ADMIN,
+            description="With PROJECTOR_CUTOVER=manual a new read-model version, once built, waits for this. "
+            "Needs PROJECTOR_ADMIN_TOKEN when it is set.",
+            parameters=[table_param],
         )
     }
 
@@ -763,6 +801,7 @@ def _paths(tables: list[str], command_example: Optional[dict[str, Any]],
         "/tables": _tables(),
         "/tables/{table}": _rows(table),
         "/tables/{table}/{key}": _row(table, example_key),
+        "/tables/{table}/cutover": _cutover(table),
         "/aggregates/{id}/events": _aggregate_events(example_key),
         "/aggregates/{id}/release": _aggregate_release(example_key),
         "/commands": _commands(command_example),
@@ -872,7 +911,9 @@ def _responses() -> dict[str, Any]:
                               "`broker_unreachable`, ...); retry."),
         "UnavailableRetry": {
             **_error("The worker cannot answer now (rebalancing, Kafka unreachable: `broker_unreachable`, "
-                     "too many requests waiting: `overloaded`, ...); retry, after `Retry-After` when given."),
+                     "too many requests waiting: `overloaded`, a brand-new read model still being built from "
+                     "history: `building`, with `remaining` and `eta_seconds`, ...); retry, after `Retry-After` "
+                     "when given."),
             "headers": {
                 "Retry-After": {
                     "description": "Seconds to wait before retrying (sent with some 503 answers only).",

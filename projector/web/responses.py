@@ -32,9 +32,9 @@ def json_error(status: int, code: str, **extra: Any) -> web.Response:
 RETRY_AFTER = 1
 
 
-def retry_later(code: str, detail: str) -> web.Response:
+def retry_later(code: str, detail: str, **extra: Any) -> web.Response:
     """503 ``code`` with ``Retry-After`` (header and body): retry shortly."""
-    response = json_error(503, code, detail=detail, retry_after=RETRY_AFTER)
+    response = json_error(503, code, detail=detail, retry_after=RETRY_AFTER, **extra)
     response.headers["Retry-After"] = str(RETRY_AFTER)
     return response
 

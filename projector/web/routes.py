@@ -52,6 +52,7 @@ def install_routes(app: web.Application, projector: "Projector", peers: Optional
     router.add_get("/tables", tables.list_tables)
     router.add_get("/tables/{table}", tables.list_rows)
     router.add_get("/tables/{table}/{key}", tables.get_row)
+    router.add_post("/tables/{table}/cutover", tables.cutover)
     router.add_get("/internal/scan/{table}", tables.internal_scan)
 
     router.add_get("/aggregates/{id}/events", aggregates.events)

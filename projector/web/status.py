@@ -66,6 +66,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from projector.core.engine import INDEX
 from projector.web.auth import peer_headers
 from projector.web.forwarding import Peers
 from projector.web.responses import json_error, json_response
@@ -132,6 +133,10 @@ def worker_status(projector: "Projector") -> dict[str, Any]:
         "deadletters": dict(m.deadletters),
         "control": p.control.snapshot(),
         "broker": p.broker.snapshot(),
+        # New read-model versions being built from history, by read model (CONTRACT §6).
+        "builds": {name: p.builds.summary(name) for name in p.builds.builds if p.builds.building(name)},
+        # Why events may be lost (the events topic's retention), if so.
+        "warnings": [w for w in (p.settings.retention_warning,) if w],
         "throughput": [[t, n] for t, n in m.throughput],
         "time": time.time(),
     }
@@ -142,10 +147,8 @@ def peer_urls(projector: "Projector") -> list[str]:
     p = projector
     me = _norm(p.settings.url)
     urls: set[str] = set()
-    names = [m.name for m in p.catalog.models] or list(p.tables)
     try:
-        if names:
-            urls.update(_norm(u) for u in p.app.router.table_metadata(names[0]))
+        urls.update(_norm(u) for u in p.app.router.table_metadata(INDEX))
         urls.update(_norm(u) for u in p.app.router.tables_metadata())
     except Exception as exc:  # before the first assignment
         log.debug("no worker metadata yet: %r", exc)

@@ -16,9 +16,11 @@ from typing import TYPE_CHECKING, Optional
 import aiohttp
 import orjson
 from aiohttp import web
+from aiokafka.errors import KafkaError
 
+from projector.core.lifecycle import cutover_key
 from projector.runtime.waiters import ParkingLimit
-from projector.web.auth import peer_headers
+from projector.web.auth import is_admin, peer_headers
 from projector.web.forwarding import ROUTE_DEADLINE, Peers
 from projector.web.params import MAX_KEY_PARAM, MAX_LIMIT, MAX_WAIT_MS, int_param
 from projector.web.responses import json_error, json_response, overloaded, retry_later
@@ -60,14 +62,52 @@ class TableViews:
 
     async def list_tables(self, request: web.Request) -> web.Response:
         p = self.projector
-        return json_response(
-            {
-                "tables": [
-                    {"name": m.name, "description": m.description, "partitions": p.partitions}
-                    for m in p.catalog.all
-                ]
-            }
-        )
+        out = []
+        for m in p.catalog.all:
+            state = p.states.get(m.name)
+            out.append({
+                "name": m.name,
+                "description": m.description,
+                "partitions": p.partitions,
+                # The version that answers (null: none yet, it is being built).
+                "version": state.live if state is not None else 1,
+                "building": p.builds.summary(m.name),
+            })
+        return json_response({"tables": out})
+
+    def _building(self, table: str) -> Optional[web.Response]:
+        """503 ``building`` for a brand-new read model that has not caught up yet (no version answers)."""
+        p = self.projector
+        state = p.states.get(table)
+        if state is None or state.live is not None:
+            return None
+        summary = p.builds.summary(table) or {}
+        return retry_later("building", f"read model {table} is being built from the events topic's history; "
+                           "it answers once every partition has caught up",
+                           remaining=summary.get("remaining"), eta_seconds=summary.get("eta_seconds"))
+
+    async def cutover(self, request: web.Request) -> web.Response:
+        """Switch to the new version of a read model, built and caught up (with PROJECTOR_CUTOVER=manual)."""
+        p = self.projector
+        table = request.match_info["table"]
+        if p.model(table) is None:
+            return json_error(404, "unknown_table", table=table)
+        if not is_admin(request, p.settings):
+            return json_error(401, "unauthorized", detail="a cutover needs the admin token")
+        build = p.builds.building(table)
+        if build is None:
+            return json_error(409, "not_building", table=table,
+                              detail=f"no new version of {table} is being built; version {p.states[table].live} answers")
+        if not p.builds.caught_up(table):
+            summary = p.builds.summary(table) or {}
+            return json_error(409, "not_caught_up", table=table, version=build.version,
+                              remaining=summary.get("remaining"), eta_seconds=summary.get("eta_seconds"),
+                              detail=f"version {build.version} of {table} has not caught up on every partition yet")
+        try:
+            offset = await p.write_control(cutover_key(table), build.version)
+        except (asyncio.TimeoutError, KafkaError) as exc:
+            return retry_later("unavailable", f"writing the cutover to the control topic failed: {exc!r}; retry")
+        return json_response({"table": table, "version": build.version, "offset": offset}, status=202)
 
     async def get_row(self, request: web.Request) -> web.Response:
         """One row. ``min_version`` + ``timeout_ms``: wait on the owner until the row reaches that version."""
@@ -76,6 +116,9 @@ class TableViews:
         key = request.match_info["key"]
         if p.model(table) is None:
             return json_error(404, "unknown_table", table=table)
+        building = self._building(table)
+        if building is not None:
+            return building
         min_version = int_param(request, "min_version", 0, 0)
         timeout_ms = int_param(request, "timeout_ms", 0, 0, MAX_WAIT_MS)
         key_bytes = key.encode("utf-8")
@@ -116,6 +159,9 @@ class TableViews:
         table = request.match_info["table"]
         if p.model(table) is None:
             return json_error(404, "unknown_table", table=table)
+        building = self._building(table)
+        if building is not None:
+            return building
         limit = int_param(request, "limit", 100, 1, MAX_LIMIT, cap=True)
         prefix = request.query.get("prefix", "")
         if len(prefix.encode("utf-8")) > MAX_KEY_PARAM:
@@ -219,6 +265,9 @@ class TableViews:
         table = request.match_info["table"]
         if p.model(table) is None:
             return json_error(404, "unknown_table", table=table)
+        building = self._building(table)
+        if building is not None:
+            return building
         try:
             partitions = [int(x) for x in request.query.get("partitions", "").split(",") if x]
         except ValueError:

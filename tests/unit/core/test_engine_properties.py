@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from projector.core import index as agg
 from projector.core.catalog import load_catalog
 from projector.core.engine import COMMANDS, INDEX
+from projector.core.lifecycle import BUILDS
 from projector.core.partitioning import partition_for
 from projector.demo.data import generate_histories
 
@@ -468,9 +469,9 @@ def test_a_crash_between_send_rounds_replays_to_the_same_state(history, cuts, ro
     assert d.deadletters == [] and read_models_state(d) == read_models_state(clean)
 
 
-def test_guard_tables_are_the_index_the_command_answers_and_the_members_tables():
+def test_guard_tables_are_the_index_the_command_answers_the_build_positions_and_the_members_tables():
     d = Driver(REPO_CATALOG)
-    assert d.engine.guard_tables == {INDEX, COMMANDS, "_owners_members", "_currencies_members"}
+    assert d.engine.guard_tables == {INDEX, COMMANDS, BUILDS, "_owners_members", "_currencies_members"}
 
 
 @PROPS

@@ -34,7 +34,8 @@ PARTITIONS = 4
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 #: A worker with both tokens set (the document of a worker without one is checked below).
 TOKENS = SimpleNamespace(api_token="api-token", admin_token="admin-token")
-ADMIN_OPERATIONS = {("put", "/control/{key}"), ("delete", "/control/{key}"), ("post", "/aggregates/{id}/release")}
+ADMIN_OPERATIONS = {("put", "/control/{key}"), ("delete", "/control/{key}"), ("post", "/aggregates/{id}/release"),
+                    ("post", "/tables/{table}/cutover")}
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from projector.core.catalog import load_catalog
 from projector.core.control import ControlState
+from projector.core.lifecycle import TableState
 from projector.runtime.config import Settings
 from projector.runtime.waiters import ParkingLimit
 from projector.web.forwarding import Peers
@@ -47,6 +48,8 @@ def projector(catalog: Any) -> Any:
     fake.settings = Settings(api_token=API, admin_token=ADMIN, web_port=1, broker="kafka://127.0.0.1:1")
     fake.control = ControlState(catalog.control_settings)
     fake.model = catalog.get
+    fake.states = {m.name: TableState(m, m.version) for m in catalog.models}
+    fake.builds.summary.return_value = None
     fake.parking = ParkingLimit(fake.settings.max_parked)
     fake.readiness.return_value = (True, "ready")
     fake.broker.reachable = True
