@@ -31,6 +31,7 @@ from projector.core.derived import Contribution, apply_change, change_messages, 
 from projector.core.envelope import Event, decode_record
 from projector.core.errors import InvalidRecord
 from projector.core.fold import FOLD_ERROR, NO_CONTROL, fold_events
+from projector.core.indexes import BadIndexValue, index_keys, index_table, update_index
 from projector.core.metrics import Metrics
 from projector.core.partitioning import partition_for
 from projector.core.schemas import Schemas
@@ -70,6 +71,8 @@ def members_table(model: DerivedModel) -> str:
 def tables_of(catalog: Catalog) -> list[tuple[str, str]]:
     """Every table a worker keeps for ``catalog``, with its description: the read models and projector's own."""
     out = [(m.name, m.description) for m in catalog.models]
+    out += [(index_table(m.name), f"secondary indexes of {m.name}: {', '.join(m.indexes)}")
+            for m in catalog.models if m.indexes]
     out += [
         (INDEX, "projector's aggregate index: versions, events and parked records per aggregate"),
         (COMMANDS, "the command side's answers by command id, for retries"),
@@ -340,6 +343,8 @@ class Engine:
         self.control = control
         self.derived = list(catalog.derived)
         self.model_names = {m.name for m in self.models}
+        #: Read models with secondary indexes (INDEXES), by name: see :mod:`projector.core.indexes`.
+        self.indexed = {m.name: m for m in self.models if m.indexes}
         self.store = store
         self.partitions = partitions
         self.deadletter_topic = deadletter_topic
@@ -471,6 +476,8 @@ class Engine:
         applied_counts = dict.fromkeys(rows, 0)
         #: The contribution of each re-keyed model for the source row as it now stands (validated).
         latest: dict[str, Contribution] = {}
+        #: The index entries of each indexed row as it now stands (validated).
+        entries: dict[str, set[bytes]] = {}
         encoded: list[tuple[int, bytes]] = []  # the applied events, for the index's new segment
         dumps = orjson.dumps
         checked = bool(batch.checked) and (partition, aid) in batch.checked
@@ -510,6 +517,7 @@ class Engine:
                 continue
             updates = []
             contributions = []
+            new_entries = []
             try:
                 for model in models:
                     name = model.name
@@ -517,6 +525,11 @@ class Engine:
                     if result is None:
                         continue
                     updates.append((name, result))
+                    if model.indexes:
+                        try:
+                            new_entries.append((name, index_keys(model, key, result[0]["value"])))
+                        except BadIndexValue as exc:
+                            raise InvalidRecord(FOLD_ERROR, f"{exc} (the row of {aid})") from exc
                     for d in derived_check.get(name, ()):
                         try:
                             contributions.append((d.name, contribution_of(d, result[0]["value"])))
@@ -541,6 +554,7 @@ class Engine:
                 applied_counts[name] += applied
             for dname, contribution in contributions:
                 latest[dname] = contribution
+            entries.update(new_entries)
             encoded.extend([(e["version"], raw) for e, raw in zip(envelopes, raws)])
             meta.version = envelopes[-1]["version"]
             meta_changed = True
@@ -567,6 +581,10 @@ class Engine:
             batch.put_json(INDEX, partition, meta_key, meta.to_json())
         for name in changed:
             batch.put_json(name, partition, key, rows[name])
+            if name in entries:
+                before = first_rows[name]
+                update_index(batch, name, partition, key, self.indexed[name], before["value"] if before else None,
+                             rows[name]["value"], new_keys=entries[name])
             for d in derived_check.get(name, ()):
                 t = batch.touched.get((partition, aid))
                 if t is None:
