@@ -31,7 +31,7 @@ from projector.core.derived import Contribution, apply_change, change_messages, 
 from projector.core.envelope import Event, decode_record
 from projector.core.errors import InvalidRecord
 from projector.core.fold import FOLD_ERROR, NO_CONTROL, fold_events
-from projector.core.indexes import BadIndexValue, index_keys, index_table, update_index
+from projector.core.indexes import BadIndexValue, index_signature, index_table, update_index
 from projector.core.metrics import Metrics
 from projector.core.partitioning import partition_for
 from projector.core.schemas import Schemas
@@ -476,8 +476,8 @@ class Engine:
         applied_counts = dict.fromkeys(rows, 0)
         #: The contribution of each re-keyed model for the source row as it now stands (validated).
         latest: dict[str, Contribution] = {}
-        #: The index entries of each indexed row as it now stands (validated).
-        entries: dict[str, set[bytes]] = {}
+        #: The index values of each indexed row as it now stands (validated).
+        signatures: dict[str, tuple] = {}
         encoded: list[tuple[int, bytes]] = []  # the applied events, for the index's new segment
         dumps = orjson.dumps
         checked = bool(batch.checked) and (partition, aid) in batch.checked
@@ -517,7 +517,7 @@ class Engine:
                 continue
             updates = []
             contributions = []
-            new_entries = []
+            new_signatures = []
             try:
                 for model in models:
                     name = model.name
@@ -527,7 +527,7 @@ class Engine:
                     updates.append((name, result))
                     if model.indexes:
                         try:
-                            new_entries.append((name, index_keys(model, key, result[0]["value"])))
+                            new_signatures.append((name, index_signature(model, result[0]["value"])))
                         except BadIndexValue as exc:
                             raise InvalidRecord(FOLD_ERROR, f"{exc} (the row of {aid})") from exc
                     for d in derived_check.get(name, ()):
@@ -554,7 +554,7 @@ class Engine:
                 applied_counts[name] += applied
             for dname, contribution in contributions:
                 latest[dname] = contribution
-            entries.update(new_entries)
+            signatures.update(new_signatures)
             encoded.extend([(e["version"], raw) for e, raw in zip(envelopes, raws)])
             meta.version = envelopes[-1]["version"]
             meta_changed = True
@@ -581,10 +581,10 @@ class Engine:
             batch.put_json(INDEX, partition, meta_key, meta.to_json())
         for name in changed:
             batch.put_json(name, partition, key, rows[name])
-            if name in entries:
+            if name in signatures:
                 before = first_rows[name]
                 update_index(batch, name, partition, key, self.indexed[name], before["value"] if before else None,
-                             rows[name]["value"], new_keys=entries[name])
+                             rows[name]["value"], new_signature=signatures[name])
             for d in derived_check.get(name, ()):
                 t = batch.touched.get((partition, aid))
                 if t is None:

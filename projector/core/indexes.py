@@ -76,28 +76,54 @@ def indexable(value: str) -> bool:
         return False
 
 
+def index_signature(model: Any, value: Any) -> tuple:
+    """What ``value`` gives each index of ``model``, in declaration order: cheap to compare (user code: may raise).
+
+    Each item is None, a string, or a frozenset of strings (a list's). Raises
+    :class:`BadIndexValue` when a function raises or returns anything else.
+    Unindexable strings are still in it: :func:`signature_keys` leaves them out.
+    """
+    if value is None:
+        return ()
+    out = []
+    for name, function in model.indexes.items():
+        try:
+            result = function(value)
+        except Exception as exc:
+            raise BadIndexValue(f"{model.name}: index {name!r} raised {type(exc).__name__}: {exc}") from exc
+        if result is None or isinstance(result, str):
+            out.append(result)
+        elif isinstance(result, list) and all(isinstance(v, str) for v in result):
+            out.append(frozenset(result))
+        else:
+            raise BadIndexValue(f"{model.name}: index {name!r} must return a string, a list of strings or None, "
+                                f"got {type(result).__name__}: {result!r:.200}")
+    return tuple(out)
+
+
+def signature_keys(model: Any, key: bytes, signature: tuple) -> set[bytes]:
+    """The index entries (keys) of row ``key`` whose values are ``signature`` (:func:`index_signature`)."""
+    keys = set()
+    for name, result in zip(model.indexes, signature):
+        if result is None:
+            continue
+        for v in (result,) if isinstance(result, str) else result:
+            if indexable(v):
+                keys.add(entry_key(name, v, key))
+    return keys
+
+
 def index_values(model: Any, name: str, value: Any) -> set[str]:
     """The values under which row value ``value`` is found in index ``name`` of ``model`` (user code: may raise).
 
-    Raises :class:`BadIndexValue` when the function raises or returns anything
-    else than a string, a list of strings or None. Unindexable strings are
-    left out (see :func:`indexable`).
+    Raises :class:`BadIndexValue` as :func:`index_signature`; unindexable strings are left out.
     """
     if value is None:
         return set()
-    function = model.indexes[name]
-    try:
-        result = function(value)
-    except Exception as exc:
-        raise BadIndexValue(f"{model.name}: index {name!r} raised {type(exc).__name__}: {exc}") from exc
+    result = index_signature(model, value)[list(model.indexes).index(name)]
     if result is None:
         return set()
-    if isinstance(result, str):
-        return {result} if indexable(result) else set()
-    if isinstance(result, list) and all(isinstance(v, str) for v in result):
-        return {v for v in result if indexable(v)}
-    raise BadIndexValue(f"{model.name}: index {name!r} must return a string, a list of strings or None, "
-                      f"got {type(result).__name__}: {result!r:.200}")
+    return {v for v in ((result,) if isinstance(result, str) else result) if indexable(v)}
 
 
 def index_keys(model: Any, key: bytes, value: Any) -> set[bytes]:
@@ -107,31 +133,33 @@ def index_keys(model: Any, key: bytes, value: Any) -> set[bytes]:
     """
     if value is None or not model.indexes:
         return set()
-    return {entry_key(name, v, key) for name in model.indexes for v in index_values(model, name, value)}
+    return signature_keys(model, key, index_signature(model, value))
 
 
 def update_index(batch: _Batch, table: str, partition: int, key: bytes, model: Any, old_value: Any,
-                 new_value: Any, *, new_keys: Optional[set[bytes]] = None) -> None:
+                 new_value: Any, *, new_signature: Optional[tuple] = None) -> None:
     """Put into ``batch`` the index changes of row ``key`` of ``table`` going from ``old_value`` to ``new_value``.
 
     Entries the old value had and the new one has not are deleted, new ones
-    are put; unchanged ones are not written again. ``new_keys``: the new
-    value's entries when already computed (:func:`index_keys`, which raises
-    for a bad index function: compute them where such an error can reject
-    the record). The old value's entries are computed again: if that raises
-    (the index function changed since), it is logged and no entry is deleted.
+    are put; unchanged ones are not written again. ``new_signature``: the new
+    value's :func:`index_signature` when already computed (it raises for a
+    bad index function: compute it where such an error can reject the
+    record). The old value's is computed again: if that raises (the index
+    function changed since), it is logged and no entry is deleted.
     """
     if not model.indexes:
         return
-    if new_keys is None:
-        new_keys = index_keys(model, key, new_value)
+    if new_signature is None:
+        new_signature = index_signature(model, new_value)
     try:
-        old_keys = index_keys(model, key, old_value)
+        old_signature = index_signature(model, old_value)
     except BadIndexValue:
         log.exception("%s: the index entries of the stored row %r cannot be computed; not deleted", table, key)
-        old_keys = set()
-    if old_keys == new_keys:
+        old_signature = ()
+    if old_signature == new_signature:
         return
+    old_keys = signature_keys(model, key, old_signature)
+    new_keys = signature_keys(model, key, new_signature)
     itable = index_table(table)
     for k in sorted(old_keys - new_keys):
         batch.put(itable, partition, k, None)
