@@ -242,6 +242,12 @@ def main(argv: list[str] | None = None) -> None:
     bench_lookups.add_arguments(p)
     p.set_defaults(func=bench_lookups.cmd_bench_lookups)
 
+    from projector.bench import indexes as bench_index
+
+    p = sub.add_parser("bench-index", help="secondary-index lookup latency (local, forwarded) on two workers")
+    bench_index.add_arguments(p)
+    p.set_defaults(func=bench_index.cmd_bench_index)
+
     from projector.bench import scale as bench_scale
 
     p = sub.add_parser("bench-scale", help="throughput with 1, 2, 4 workers; recovery; kill -9; rebalance pause")

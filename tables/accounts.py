@@ -33,6 +33,20 @@ CONTROL = {
 }
 
 
+# Secondary indexes: GET /tables/accounts/index/owner/{owner} lists an owner's
+# accounts, GET /tables/accounts/index/status/open the open ones. Each function
+# gets a row's value and returns the value(s) to find it under (None: none).
+def by_owner(value):
+    return value["owner"]
+
+
+def by_status(value):
+    return value["status"]
+
+
+INDEXES = {"owner": by_owner, "status": by_status}
+
+
 class AccountFoldError(ValueError):
     """An event that cannot apply to the account as it stands."""
 

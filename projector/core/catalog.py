@@ -10,6 +10,9 @@ A read model module defines:
   control table (CONTRACT §3). A fold that reads it is only replayable while
   the entries it reads stay the same: prefer deciders for settings;
 - optionally ``INITIAL``: the state before the first event (default ``None``);
+- optionally ``INDEXES``: ``{name: function(value) -> str | list[str] | None}``,
+  secondary indexes over the rows' values (see :mod:`projector.core.indexes`),
+  served by ``GET /tables/{table}/index/{name}/{value}``.
 Its rows are keyed by aggregate id.
 
 Such a read model may also be the state of an aggregate that takes commands
@@ -56,7 +59,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType, ModuleType
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, ClassVar, Mapping, Optional
 
 import orjson
 
@@ -216,6 +219,8 @@ class ReadModel:
     example_key: Optional[str] = None
     #: The version of the fold (``VERSION``, default 1): raising it builds the table anew from history.
     version: int = 1
+    #: Secondary indexes (``INDEXES``): index name -> function(row value) -> str, list of str or None.
+    indexes: Mapping[str, Callable[[Any], Any]] = field(default_factory=lambda: MappingProxyType({}), hash=False)
 
     @property
     def keyed_by_aggregate(self) -> bool:
@@ -245,6 +250,8 @@ class DerivedModel:
     module: Optional[ModuleType] = None
 
     keyed_by_aggregate = False
+    #: A re-keyed read model declares no indexes (``INDEXES`` is refused).
+    indexes: ClassVar[Mapping[str, Callable[[Any], Any]]] = MappingProxyType({})
 
     def initial_state(self) -> Any:
         return copy.deepcopy(self.initial if self.initial is not None else {})
@@ -332,6 +339,10 @@ def read_model_from_module(module: ModuleType, origin: str = "") -> Any:
     if not isinstance(description, str):
         raise ReadModelError(f"{where}: DESCRIPTION must be a string")
     if hasattr(module, "SOURCE"):
+        if getattr(module, "INDEXES", None):
+            raise ReadModelError(f"{where}: INDEXES is for read models keyed by aggregate id; a re-keyed read model "
+                                 f"(SOURCE = {module.SOURCE!r}) cannot declare indexes (its rows are already "
+                                 "keyed by the group: read them by key)")
         return _derived_from_module(module, where, name, description)
     handles = need("HANDLES")
     if (
@@ -378,7 +389,25 @@ def read_model_from_module(module: ModuleType, origin: str = "") -> Any:
         command_schemas=command_schemas,
         example_key=example_key,
         version=_version_of(module, where),
+        indexes=_indexes(module, where),
     )
+
+
+def _indexes(module: ModuleType, where: str) -> Mapping[str, Callable[[Any], Any]]:
+    """The module's ``INDEXES``, checked: ``{name: function(value) -> str | list[str] | None}``."""
+    declared = getattr(module, "INDEXES", None)
+    if declared is None:
+        return MappingProxyType({})
+    if not isinstance(declared, dict):
+        raise ReadModelError(f"{where}: INDEXES must be a dict of index name -> function(value) -> str, "
+                             f"list of str or None, got {type(declared).__name__}")
+    for index_name, function in declared.items():
+        if not isinstance(index_name, str) or not _NAME_RE.fullmatch(index_name):
+            raise ReadModelError(f"{where}: INDEXES names must match [a-z][a-z0-9_]*, got {index_name!r}")
+        if not callable(function):
+            raise ReadModelError(f"{where}: INDEXES[{index_name!r}] must be a function(value) -> str, list of str "
+                                 f"or None, got {type(function).__name__}")
+    return MappingProxyType(dict(declared))
 
 
 def _command_schemas(module: ModuleType, where: str, commands: Optional[tuple[str, ...]]) -> Mapping[str, dict]:

@@ -31,6 +31,7 @@ from projector.core.derived import Contribution, apply_change, change_messages, 
 from projector.core.envelope import Event, decode_record
 from projector.core.errors import InvalidRecord
 from projector.core.fold import FOLD_ERROR, NO_CONTROL, fold_events
+from projector.core.indexes import BadIndexValue, index_signature, index_table, update_index
 from projector.core.lifecycle import BUILDS
 from projector.core.metrics import Metrics
 from projector.core.partitioning import partition_for
@@ -72,19 +73,21 @@ def tables_of(catalog: Catalog, states: Optional[Mapping[str, Any]] = None) -> l
     """Every table a worker keeps for ``catalog``, with its description: the read models and projector's own.
 
     ``states`` (:func:`projector.core.lifecycle.plan_tables`): each read model's
-    live version and the one being built, each in its own table; without it,
-    each read model's own version is live.
+    live version and the one being built, each in its own table (and its own
+    index table); without it, each read model's own version is live.
     """
     out = []
     for m in catalog.models:
         state = states.get(m.name) if states else None
-        if state is None:
-            out.append((m.table, m.description))
-            continue
-        if state.live_table is not None:
-            out.append((state.live_table, m.description))
-        if state.build_table is not None:
-            out.append((state.build_table, f"{m.description} (version {m.version}, building)"))
+        tables = [(m.table, m.description)]
+        if state is not None:
+            tables = [(state.live_table, m.description)] if state.live_table is not None else []
+            if state.build_table is not None:
+                tables.append((state.build_table, f"{m.description} (version {m.version}, building)"))
+        for table, description in tables:
+            out.append((table, description))
+            if m.indexes:
+                out.append((index_table(table), f"secondary indexes of {table}: {', '.join(m.indexes)}"))
     out += [
         (INDEX, "projector's aggregate index: versions, events and parked records per aggregate"),
         (COMMANDS, "the command side's answers by command id, for retries"),
@@ -356,6 +359,8 @@ class Engine:
         self.control = control
         self.derived = list(catalog.derived)
         self.model_names = {m.name for m in self.models}
+        #: Read models with secondary indexes (INDEXES), by name: see :mod:`projector.core.indexes`.
+        self.indexed = {m.name: m for m in self.models if m.indexes}
         self.store = store
         self.partitions = partitions
         self.deadletter_topic = deadletter_topic
@@ -493,6 +498,8 @@ class Engine:
         applied_counts = dict.fromkeys(rows, 0)
         #: The contribution of each re-keyed model for the source row as it now stands (validated).
         latest: dict[str, Contribution] = {}
+        #: The index values of each indexed row as it now stands (validated).
+        signatures: dict[str, tuple] = {}
         encoded: list[tuple[int, bytes]] = []  # the applied events, for the index's new segment
         dumps = orjson.dumps
         checked = bool(batch.checked) and (partition, aid) in batch.checked
@@ -532,6 +539,7 @@ class Engine:
                 continue
             updates = []
             contributions = []
+            new_signatures = []
             try:
                 for model in models:
                     name = model.name
@@ -539,6 +547,11 @@ class Engine:
                     if result is None:
                         continue
                     updates.append((name, result))
+                    if model.indexes:
+                        try:
+                            new_signatures.append((name, index_signature(model, result[0]["value"])))
+                        except BadIndexValue as exc:
+                            raise InvalidRecord(FOLD_ERROR, f"{exc} (the row of {aid})") from exc
                     for d in derived_check.get(name, ()):
                         try:
                             contributions.append((d.name, contribution_of(d, result[0]["value"])))
@@ -563,6 +576,7 @@ class Engine:
                 applied_counts[name] += applied
             for dname, contribution in contributions:
                 latest[dname] = contribution
+            signatures.update(new_signatures)
             encoded.extend([(e["version"], raw) for e, raw in zip(envelopes, raws)])
             meta.version = envelopes[-1]["version"]
             meta_changed = True
@@ -589,6 +603,11 @@ class Engine:
             batch.put_json(INDEX, partition, meta_key, meta.to_json())
         for name in changed:
             batch.put_json(name, partition, key, rows[name])
+            if name in signatures:
+                before = first_rows[name]
+                indexed = self.indexed.get(name) or next(m for m in models if m.name == name)
+                update_index(batch, name, partition, key, indexed, before["value"] if before else None,
+                             rows[name]["value"], new_signature=signatures[name])
             for d in derived_check.get(name, ()):
                 t = batch.touched.get((partition, aid))
                 if t is None:
@@ -743,11 +762,21 @@ class Engine:
                     self.metrics.build_skipped[model.name] += 1
                     log.warning("building %s: skipped a record of %s: %s", model.name, aid, exc.message)
                     continue
+                if result is not None and model.indexes:
+                    try:
+                        index_signature(model, result[0]["value"])
+                    except BadIndexValue as exc:
+                        self.metrics.build_skipped[model.name] += 1
+                        log.warning("building %s: skipped a record of %s: %s", model.name, aid, exc)
+                        continue
                 if result is not None:
                     row = result[0]
                     self.metrics.events_applied[model.name] += result[1]
             if row is not first:
                 batch.put_json(model.name, partition, key, row)
+                if model.indexes:
+                    update_index(batch, model.name, partition, key, model, first["value"] if first else None,
+                                 row["value"])
         return (yield from batch.finish_steps(every * 2))
 
     # --- releases ----------------------------------------------------------------

@@ -30,6 +30,7 @@ from projector.core.catalog import Catalog, load_catalog
 from projector.core.commands import Answer, decide_steps, prune_answers, unavailable_error
 from projector.core.control import ControlState, encode_value
 from projector.core.engine import INDEX, Engine, run_steps, tables_of
+from projector.core.indexes import index_table
 from projector.core.lifecycle import TableState
 from projector.core.metrics import LAG_PROBE_INTERVAL, Metrics
 from projector.core.schemas import Schemas
@@ -234,6 +235,8 @@ class Projector:
         for name, state in self.states.items():
             if state.live_table is not None:
                 aliases[name] = tables[state.live_table]
+                if state.model.indexes:
+                    aliases[index_table(name)] = tables[index_table(state.live_table)]
         self.store = FaustStore(aliases)
 
         # The control table: every worker reads the whole control topic.
@@ -267,6 +270,7 @@ class Projector:
         # A brand-new read model is folded live only once it has been built from history.
         self.engine.models = [m for m in self.engine.models if self.states[m.name].live is not None]
         self.engine.model_names = {m.name for m in self.engine.models}
+        self.engine.indexed = {m.name: m for m in self.engine.models if m.indexes}
         #: Time the live fold took in this round of the fetch loop (the builds take a share of it).
         self.live_busy = 0.0
         #: The next offset the live fold will fold, by events partition, since the last assignment.

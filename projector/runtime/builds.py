@@ -37,6 +37,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from projector.core.engine import Plan
+from projector.core.indexes import index_table
 from projector.core.lifecycle import (
     BUILDS,
     BuildProgress,
@@ -365,11 +366,15 @@ class Builds:
         build.done = True
         build.state.live = build.version
         p.store.tables[name] = p.tables[build.shadow.name]
+        if build.model.indexes:
+            p.store.tables[index_table(name)] = p.tables[index_table(build.shadow.name)]
         for partition in list(p.engine.shadow):
             self._shadow(build, partition, False)
         if all(m.name != name for m in p.engine.models):
             p.engine.models.append(build.model)
             p.engine.model_names.add(name)
+            if build.model.indexes:
+                p.engine.indexed[name] = build.model
         p.rows.wake_all()
         log.info("read model %s: switched to version %d (table %s)%s", name, build.version, build.shadow.name,
                  f"; removing version table {old}" if old else "")
@@ -381,12 +386,14 @@ class Builds:
     async def _clean_up(self, name: str, build: Build, old: Optional[str]) -> None:
         """The old version's local state now, its changelog topic and the build's control entries a little later."""
         p = self.p
-        if old is not None and old in p.tables:
-            removed = await p.forget_table(old)
-            log.info("removed the local state of %s (%d partition databases)", old, removed)
+        olds = [] if old is None else [old] + ([index_table(old)] if build.model.indexes else [])
+        for table in olds:
+            if table in p.tables:
+                removed = await p.forget_table(table)
+                log.info("removed the local state of %s (%d partition databases)", table, removed)
         await asyncio.sleep(CLEANUP_DELAY)
-        if old is not None:
-            await p.delete_changelog(old)
+        for table in olds:
+            await p.delete_changelog(table)
         entries = p.control.entries
         for key in [k for k in entries if k.startswith(build_prefix(name, build.version))]:
             await self._write(key, None)

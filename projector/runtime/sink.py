@@ -14,6 +14,7 @@ from collections import defaultdict
 from typing import Any, Awaitable, Callable, Optional, Sequence
 
 from projector.core.engine import Plan
+from projector.core.indexes import is_index_table
 from projector.core.metrics import Metrics
 from projector.runtime.slicing import TimeSlice
 from projector.runtime.stores import WritableStore
@@ -46,10 +47,15 @@ class ChangelogSink:
         never in Kafka without the earlier ones: rows never without the
         messages they caused (a replay that finds a row up to date sends
         nothing again), the index never without its rows. See ``Engine.guard_tables``.
+        Secondary index entries (:mod:`projector.core.indexes`) go with the
+        messages, for the same reason: a replay that finds a row up to date
+        writes no entry again, while one that folds it again writes the same.
         """
         started = time.perf_counter()
         guards = self.guard_tables
-        first = {slot: items for slot, items in plan.writes.items() if slot[0] not in guards}
+        early = {slot: items for slot, items in plan.writes.items() if is_index_table(slot[0])}
+        first = {slot: items for slot, items in plan.writes.items()
+                 if slot[0] not in guards and slot not in early}
         second = {slot: items for slot, items in plan.writes.items() if slot[0] in guards}
         offsets: dict[tuple[str, int], int] = {}
         if plan.appends:
@@ -57,12 +63,12 @@ class ChangelogSink:
             # any row, index entry or answer that counts them as applied. A
             # writer that was fenced raises here, and nothing is written.
             await self.append(plan.appends)
-        if plan.sends:
-            await self._send_and_wait({}, plan.sends, offsets, slice_)
+        if plan.sends or early:
+            await self._send_and_wait(early, plan.sends, offsets, slice_)
         await self._send_and_wait(first, [], offsets, slice_)
         await self._send_and_wait(second, [], offsets, slice_)
         acked = time.perf_counter()
-        for writes in (first, second):
+        for writes in (early, first, second):
             for (table, partition), items in writes.items():
                 self.store.write(table, partition, items, offsets.get((table, partition)))
                 await slice_.check()  # let requests in between RocksDB writes

@@ -256,7 +256,7 @@ def _tables() -> dict[str, Any]:
         },
     ))
     table = _object(
-        ["name", "description", "partitions", "version", "building"],
+        ["name", "description", "partitions", "version", "indexes", "building"],
         {
             "name": {"type": "string"},
             "description": {"type": "string"},
@@ -264,6 +264,9 @@ def _tables() -> dict[str, Any]:
             "version": _nullable({"type": "integer", "minimum": 1,
                                   "description": "The version that answers (null: a brand-new read model, building)."}),
             "building": building,
+            "indexes": {"type": "array", "items": {"type": "string"},
+                        "description": "The read model's secondary indexes (`INDEXES`), for "
+                        "`GET /tables/{table}/index/{index}/{value}`."},
         },
     )
     return {
@@ -336,6 +339,46 @@ def _cutover(table_param: dict[str, Any]) -> dict[str, Any]:
             description="With PROJECTOR_CUTOVER=manual a new read-model version, once built, waits for this. "
             "Needs PROJECTOR_ADMIN_TOKEN when it is set.",
             parameters=[table_param],
+        )
+    }
+
+
+def _index_rows(table_param: dict[str, Any], indexes: Mapping[str, list[str]]) -> dict[str, Any]:
+    names = sorted({name for names in indexes.values() for name in names})
+    where = "; ".join(f"`{table}`: {', '.join(f'`{n}`' for n in names)}" for table, names in indexes.items() if names)
+    index_param = _path(
+        "index",
+        {"type": "string", "enum": names} if names else {"type": "string", "minLength": 1},
+        f"A secondary index of the table ({where or 'none is declared'}); any other name is 404 `unknown_index`.",
+        example=names[0] if names else None,
+    )
+    return {
+        "get": _operation(
+            "listIndexRows",
+            "Rows whose secondary index has a value, in key order, over all partitions and workers",
+            {
+                "200": _json(
+                    _object(["rows", "next_cursor"],
+                            {"rows": {"type": "array", "items": _ref("ListedRow")},
+                             "next_cursor": _nullable({"type": "string"})}),
+                    "One page; `next_cursor` is null at the end.",
+                ),
+                "400": _error("`limit` is 0 or less or not a number, or the cursor is not one this API gave "
+                              "for this table, index and value.", ["invalid"]),
+                "404": _error("Unknown table or index.", ["unknown_table", "unknown_index"]),
+            },
+            tags=["tables"],
+            description="A read model declares its indexes (`INDEXES`): each is a function of a row's value "
+            "that gives the value(s) to find the row under. The empty string, values with a NUL character "
+            f"and values over {MAX_KEY_PARAM} bytes of UTF-8 are not indexed: asking for one finds no row.",
+            parameters=[
+                table_param,
+                index_param,
+                _path("value", {"type": "string", "minLength": 1}, "The index value (UTF-8)."),
+                _query("limit", _int(1, default=100),
+                       f"Rows per page, 1 or more (default 100); more than {MAX_LIMIT} is capped to {MAX_LIMIT}."),
+                _query("cursor", {"type": "string"}, "The `next_cursor` of the previous page (opaque)."),
+            ],
         )
     }
 
@@ -787,7 +830,8 @@ def _status() -> dict[str, Any]:
 
 
 def _paths(tables: list[str], command_example: Optional[dict[str, Any]],
-           settings: Mapping[str, ControlSetting], example_key: Optional[str]) -> dict[str, Any]:
+           settings: Mapping[str, ControlSetting], example_key: Optional[str],
+           indexes: Optional[Mapping[str, list[str]]] = None) -> dict[str, Any]:
     """Every path of the public API (projector.web.routes serves them).
 
     The routes under ``/internal/`` are left out: workers call them on each other
@@ -802,6 +846,7 @@ def _paths(tables: list[str], command_example: Optional[dict[str, Any]],
         "/tables/{table}": _rows(table),
         "/tables/{table}/{key}": _row(table, example_key),
         "/tables/{table}/cutover": _cutover(table),
+        "/tables/{table}/index/{index}/{value}": _index_rows(table, indexes or {}),
         "/aggregates/{id}/events": _aggregate_events(example_key),
         "/aggregates/{id}/release": _aggregate_release(example_key),
         "/commands": _commands(command_example),
@@ -980,7 +1025,8 @@ def document(projector: Any) -> dict[str, Any]:
     admin_token = getattr(worker_settings, "admin_token", None) is not None
     command_schema, command_example = _command_schema(catalog)
     settings = control_settings(catalog)
-    paths = _paths(tables, command_example, settings, example_key(catalog))
+    indexes = {m.name: list(m.indexes) for m in catalog.all}
+    paths = _paths(tables, command_example, settings, example_key(catalog), indexes)
     _secure(paths, api_token, admin_token)
     responses = _responses()
     schemes = _security_schemes(api_token, admin_token)

@@ -53,7 +53,9 @@ def install_routes(app: web.Application, projector: "Projector", peers: Optional
     router.add_get("/tables/{table}", tables.list_rows)
     router.add_get("/tables/{table}/{key}", tables.get_row)
     router.add_post("/tables/{table}/cutover", tables.cutover)
+    router.add_get("/tables/{table}/index/{index}/{value}", tables.index_rows)
     router.add_get("/internal/scan/{table}", tables.internal_scan)
+    router.add_get("/internal/index/{table}/{index}", tables.internal_index)
 
     router.add_get("/aggregates/{id}/events", aggregates.events)
     router.add_post("/aggregates/{id}/release", aggregates.release)

@@ -1,8 +1,9 @@
-"""The read models over HTTP (CONTRACT §5): ``GET /tables``, a row, a listing, and the listing's internal scan.
+"""The read models over HTTP (CONTRACT §5): ``GET /tables``, a row, a listing, an index lookup and their scans.
 
 A row is answered by the worker that owns its partition (:class:`~projector.web.forwarding.Peers`
 forwards to it); a listing merges every partition's rows in key order,
-asking each owner for its own (``GET /internal/scan/{table}``).
+asking each owner for its own (``GET /internal/scan/{table}``); an index lookup
+does the same over the index entries of one value (``GET /internal/index/{table}/{index}``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import orjson
 from aiohttp import web
 from aiokafka.errors import KafkaError
 
+from projector.core.indexes import BadIndexValue, entry_prefix, index_table, index_values, indexable
 from projector.core.lifecycle import cutover_key
 from projector.runtime.waiters import ParkingLimit
 from projector.web.auth import is_admin, peer_headers
@@ -34,22 +36,25 @@ log = logging.getLogger(__name__)
 MAX_LISTINGS = 32
 
 
-def encode_cursor(table: str, key: str) -> str:
-    """An opaque cursor: the last key returned, for this table."""
-    return base64.urlsafe_b64encode(orjson.dumps([table, key])).decode().rstrip("=")
+def encode_cursor(table: str, key: str, *scope: str) -> str:
+    """An opaque cursor: the last key returned, for this table (and ``scope``: an index and its value)."""
+    return base64.urlsafe_b64encode(orjson.dumps([table, *scope, key])).decode().rstrip("=")
 
 
-def decode_cursor(cursor: Optional[str], table: str) -> Optional[str]:
+def decode_cursor(cursor: Optional[str], table: str, *scope: str) -> Optional[str]:
     """The key a cursor of :func:`encode_cursor` holds (None for no cursor); 400 for any other string."""
     if cursor is None:
         return None
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        cursor_table, key = orjson.loads(raw)
+        *bound, key = orjson.loads(raw)
+        if len(bound) != 1 + len(scope):
+            raise ValueError(cursor)
     except (ValueError, TypeError, orjson.JSONDecodeError):
         raise web.HTTPBadRequest(reason="cursor is not one this API gave out") from None
-    if cursor_table != table or not isinstance(key, str) or len(key.encode("utf-8")) > MAX_KEY_PARAM:
-        raise web.HTTPBadRequest(reason=f"cursor does not belong to table {table}")
+    if bound != [table, *scope] or not isinstance(key, str) or len(key.encode("utf-8")) > MAX_KEY_PARAM:
+        of = f"index {scope[0]} = {scope[1]!r} of table {table}" if scope else f"table {table}"
+        raise web.HTTPBadRequest(reason=f"cursor does not belong to {of}")
     return key
 
 
@@ -71,6 +76,7 @@ class TableViews:
                 "partitions": p.partitions,
                 # The version that answers (null: none yet, it is being built).
                 "version": state.live if state is not None else 1,
+                "indexes": list(getattr(m, "indexes", {})),
                 "building": p.builds.summary(m.name),
             })
         return json_response({"tables": out})
@@ -181,7 +187,8 @@ class TableViews:
         return json_response({"rows": page, "next_cursor": next_cursor})
 
     async def _gather_until(
-        self, request: web.Request, table: str, prefix: str, after: Optional[str], limit: int
+        self, request: web.Request, table: str, prefix: str, after: Optional[str], limit: int,
+        index: Optional[tuple[str, str]] = None,
     ) -> Optional[list[dict]]:
         """:meth:`_gather_rows`, asked again every 0.2 s while a partition has no owner; None at the deadline.
 
@@ -194,7 +201,7 @@ class TableViews:
             if remaining <= 0:
                 return None
             try:
-                rows = await asyncio.wait_for(self._gather_rows(request, table, prefix, after, limit), remaining)
+                rows = await asyncio.wait_for(self._gather_rows(request, table, prefix, after, limit, index), remaining)
             except asyncio.TimeoutError:
                 return None
             if rows is not None:
@@ -204,9 +211,13 @@ class TableViews:
             await asyncio.sleep(0.2)
 
     async def _gather_rows(
-        self, request: web.Request, table: str, prefix: str, after: Optional[str], limit: int
+        self, request: web.Request, table: str, prefix: str, after: Optional[str], limit: int,
+        index: Optional[tuple[str, str]] = None,
     ) -> Optional[list[dict]]:
-        """Up to ``limit`` rows after ``after`` from every partition, asking each owner; None if one has no owner."""
+        """Up to ``limit`` rows after ``after`` from every partition, asking each owner; None if one has no owner.
+
+        With ``index`` (an index name and value): the rows with that index value, in place of a prefix.
+        """
         p = self.projector
         by_owner: dict[Optional[str], list[int]] = {}
         for partition in range(p.partitions):
@@ -220,12 +231,19 @@ class TableViews:
         rows: list[dict] = []
         for owner, partitions in by_owner.items():
             if owner is None:
-                rows.extend(self._scan_local(table, partitions, prefix, after, limit))
+                if index is not None:
+                    rows.extend(self._scan_index_local(table, index[0], index[1], partitions, after, limit))
+                else:
+                    rows.extend(self._scan_local(table, partitions, prefix, after, limit))
                 continue
             query = {"partitions": ",".join(map(str, partitions)), "prefix": prefix, "limit": str(limit)}
             if after is not None:
                 query["after"] = after
             url = f"{owner.rstrip('/')}/internal/scan/{table}"
+            if index is not None:
+                del query["prefix"]
+                query["value"] = index[1]
+                url = f"{owner.rstrip('/')}/internal/index/{table}/{index[0]}"
             try:
                 async with self.peers.session.get(url, params=query, headers=peer_headers(p.settings)) as r:
                     if r.status != 200:
@@ -281,3 +299,97 @@ class TableViews:
         prefix = request.query.get("prefix", "")
         after = request.query.get("after")
         return json_response({"rows": self._scan_local(table, partitions, prefix, after, limit)})
+
+    # --- secondary indexes (INDEXES) ------------------------------------------------
+
+    async def index_rows(self, request: web.Request) -> web.Response:
+        """The rows whose index ``index`` has ``value``, in key order, over all partitions and workers."""
+        p = self.projector
+        table = request.match_info["table"]
+        index = request.match_info["index"]
+        value = request.match_info["value"]
+        model = p.model(table)
+        if model is None:
+            return json_error(404, "unknown_table", table=table)
+        if index not in model.indexes:
+            return json_error(404, "unknown_index", table=table, index=index, indexes=list(model.indexes))
+        building = self._building(table)
+        if building is not None:
+            return building
+        limit = int_param(request, "limit", 100, 1, MAX_LIMIT, cap=True)
+        after = decode_cursor(request.query.get("cursor"), table, index, value)
+        if not indexable(value):
+            # No row is ever found under it (projector.core.indexes.indexable): nothing to ask anyone.
+            return json_response({"rows": [], "next_cursor": None})
+        if not self.listings.enter():
+            return overloaded(f"{MAX_LISTINGS} listings are already under way on this worker; retry")
+        try:
+            rows = await self._gather_until(request, table, "", after, limit + 1, index=(index, value))
+        finally:
+            self.listings.leave()
+        if rows is None:
+            return retry_later("unavailable", f"some partitions of {table} have no owner yet (rebalancing); retry")
+        rows.sort(key=lambda r: r["key"].encode("utf-8"))
+        page = rows[:limit]
+        next_cursor = encode_cursor(table, page[-1]["key"], index, value) if len(rows) > limit else None
+        return json_response({"rows": page, "next_cursor": next_cursor})
+
+    def _scan_index_local(
+        self, table: str, index: str, value: str, partitions: list[int], after: Optional[str], limit: int
+    ) -> list[dict]:
+        """Up to ``limit`` rows in key order from this worker's ``partitions`` whose ``index`` has ``value``.
+
+        An entry whose row no longer has that index value (its write and the
+        row's are not one: a reader may come in between) is passed over.
+        """
+        p = self.projector
+        model = p.model(table)
+        itable = index_table(table)
+        prefix = entry_prefix(index, value)
+        start = prefix + after.encode("utf-8") + b"\x00" if after is not None else prefix
+
+        def entries(partition: int):
+            for key, _ in p.store.scan(itable, partition, prefix, start=start):
+                yield key[len(prefix):], partition
+
+        out = []
+        for key, partition in heapq.merge(*(entries(x) for x in partitions), key=lambda kp: kp[0]):
+            raw = p.store.get(table, partition, key)
+            row = orjson.loads(raw) if raw is not None else None
+            if row is None or row.get("value") is None:
+                continue
+            try:
+                if value not in index_values(model, index, row["value"]):
+                    continue
+            except BadIndexValue:
+                continue
+            out.append({"key": key.decode("utf-8", "replace"), "version": row["version"], "value": row["value"]})
+            if len(out) >= limit:
+                break
+        return out
+
+    async def internal_index(self, request: web.Request) -> web.Response:
+        """Rows of the listed partitions with one index value (for :meth:`index_rows`); this worker must own them."""
+        p = self.projector
+        table = request.match_info["table"]
+        index = request.match_info["index"]
+        model = p.model(table)
+        if model is None:
+            return json_error(404, "unknown_table", table=table)
+        if index not in model.indexes:
+            return json_error(404, "unknown_index", table=table, index=index)
+        try:
+            partitions = [int(x) for x in request.query.get("partitions", "").split(",") if x]
+        except ValueError:
+            raise web.HTTPBadRequest(reason="partitions must be a comma-separated list of integers") from None
+        if not partitions or any(not 0 <= x < p.partitions for x in partitions):
+            raise web.HTTPBadRequest(reason=f"partitions must be between 0 and {p.partitions - 1}")
+        value = request.query.get("value", "")
+        if not indexable(value):
+            raise web.HTTPBadRequest(reason="value must be a non-empty index value")
+        not_owned = [x for x in partitions if not p.owns(x)]
+        if not_owned:
+            return json_error(409, "not_owner", partitions=not_owned)
+        limit = int_param(request, "limit", 100, 1, MAX_LIMIT + 1, cap=True)
+        after = request.query.get("after")
+        return json_response({"rows": self._scan_index_local(table, index, value, partitions, after, limit)})

@@ -15,7 +15,8 @@ from projector.runtime.kafka import settings_for
 #: Every module of the bench, and the CLI that imports the commands.
 BENCH_MODULES = ("projector.bench", "projector.bench.common", "projector.bench.compare", "projector.bench.extras",
                  "projector.bench.fold", "projector.bench.naive", "projector.bench.quix", "projector.bench.raw",
-                 "projector.bench.lookups", "projector.bench.scale", "projector.bench.commands", "projector.cli")
+                 "projector.bench.lookups", "projector.bench.scale", "projector.bench.commands",
+                 "projector.bench.indexes", "projector.cli")
 
 
 def test_require_returns_the_modules_it_imported():

@@ -113,7 +113,14 @@ def test_splitting_the_stream_into_batches_anywhere_gives_the_same_state(history
     assert comparable(parts) == comparable(whole)
     assert whole.deadletters == parts.deadletters == []
     assert whole.store.tables() == {"accounts", "owners", "currencies", INDEX, "_owners_members",
-                                    "_currencies_members"}
+                                    "_currencies_members", "_accounts_idx"}
+    # The secondary indexes hold exactly the entries of the rows as they end up.
+    expected = {
+        (partition_for(aid.encode(), PARTITIONS), b"%s\0%s\0%s" % (name, row["value"][field].encode(), aid.encode()))
+        for aid, row in whole.store.table("accounts").items()
+        for name, field in ((b"owner", "owner"), (b"status", "status"))
+    }
+    assert {(p, k) for (t, p, k) in parts.store.state() if t == "_accounts_idx"} == expected
 
 
 def exact_state(d: Driver) -> dict:

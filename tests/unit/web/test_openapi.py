@@ -426,3 +426,23 @@ def test_status_all_lists_what_the_handler_takes(doc: dict[str, Any]) -> None:
 
     assert set(params_of(doc, "/status")["all"]["schema"]["enum"]) == STATUS_ALL | STATUS_MINE
     assert {"", "on", "off"} <= STATUS_ALL | STATUS_MINE
+
+
+def test_the_index_route_and_the_tables_indexes(doc: dict[str, Any], tmp_path: Path) -> None:
+    path = "/tables/{table}/index/{index}/{value}"
+    params = params_of(doc, path)
+    assert set(params) == {"table", "index", "value", "limit", "cursor"}
+    assert params["index"]["schema"] == {"type": "string", "enum": ["owner", "status"]}
+    assert "`accounts`: `owner`, `status`" in params["index"]["description"]
+    assert params["limit"]["schema"] == params_of(doc, "/tables/{table}")["limit"]["schema"]
+    assert body_schema(doc, path, "200") == body_schema(doc, "/tables/{table}", "200")
+    not_found = body_schema(doc, path, "404")["allOf"][1]["properties"]["error"]
+    assert set(not_found["enum"]) == {"unknown_table", "unknown_index"}
+    assert {"200", "400", "401", "404", "503"} <= set(doc["paths"][path]["get"]["responses"])
+    table = body_schema(doc, "/tables", "200")["properties"]["tables"]["items"]
+    assert "indexes" in table["required"] and table["properties"]["indexes"]["type"] == "array"
+    # A catalog without any index still documents the route, with any index name (each one 404).
+    (tmp_path / "parcels.py").write_text(OTHER_DOMAIN)
+    plain = document_for(load_catalog(tmp_path))
+    schemathesis.openapi.from_dict(plain).validate()
+    assert params_of(plain, path)["index"]["schema"] == {"type": "string", "minLength": 1}
