@@ -106,6 +106,9 @@ class ProjectorApp(PatchedApp):
         return 0.05 if self.projector.builds.active else 1.0
 
     async def on_stop(self) -> None:
+        # Requests waiting here for a row go elsewhere: this worker's partitions are about to move.
+        self.projector.stopping = True
+        self.projector.rows.wake_all()
         await self.projector.builds.close()
         await self.projector.fence.drop_all()
         await super().on_stop()
@@ -275,6 +278,8 @@ class Projector:
         self.live_busy = 0.0
         #: The next offset the live fold will fold, by events partition, since the last assignment.
         self.folded: dict[int, int] = {}
+        #: Set when the worker begins to stop: waiting requests leave (their rows move to other workers).
+        self.stopping = False
         #: Read-your-writes: requests parked until a row changes.
         self.rows = RowWaiters()
         #: The cap on requests parked at once (PROJECTOR_MAX_PARKED): rows and /control waits.
@@ -547,6 +552,15 @@ class Projector:
             log.info("deleted topic %s", topic)
         except Exception as exc:  # gone already (another worker), or no rights: say so
             log.warning("could not delete topic %s: %r", topic, exc)
+
+    @property
+    def recovered(self) -> bool:
+        """False from a rebalance's start until the tables of the partitions it assigned are restored.
+
+        Meanwhile a newly assigned partition's rows are not all there yet: a
+        read would find a row missing, or older than one already served.
+        """
+        return self.app.tables.recovery.completed.is_set() and not self.app.rebalancing
 
     def owns(self, partition: int) -> bool:
         """True when this worker actively processes ``partition`` of the events topic."""

@@ -21,18 +21,37 @@ from aiohttp import web
 from projector.core.partitioning import partition_for
 from projector.runtime.waiters import ParkingLimit
 from projector.web.auth import is_forwarded, peer_headers
-from projector.web.responses import json_error, overloaded
+from projector.web.responses import json_error, overloaded, retry_later
 
 if TYPE_CHECKING:
     from projector.runtime.app import Projector
 
-#: How long a key lookup keeps retrying while its partition has no owner (rebalance).
-ROUTE_DEADLINE = 10.0
-FORWARD_TIMEOUT = 15.0
+#: How long a key lookup keeps retrying while its partition has no owner, or its new owner is still
+#: restoring it (a rebalance: a worker restarted, joined or left).
+ROUTE_DEADLINE = 20.0
+#: How long a forwarded request may take (its owner may be waiting out a rebalance itself).
+FORWARD_TIMEOUT = ROUTE_DEADLINE + 5.0
 #: Connections one worker keeps to the others for plain calls (lookups, scans, answers).
 PLAIN_CONNECTIONS = 100
 #: Set on a forwarded answer: the URL of the worker that answered.
 SERVED_BY_HEADER = "X-Projector-Served-By"
+#: Set on a 503 of a worker that no longer owns the row (a rebalance moved it while the request waited).
+MOVED_HEADER = "X-Projector-Moved"
+
+
+def moved(detail: str) -> web.Response:
+    """503 ``unavailable`` of a request whose partition moved away from this worker while it waited.
+
+    The worker that forwarded it (or this one, for its own client) sees
+    :data:`MOVED_HEADER` and asks the new owner; a client that gets it retries.
+    """
+    response = retry_later("unavailable", detail)
+    response.headers[MOVED_HEADER] = "1"
+    return response
+
+
+def _moved(response: web.StreamResponse) -> bool:
+    return response.status == 503 and response.headers.get(MOVED_HEADER) == "1"
 
 class Peers:
     """The other workers, as the views reach them: two HTTP sessions, opened on first use.
@@ -93,21 +112,29 @@ class Peers:
         """Answer with ``local(partition)`` when this worker owns the key, else forward to the owner."""
         p = self.projector
         partition = partition_for(key_bytes, p.partitions)
-        deadline = time.monotonic() + ROUTE_DEADLINE
+        deadline = time.monotonic() + ROUTE_DEADLINE + extra_timeout
+        forwarded = is_forwarded(request, p.settings)
         while True:
-            if p.owns(partition):
-                return await local(partition)
-            owner = p.owner_url(table, partition)
-            if owner and owner.rstrip("/") != p.settings.url and not is_forwarded(request, p.settings):
-                response = await self.forward(request, owner, extra_timeout, gone_ok=time.monotonic() < deadline)
-                if response is not None:
+            if p.owns(partition) and not p.recovered:
+                pass  # its rows are being restored (a rebalance gave it the partition): wait for them
+            elif p.owns(partition):
+                response = await local(partition)
+                if forwarded or not _moved(response) or time.monotonic() >= deadline:
                     return response
-                # The owner is gone (stopped, restarting): the group hands its partitions over; ask again.
+                continue  # it moved while it waited: ask the new owner
+            owner = p.owner_url(table, partition)
+            if owner and owner.rstrip("/") != p.settings.url and not forwarded:
+                response = await self.forward(request, owner, extra_timeout, gone_ok=time.monotonic() < deadline)
+                if response is not None and (not _moved(response) or time.monotonic() >= deadline):
+                    return response
+                # The owner is gone (stopped, restarting), or the row moved from it while the request
+                # waited there: the group hands its partitions over; ask again.
             if time.monotonic() >= deadline:
                 return json_error(
                     503,
                     "unavailable",
-                    detail=f"partition {partition} of {table} has no owner yet (rebalancing); retry",
+                    detail=f"partition {partition} of {table} has no owner yet, or its owner is still restoring it "
+                    "(rebalancing); retry",
                 )
             await asyncio.sleep(0.2)
 
@@ -131,11 +158,15 @@ class Peers:
                 request.method, url, headers=headers, data=await request.read(), timeout=timeout
             ) as r:
                 body = await r.read()
+                headers = {SERVED_BY_HEADER: owner}
+                for name in (MOVED_HEADER, "Retry-After"):
+                    if name in r.headers:
+                        headers[name] = r.headers[name]
                 return web.Response(
                     body=body,
                     status=r.status,
                     content_type=r.content_type or "application/json",
-                    headers={SERVED_BY_HEADER: owner},
+                    headers=headers,
                 )
         except aiohttp.ClientConnectorError as exc:
             if gone_ok:

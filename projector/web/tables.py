@@ -23,7 +23,7 @@ from projector.core.indexes import BadIndexValue, entry_prefix, index_table, ind
 from projector.core.lifecycle import cutover_key
 from projector.runtime.waiters import ParkingLimit
 from projector.web.auth import is_admin, peer_headers
-from projector.web.forwarding import ROUTE_DEADLINE, Peers
+from projector.web.forwarding import ROUTE_DEADLINE, Peers, moved
 from projector.web.params import MAX_KEY_PARAM, MAX_LIMIT, MAX_WAIT_MS, int_param
 from projector.web.responses import json_error, json_response, overloaded, retry_later
 
@@ -139,8 +139,13 @@ class TableViews:
             row = read(partition)
             while min_version and (row is None or row["version"] < min_version):
                 remaining = deadline - asyncio.get_running_loop().time()
-                if remaining <= 0 or not p.owns(partition):
+                if remaining <= 0:
                     return json_error(504, "timeout", version=row["version"] if row else None)
+                if not p.owns(partition) or p.stopping:
+                    # A rebalance moved the row away while it waited: whoever asked (this
+                    # worker's on_owner, or the worker that forwarded it here) asks the new owner.
+                    return moved(f"partition {partition} of {table} moved to another worker while this request "
+                                 "waited; retry")
                 if not p.parking.enter():
                     return overloaded(f"{p.parking.cap} requests are already waiting on this worker; retry")
                 waiter = p.rows.park(table, partition, key_bytes)
@@ -222,6 +227,8 @@ class TableViews:
         by_owner: dict[Optional[str], list[int]] = {}
         for partition in range(p.partitions):
             if p.owns(partition):
+                if not p.recovered:
+                    return None  # being restored: ask again
                 by_owner.setdefault(None, []).append(partition)
                 continue
             owner = p.owner_url(table, partition)
@@ -292,7 +299,7 @@ class TableViews:
             raise web.HTTPBadRequest(reason="partitions must be a comma-separated list of integers") from None
         if not partitions or any(not 0 <= x < p.partitions for x in partitions):
             raise web.HTTPBadRequest(reason=f"partitions must be between 0 and {p.partitions - 1}")
-        not_owned = [x for x in partitions if not p.owns(x)]
+        not_owned = [x for x in partitions if not p.owns(x) or not p.recovered]
         if not_owned:
             return json_error(409, "not_owner", partitions=not_owned)
         limit = int_param(request, "limit", 100, 1, MAX_LIMIT + 1, cap=True)
@@ -387,7 +394,7 @@ class TableViews:
         value = request.query.get("value", "")
         if not indexable(value):
             raise web.HTTPBadRequest(reason="value must be a non-empty index value")
-        not_owned = [x for x in partitions if not p.owns(x)]
+        not_owned = [x for x in partitions if not p.owns(x) or not p.recovered]
         if not_owned:
             return json_error(409, "not_owner", partitions=not_owned)
         limit = int_param(request, "limit", 100, 1, MAX_LIMIT + 1, cap=True)

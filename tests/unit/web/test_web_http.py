@@ -50,6 +50,8 @@ def projector(catalog: Any) -> Any:
     fake.model = catalog.get
     fake.states = {m.name: TableState(m, m.version) for m in catalog.models}
     fake.builds.summary.return_value = None
+    fake.stopping = False
+    fake.recovered = True
     fake.parking = ParkingLimit(fake.settings.max_parked)
     fake.readiness.return_value = (True, "ready")
     fake.broker.reachable = True

@@ -52,6 +52,8 @@ def fake_worker(driver: Driver, port: int, mine: set[int]) -> Any:
     fake.model = driver.catalog.get
     fake.states = {m.name: TableState(m, m.version) for m in driver.catalog.models}
     fake.builds.summary.return_value = None
+    fake.stopping = False
+    fake.recovered = True
     fake.parking = ParkingLimit(fake.settings.max_parked)
     fake.store = driver.store
     fake.owns.side_effect = lambda partition: partition in mine
