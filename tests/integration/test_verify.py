@@ -27,11 +27,11 @@ PARTITIONS = 2
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _verify(worker, names, kafka_bootstrap, *args: str) -> subprocess.CompletedProcess:
+def _verify(worker, names, kafka_bootstrap, *args: str, table: str = "accounts") -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROJECTOR_")}
     env.update(PROJECTOR_BROKER=f"kafka://{kafka_bootstrap}", PROJECTOR_APP_ID=names["app_id"],
                PROJECTOR_EVENTS_TOPIC=names["events"], PROJECTOR_CONTROL_TOPIC=names["control"])
-    return subprocess.run([sys.executable, "-m", "projector", "verify", "accounts", "--url", worker.url,
+    return subprocess.run([sys.executable, "-m", "projector", "verify", table, "--url", worker.url,
                            "--timeout", "20", *args], env=env, cwd=REPO, capture_output=True, text=True,
                           timeout=120)
 
@@ -75,6 +75,10 @@ def test_verify_passes_on_equal_copies_and_names_a_changed_standby_copy(worker_f
     lines = done.stdout.splitlines()
     assert sum("equal at offset" in line for line in lines) == PARTITIONS, done.stdout
     assert sum("rebuild equal" in line for line in lines) == PARTITIONS, done.stdout
+    # A re-keyed table too: its scratch copy goes through the repartition step.
+    done = _verify(w1, names, kafka_bootstrap, "--rebuild", table="owners")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sum("rebuild equal" in line for line in done.stdout.splitlines()) == PARTITIONS, done.stdout
 
     # Change one row of one of w2's standby copies, offsets untouched.
     partition = next(p for p, c in sorted(_copies([w2]).items()) if c[0][1] == "standby" and c[0][2] > 0)

@@ -55,3 +55,13 @@ def test_copies_that_never_meet_are_not_compared_and_a_partition_without_copies_
     assert p0.state == "unsettled" and "NOT COMPARED" in p0.line() and "offset=5" in p0.line()
     assert p1.state == "unsettled" and "no worker holds a copy" in p1.line()
     assert rounds == 4
+
+
+def test_a_worker_that_cannot_be_asked_is_exit_status_2_with_one_clear_line():
+    from projector.runtime.config import Settings
+    from projector.verify import verify
+
+    lines = []
+    status = verify(Settings(), "accounts", url="http://127.0.0.1:1", timeout=1, out=lines.append)
+    assert status == 2
+    assert len(lines) == 1 and lines[0].startswith("projector verify: the worker at http://127.0.0.1:1 could not")
