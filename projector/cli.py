@@ -218,6 +218,12 @@ def _control_direct(args: argparse.Namespace, value: object) -> None:
         sys.exit(f"projector: control topic {settings.control_topic} at {settings.broker}: {exc}")
 
 
+def cmd_verify(args: argparse.Namespace) -> None:
+    from projector.verify import main as verify_main
+
+    verify_main(_settings(), args)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="projector", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -306,6 +312,21 @@ def main(argv: list[str] | None = None) -> None:
             c.add_argument("--wait", type=float, default=0, metavar="SECONDS",
                            help="then wait until the worker has applied it")
         c.set_defaults(func=cmd_control)
+
+    p = sub.add_parser(
+        "verify",
+        help="compare every copy (active, standbys) of each partition of a table; exit 0 only when all are equal",
+        description="Asks every worker of the app id for GET /tables/TABLE/digest and compares the copies of "
+        "each partition at one changelog offset. Exit status: 0 all equal, 1 some partition differs, 2 not "
+        "compared (copies never at one offset within --timeout, or a worker could not be asked).",
+    )
+    p.add_argument("table")
+    p.add_argument("--url", default=None, help="a worker of the app id (default: PROJECTOR_WEB_HOST:PROJECTOR_WEB_PORT)")
+    p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="how long to wait for the copies to reach one offset (default 30)")
+    p.add_argument("--rebuild", action="store_true",
+                   help="also fold the events topic from its start into a scratch copy and compare the active copies")
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("deadletters", help="list the newest dead letters")
     p.add_argument("--limit", type=int, default=20)

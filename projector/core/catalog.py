@@ -280,6 +280,10 @@ class Catalog:
         return {m.aggregate_type: m for m in self.models if m.decide is not None}
 
 
+#: The project's folder when projector runs from a source checkout (or an editable install of one).
+SOURCE_ROOT = Path(__file__).resolve().parents[2]
+
+
 def versioned_table(name: str, version: int) -> str:
     """The table that holds version ``version`` of read model ``name``: ``name`` for 1, ``name-v<N>`` after.
 
@@ -298,11 +302,31 @@ def _version_of(module: ModuleType, where: str) -> int:
 
 
 def default_tables_dir() -> Path:
-    """``$PROJECTOR_TABLES_DIR``, else the ``tables/`` folder beside the package."""
+    """The folder of read-model modules this process loads.
+
+    ``$PROJECTOR_TABLES_DIR`` if set; else the project's ``tables/`` when
+    projector runs from a source checkout (the package beside a
+    ``pyproject.toml``); else ``./tables`` in the current directory if it
+    exists. An installed projector has no ``tables/`` of its own: without
+    either, a :class:`ReadModelError` says to set PROJECTOR_TABLES_DIR.
+    """
     env = os.environ.get("PROJECTOR_TABLES_DIR")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "tables"
+    looked = []
+    if (SOURCE_ROOT / "pyproject.toml").is_file():
+        source = SOURCE_ROOT / "tables"
+        if source.is_dir():
+            return source
+        looked.append(str(source))
+    here = Path.cwd() / "tables"
+    if here.is_dir():
+        return here
+    looked.append(str(here))
+    raise ReadModelError(
+        f"no read-model folder: PROJECTOR_TABLES_DIR is not set and {' nor '.join(looked)} does not exist; "
+        "set PROJECTOR_TABLES_DIR to the folder of your read-model modules"
+    )
 
 
 def _load_module(path: Path) -> ModuleType:
@@ -512,9 +536,11 @@ def load_read_models(directory: Optional[Path] = None) -> list[Any]:
 
 def load_catalog(directory: Optional[Path] = None) -> Catalog:
     """Load every ``*.py`` module of ``directory`` (sorted) and check how they fit together."""
+    from_env = directory is None and bool(os.environ.get("PROJECTOR_TABLES_DIR"))
     directory = Path(directory) if directory is not None else default_tables_dir()
     if not directory.is_dir():
-        raise ReadModelError(f"read-model folder {directory} does not exist")
+        raise ReadModelError(f"read-model folder {directory} does not exist"
+                             + (" (PROJECTOR_TABLES_DIR)" if from_env else ""))
     if (directory / "__init__.py").exists():
         raise ReadModelError(
             f"{directory}/__init__.py must not exist: tables/ is a folder of modules, "

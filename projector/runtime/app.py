@@ -38,6 +38,7 @@ from projector.runtime.builds import Builds
 from projector.runtime.command_side import CommandQueue, CommandRoundTrip, SendAnswers, WriterGate
 from projector.runtime.config import Settings
 from projector.runtime.control_table import ControlRecovery, ControlTable, GapFiller
+from projector.runtime.digests import flush_changelog_buffers
 from projector.runtime.faust_patches import (
     PatchedApp,
     active_partitions,
@@ -68,6 +69,8 @@ log = logging.getLogger(__name__)
 
 #: How often the writer deletes command answers older than PROJECTOR_COMMAND_ID_TTL (seconds).
 COMMAND_PRUNE_INTERVAL = 60.0
+#: Seconds between two flushes of the changelog records Faust buffers for the standby copies.
+STANDBY_FLUSH_INTERVAL = 1.0
 
 #: Installs the web views on the aiohttp application Faust serves: (web_app, projector).
 InstallWeb = Callable[[Any, "Projector"], None]
@@ -294,6 +297,7 @@ class Projector:
         #: Commands waiting for their partition's gate.
         self.command_queue = CommandQueue()
         self._next_prune = 0.0
+        self._next_standby_flush = 0.0
         self.commands = CommandRoundTrip(
             url=settings.url, command_topic=self.command_topic.get_topic_name(), partitions=self.partitions,
             produce=self.produce, send_answers=send_answers, spawn=self.app.add_future,
@@ -409,6 +413,9 @@ class Projector:
             busy, self.live_busy = self.live_busy, 0.0
             await self.builds.round(busy)
         now = time.time()
+        if now >= self._next_standby_flush:
+            self._next_standby_flush = now + STANDBY_FLUSH_INTERVAL
+            flush_changelog_buffers(self.app)  # standby copies within a second of their active copy
         if now >= self._next_prune:
             self._next_prune = now + max(1.0, min(COMMAND_PRUNE_INTERVAL, self.settings.command_id_ttl / 4))
             try:

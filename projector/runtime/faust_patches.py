@@ -690,6 +690,9 @@ async def drop_table(app: faust.App, table: Any) -> None:
     manager._changelogs.pop(table.changelog_topic.get_topic_name(), None)
     channel = manager._channels.pop(table, None)
     manager.pop(table.name, None)
+    recovery = manager.recovery
+    recovery.buffers.pop(table, None)  # changelog records held for a standby copy of it
+    recovery.buffer_sizes.pop(table, None)
     if channel is not None:
         conductor = app.topics
         conductor._topics.discard(channel)

@@ -343,6 +343,40 @@ def _cutover(table_param: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _digest(table_param: dict[str, Any]) -> dict[str, Any]:
+    copy = _object(
+        ["partition", "offset", "rows", "digest"],
+        {
+            "partition": {"type": "integer", "minimum": 0},
+            "offset": {"type": "integer", "minimum": 0,
+                       "description": "The next changelog offset this copy will apply (0: none applied yet)."},
+            "rows": {"type": "integer", "minimum": 0},
+            "digest": {"type": "string", "pattern": "^[0-9a-f]{16}$",
+                       "description": "Order-independent digest of the copy's rows as of `offset`."},
+            "role": {"type": "string", "enum": ["active", "standby"]},
+        },
+    )
+    return {
+        "get": _operation(
+            "tableDigest",
+            "A digest of each copy of the table's partitions this worker holds, active or standby",
+            {
+                "200": _json(
+                    _object(["table", "partitions"],
+                            {"table": {"type": "string"}, "partitions": {"type": "array", "items": copy}}),
+                    "This worker's copies, in partition order (none while it holds none).",
+                ),
+                "404": _error("Unknown table.", ["unknown_table"]),
+                "503": UNAVAILABLE_RETRY,
+            },
+            tags=["tables"],
+            description="Never forwarded: it answers about this worker's own copies. Two copies of one "
+            "partition at the same `offset` have the same `digest`; `projector verify` compares them.",
+            parameters=[table_param],
+        )
+    }
+
+
 def _index_rows(table_param: dict[str, Any], indexes: Mapping[str, list[str]]) -> dict[str, Any]:
     names = sorted({name for names in indexes.values() for name in names})
     where = "; ".join(f"`{table}`: {', '.join(f'`{n}`' for n in names)}" for table, names in indexes.items() if names)
@@ -844,6 +878,7 @@ def _paths(tables: list[str], command_example: Optional[dict[str, Any]],
         "/readyz": _readyz(),
         "/tables": _tables(),
         "/tables/{table}": _rows(table),
+        "/tables/{table}/digest": _digest(table),
         "/tables/{table}/{key}": _row(table, example_key),
         "/tables/{table}/cutover": _cutover(table),
         "/tables/{table}/index/{index}/{value}": _index_rows(table, indexes or {}),

@@ -17,6 +17,7 @@ from projector.web.aggregates import AggregateViews
 from projector.web.commands import CommandViews
 from projector.web.control import ControlViews
 from projector.web.deadletters import DeadLetterViews
+from projector.web.digest import DigestViews
 from projector.web.forwarding import Peers
 from projector.web.openapi import OpenAPIView
 from projector.web.operations import OperationsViews
@@ -36,6 +37,7 @@ def install_routes(app: web.Application, projector: "Projector", peers: Optional
     commands = CommandViews(projector)
     control = ControlViews(projector)
     deadletters = DeadLetterViews(projector)
+    digests = DigestViews(projector)
     status = StatusViews(projector)
     openapi = OpenAPIView(projector)
 
@@ -51,6 +53,8 @@ def install_routes(app: web.Application, projector: "Projector", peers: Optional
 
     router.add_get("/tables", tables.list_tables)
     router.add_get("/tables/{table}", tables.list_rows)
+    # Before the row route: a key cannot be "digest".
+    router.add_get("/tables/{table}/digest", digests.digest)
     router.add_get("/tables/{table}/{key}", tables.get_row)
     router.add_post("/tables/{table}/cutover", tables.cutover)
     router.add_get("/tables/{table}/index/{index}/{value}", tables.index_rows)

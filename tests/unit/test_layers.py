@@ -16,7 +16,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "projector"
 LAYERS = {"core": 0, "runtime": 1, "web": 2}
 #: Subpackages and top-level modules above the web layer.
-TOP = {"worker", "cli", "__main__", "demo", "bench"}
+TOP = {"worker", "cli", "__main__", "demo", "bench", "verify"}
 SUBPACKAGES = ["core", "runtime", "web", "demo", "bench"]
 CLIENTS = ("faust", "aiokafka", "aiohttp", "mode", "rocksdict")
 
