@@ -18,6 +18,7 @@ worker with its web views.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import logging
 import shutil
@@ -362,7 +363,7 @@ class Projector:
         slice_ = TimeSlice()
         control = self.control
         plan, answers = await slice_.run(decide_steps(
-            self.engine, self.catalog, now,
+            self.engine, self.live_catalog, now,
             events_topic=self.events_topic.get_topic_name(),
             settings=control.settings_view(),
             enabled=control.commands_enabled,
@@ -378,7 +379,7 @@ class Projector:
 
     def _not_ready(self, records: Sequence[Any]) -> list[Answer]:
         """``not_ready`` answers for command records this writer does not keep (the requester sends them again)."""
-        _, answers = run_steps(decide_steps(self.engine, self.catalog, records,
+        _, answers = run_steps(decide_steps(self.engine, self.live_catalog, records,
                                             events_topic=self.events_topic.get_topic_name(),
                                             settings={}, enabled=True, ready=lambda partition: False))
         return answers
@@ -516,6 +517,14 @@ class Projector:
 
     def model(self, name: str) -> Any:
         return self.catalog.get(name)
+
+    @property
+    def live_catalog(self) -> Catalog:
+        """The catalog without the read models no version of which answers yet (brand new, being built)."""
+        building = {name for name, state in self.states.items() if state.live is None}
+        if not building:
+            return self.catalog
+        return dataclasses.replace(self.catalog, models=[m for m in self.catalog.models if m.name not in building])
 
     def live_position(self, partition: int) -> Optional[int]:
         """The next offset of events ``partition`` the live fold will fold (None: not known yet).

@@ -17,7 +17,7 @@ from aiokafka.errors import KafkaError
 from projector.core.commands import check_command
 from projector.core.errors import InvalidCommand
 from projector.web.params import MAX_WAIT_MS, int_param
-from projector.web.responses import broker_unreachable, json_error, json_response
+from projector.web.responses import broker_unreachable, json_error, json_response, retry_later
 
 if TYPE_CHECKING:
     from projector.runtime.app import Projector
@@ -45,6 +45,12 @@ class CommandViews:
             command_id = body.get("command_id") if isinstance(body, dict) else None
             return json_error(400, "invalid", detail=str(exc),
                               **({"command_id": command_id} if isinstance(command_id, str) else {}))
+        model = p.catalog.deciders.get(command["aggregate_type"])
+        state = p.states.get(model.name) if model is not None else None
+        if state is not None and state.live is None:
+            return retry_later("building", f"read model {model.name}, the state of {command['aggregate_type']} "
+                               "aggregates, is being built from the events topic's history; it takes commands "
+                               "once it has caught up", command_id=command["command_id"])
         if not p.control.commands_enabled:
             return json_error(503, "commands_disabled", command_id=command["command_id"],
                               detail="commands.enabled is false in the control table")
