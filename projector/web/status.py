@@ -17,6 +17,9 @@ middleware of :mod:`projector.web.middleware`, like every route but
          "deadletters": {"version_gap": 1},    # dead letters sent, by reason
          "control": {"offset": 3, "entries": {...}},  # the control table as GET /control
          "broker": {"reachable": true, "since": "2026-01-01T00:00:00Z"},  # as /readyz: Kafka reachable now, since when
+         "builds": {"accounts": {"version": 2, "remaining": 1200, "eta_seconds": 3.5, ...}},  # new versions
+                                               # being built from history (GET /tables' "building")
+         "warnings": ["the events topic ... deletes events (retention.ms=...)"],  # e.g. its retention
          "throughput": [[1767225510.0, 0], ...],      # [unix time, records_total], one a second,
                                                # the last 90 s, oldest first
          "time": 1767225600.123}               # unix seconds when the answer was made
@@ -36,8 +39,9 @@ middleware of :mod:`projector.web.middleware`, like every route but
 ``GET /``
     One self-contained HTML page (inline CSS and JS, no external assets) that
     polls ``/status?all=1`` every 1.5 s and shows, per worker: ready or not,
-    its partitions with their lag, events applied per table, dead letters by
-    reason, the control table, and a live throughput chart: records/s from the
+    its partitions with their lag, new read-model versions being built
+    (records left, rate, ETA), warnings, events applied per table, dead
+    letters by reason, the control table, and a live throughput chart: records/s from the
     deltas of ``records_total`` between the worker's one-a-second samples in
     ``throughput`` (so the last 90 s show at once and do not depend on how
     often the browser polls), drawn as inline SVG. A worker whose answer has
@@ -464,6 +468,16 @@ PAGE = r"""<!doctype html>
       ((w.recovery || []).length ? "<h3>Restoring from changelogs</h3>" + '<div class="mono">' + w.recovery.map(function (r) {
         return esc(r.topic) + "[" + r.partition + "] " + esc(r.kind) + ": " + fmt(r.remaining) + " left, " + fmt(r.rate) +
           "/s, ETA " + (r.eta_seconds === null ? "?" : fmt(r.eta_seconds) + " s");
+      }).join("<br>") + "</div>" : "") +
+      (Object.keys(w.builds || {}).length ? '<h3>Building new read-model versions</h3><div class="mono builds">' +
+        Object.keys(w.builds).sort().map(function (name) {
+          var b = w.builds[name];
+          return esc(name) + " version " + esc(b.version) + ": " + (b.remaining === null ? "?" : fmt(b.remaining)) +
+            " records left, " + fmt(b.rate || 0) + "/s, ETA " + (b.eta_seconds === null ? "?" : fmt(b.eta_seconds) + " s") +
+            (b.problem ? ' <span class="badge warn">' + esc(b.problem) + "</span>" : "");
+        }).join("<br>") + "</div>" : "") +
+      ((w.warnings || []).length ? '<div class="warnings">' + w.warnings.map(function (x) {
+        return '<span class="badge warn">' + esc(x) + "</span>";
       }).join("<br>") + "</div>" : "") +
       '<div class="chartbox"><h3>Throughput</h3><div class="rate">' + (rate === null ? "&ndash;" : rateFmt(rate)) +
       " <small>records/s</small></div>" + chart(w.worker, h, w.time) + "</div>" +
