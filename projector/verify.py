@@ -372,6 +372,13 @@ def compare_rebuild(settings: Settings, workers: Workers, urls: list[str], table
                     out: Callable[[str], None]) -> int:
     """Build the scratch copy, wait for the active copies to fold as far, compare; 0 equal, 1 different, 2 not compared."""
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    status, body = workers.get(urls[0], "/tables")
+    listed = {t.get("name"): t for t in body.get("tables", [])} if status == 200 and isinstance(body, dict) else {}
+    building = (listed.get(table) or {}).get("building")
+    if building:
+        out(f"rebuild: NOT COMPARED: version {building.get('version')} of {table} is being built beside the live "
+            f"version {listed[table].get('version')}; compare once it has switched")
+        return 2
     try:
         scratch = asyncio.run(build_scratch(settings, table, max(timeout, 60.0)))
     except VerifyError:

@@ -17,7 +17,7 @@ middleware of :mod:`projector.web.middleware`, like every route but
          "deadletters": {"version_gap": 1},    # dead letters sent, by reason
          "control": {"offset": 3, "entries": {...}},  # the control table as GET /control
          "broker": {"reachable": true, "since": "2026-01-01T00:00:00Z"},  # as /readyz: Kafka reachable now, since when
-         "builds": {"accounts": {"version": 2, "remaining": 1200, "eta_seconds": 3.5, ...}},  # new versions
+         "builds": {"<table>": {"version": 2, "remaining": 1200, "eta_seconds": 3.5, ...}},  # new versions
                                                # being built from history (GET /tables' "building")
          "warnings": ["the events topic ... deletes events (retention.ms=...)"],  # e.g. its retention
          "throughput": [[1767225510.0, 0], ...],      # [unix time, records_total], one a second,
