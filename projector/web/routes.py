@@ -28,6 +28,11 @@ if TYPE_CHECKING:
     from projector.runtime.app import Projector
 
 
+async def only_post(request: web.Request) -> web.Response:
+    """Any method but POST on a path that takes POST only (and would otherwise reach the row route)."""
+    raise web.HTTPMethodNotAllowed(request.method, ["POST"])
+
+
 def install_routes(app: web.Application, projector: "Projector", peers: Optional[Peers] = None) -> None:
     """Register every view on ``app``; ``peers`` is the worker's session to the others (a new one if not given)."""
     peers = peers if peers is not None else Peers(projector)
@@ -53,10 +58,11 @@ def install_routes(app: web.Application, projector: "Projector", peers: Optional
 
     router.add_get("/tables", tables.list_tables)
     router.add_get("/tables/{table}", tables.list_rows)
-    # Before the row route: a key cannot be "digest".
+    # Before the row route: a key cannot be "digest" or "cutover" (GET there is 405, Allow: POST).
     router.add_get("/tables/{table}/digest", digests.digest)
-    router.add_get("/tables/{table}/{key}", tables.get_row)
     router.add_post("/tables/{table}/cutover", tables.cutover)
+    router.add_route("*", "/tables/{table}/cutover", only_post)
+    router.add_get("/tables/{table}/{key}", tables.get_row)
     router.add_get("/tables/{table}/index/{index}/{value}", tables.index_rows)
     router.add_get("/internal/scan/{table}", tables.internal_scan)
     router.add_get("/internal/index/{table}/{index}", tables.internal_index)

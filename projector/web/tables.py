@@ -102,8 +102,10 @@ class TableViews:
             return json_error(401, "unauthorized", detail="a cutover needs the admin token")
         build = p.builds.building(table)
         if build is None:
+            state = p.states.get(table)
+            live = state.live if state is not None else 1
             return json_error(409, "not_building", table=table,
-                              detail=f"no new version of {table} is being built; version {p.states[table].live} answers")
+                              detail=f"no new version of {table} is being built; version {live} answers")
         if not p.builds.caught_up(table):
             summary = p.builds.summary(table) or {}
             return json_error(409, "not_caught_up", table=table, version=build.version,

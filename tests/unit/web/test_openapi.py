@@ -255,7 +255,7 @@ def served_routes(projector: Any) -> set[tuple[str, str]]:
     install_routes(app, projector)
     out = set()
     for route in app.router.routes():
-        if route.method == "HEAD":  # aiohttp adds HEAD to every GET
+        if route.method in ("HEAD", "*"):  # aiohttp adds HEAD to every GET; "*" answers 405 (routes.only_post)
             continue
         out.add((route.method.lower(), route.resource.canonical))
     return out
