@@ -260,6 +260,12 @@ def main(argv: list[str] | None = None) -> None:
     bench_scale.add_arguments(p)
     p.set_defaults(func=bench_scale.cmd_bench_scale)
 
+    from projector.bench import build as bench_build
+
+    p = sub.add_parser("bench-build", help="the live fold's throughput while a new read-model version builds beside it")
+    bench_build.add_arguments(p)
+    p.set_defaults(func=bench_build.cmd_bench_build)
+
     from projector.bench import commands as bench_commands
 
     p = sub.add_parser("bench-commands", help="command round trip (POST /commands to 200) and how soon its row shows it")

@@ -471,8 +471,11 @@ class Workers:
     stops them all.
     """
 
-    def __init__(self, settings: Settings, topic: str, partitions: int, workdir: Path, app_id: str) -> None:
+    def __init__(self, settings: Settings, topic: str, partitions: int, workdir: Path, app_id: str,
+                 env: Optional[dict[str, str]] = None) -> None:
         self.settings, self.topic, self.partitions, self.workdir, self.app_id = settings, topic, partitions, workdir, app_id
+        #: More environment variables for the workers started from now on (``PROJECTOR_TABLES_DIR``, say).
+        self.env: dict[str, str] = dict(env or {})
         self.procs: dict[str, subprocess.Popen] = {}
         self.urls: dict[str, str] = {}
 
@@ -486,7 +489,7 @@ class Workers:
         """Start worker ``name``; returns its URL."""
         port = int(self.urls[name].rsplit(":", 1)[1]) if name in self.urls else free_port()
         env = dict(os.environ, **worker_vars(self.settings.broker, self.app_id, self.topic, self.partitions,
-                                             self.data_dir(name), port))
+                                             self.data_dir(name), port), **self.env)
         env.pop("PROJECTOR_API_TOKEN", None)
         with open(self.log_path(name), "ab") as log_file:
             self.procs[name] = subprocess.Popen([sys.executable, "-m", "projector", "worker"], env=env,

@@ -16,7 +16,7 @@ from projector.runtime.kafka import settings_for
 BENCH_MODULES = ("projector.bench", "projector.bench.common", "projector.bench.compare", "projector.bench.extras",
                  "projector.bench.fold", "projector.bench.naive", "projector.bench.quix", "projector.bench.raw",
                  "projector.bench.lookups", "projector.bench.scale", "projector.bench.commands",
-                 "projector.bench.indexes", "projector.cli")
+                 "projector.bench.indexes", "projector.bench.build", "projector.cli")
 
 
 def test_require_returns_the_modules_it_imported():
