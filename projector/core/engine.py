@@ -797,9 +797,10 @@ class Engine:
                     out.append(Event(**e))
                     after = e["version"]
 
-        for seg_key, raw in self.store.scan(INDEX, partition, agg.event_prefix(aid), start=agg.event_key(aid, first)):
+        prefix = agg.event_prefix(aid)
+        for seg_key, raw in self.store.scan(INDEX, partition, prefix, start=agg.event_key(aid, first)):
             take(orjson.loads(raw))
-            if after >= last or int(seg_key[-10:]) >= last:
+            if after >= last or int(seg_key[len(prefix):]) >= last:  # a segment's key ends in its last version
                 break
         else:
             take(meta.tail)

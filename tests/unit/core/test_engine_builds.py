@@ -242,3 +242,12 @@ def test_a_read_model_of_some_event_types_is_built_from_those_the_live_fold_appl
     build(d, deposits, records, chunk=3)
     assert rows(d, "deposits") == {"acc-1": {"version": 3, "value": {"n": 2}},
                                    "acc-2": {"version": 2, "value": {"n": 1}}}
+
+
+def test_a_long_history_is_built_across_the_index_segments(d):
+    records = [d.record(opened("acc-1", "ann"))] + [d.record(deposited("acc-1", v, v)) for v in range(2, 201)]
+    d.feed(records, batch_size=90)  # segments of at most 64 events, some of them split mid-batch
+    v2 = new_version(d)
+    build(d, v2, records, chunk=7)
+    assert rows(d, V2) == rows(oracle(records), "accounts")
+    assert rows(d, V2)["acc-1"]["value"]["events"] == 200
