@@ -125,34 +125,37 @@ def test_a_new_read_model_is_built_then_switched_and_a_build_without_history_doe
     listed = tables(w.url)["deposits"]
     assert listed["version"] is None and listed["building"] is not None, listed
     assert listed["building"]["version"] == 1 and "remaining" in listed["building"], listed
-    if listed["building"]["partitions_caught_up"] < PARTITIONS:
-        # Not caught up yet (as a rule, right after the restart): the cutover is refused. Should the build
-        # have caught up in between, the cutover is taken, and the rest holds all the same.
-        status, body = http("POST", f"{w.url}/tables/deposits/cutover")
-        assert (status, body["error"]) == (409, "not_caught_up") or status == 202, (status, body)
-        assert status == 202 or ("remaining" in body and "eta_seconds" in body), body
-    status, body = http("POST", f"{w.url}/tables/accounts/cutover")
-    assert (status, body["error"]) == (409, "not_building"), (status, body)
+    # No version answers until the cutover is asked for.
     aid = next(iter(fold_deposits(events)))
     status, body = get(f"{w.url}/tables/deposits/{aid}")
     assert status == 503 and body["error"] == "building", (status, body)
     assert "remaining" in body and "eta_seconds" in body, body
     assert get(f"{w.url}/tables/deposits")[0] == 503
+    status, body = http("POST", f"{w.url}/tables/accounts/cutover")
+    assert (status, body["error"]) == (409, "not_building"), (status, body)
+    early = None
+    if tables(w.url)["deposits"]["building"]["partitions_caught_up"] < PARTITIONS:
+        # Not caught up yet (as a rule, right after the restart): the cutover is refused. Should the build
+        # have caught up in between, the cutover is taken, and the rest holds all the same.
+        early, body = http("POST", f"{w.url}/tables/deposits/cutover")
+        assert early == 202 or (early, body["error"]) == (409, "not_caught_up"), (early, body)
+        assert early == 202 or ("remaining" in body and "eta_seconds" in body), body
 
     def caught_up() -> dict:
         building = tables(w.url)["deposits"]["building"]
         return building if building and building["partitions_caught_up"] == PARTITIONS else None
 
-    building = wait_for(caught_up, 60, "every partition of deposits to catch up", interval=0.3)
-    assert building["remaining"] == 0 and building["eta_seconds"] == 0, building
-    status, body = get(f"{w.url}/status")
-    assert body["builds"]["deposits"]["partitions_caught_up"] == PARTITIONS, body["builds"]
-    assert 'projector_build_remaining{table="deposits",version="1"}' in prometheus(w.url)
-    # Caught up, but the switch waits for the cutover: still no version answers.
-    assert get(f"{w.url}/tables/deposits/{aid}")[0] == 503
-    assert tables(w.url)["deposits"]["version"] is None
-    status, body = http("POST", f"{w.url}/tables/deposits/cutover")
-    assert status == 202 and body["table"] == "deposits" and body["version"] == 1, (status, body)
+    if early != 202:
+        building = wait_for(caught_up, 60, "every partition of deposits to catch up", interval=0.3)
+        assert building["remaining"] == 0 and building["eta_seconds"] == 0, building
+        status, body = get(f"{w.url}/status")
+        assert body["builds"]["deposits"]["partitions_caught_up"] == PARTITIONS, body["builds"]
+        assert 'projector_build_remaining{table="deposits",version="1"}' in prometheus(w.url)
+        # Caught up, but the switch waits for the cutover: still no version answers.
+        assert get(f"{w.url}/tables/deposits/{aid}")[0] == 503
+        assert tables(w.url)["deposits"]["version"] is None
+        status, body = http("POST", f"{w.url}/tables/deposits/cutover")
+        assert status == 202 and body["table"] == "deposits" and body["version"] == 1, (status, body)
     wait_for(lambda: tables(w.url)["deposits"]["version"] == 1, 30, "deposits to switch to version 1")
     assert tables(w.url)["deposits"]["building"] is None
     assert listing(w.url, "deposits") == fold_deposits(events)
