@@ -717,12 +717,15 @@ class Engine:
                          ) -> Generator[None, None, Plan]:
         """Fold history records into ``model``'s table (a version being built): the rows only; returns the Plan.
 
-        ``model.name`` is the table of the version being built. An event is
-        applied when the aggregate index says the live fold applied it (its
-        version is at or below the index's) and the row has not got it yet: the
-        new version sees what the live one saw, skips what was parked or never
-        applied, and a replay of the same records changes nothing. A record
-        that does not decode, or a fold that raises, is skipped and counted
+        ``model.name`` is the table of the version being built. The records
+        say which aggregates to fold and up to which version; the events folded
+        are those the aggregate index stored as applied (at or below its
+        version, above the row's), in the order the live fold applied them: the
+        new version sees what the live one saw, skips what was parked, dead-
+        lettered or skipped by a release (``skip_to``), folds released records
+        in version order even when the topic holds them out of order, and a
+        replay of the same records changes nothing. A record that does not
+        decode, or an event whose fold raises, is skipped and counted
         (``projector_build_skipped_total``): the live fold already dead-lettered
         what does not decode, and the new fold's errors must not stop the build.
         """
@@ -750,14 +753,17 @@ class Engine:
                 n = 0
                 yield
             key = aid.encode("utf-8")
-            applied_to = agg.Meta.from_json(batch.get_json(INDEX, partition, agg.meta_key(aid))).version
+            meta = agg.Meta.from_json(batch.get_json(INDEX, partition, agg.meta_key(aid)))
             row = first = batch.get_json(model.name, partition, key)
-            for events in records_events:
-                events = [e for e in events if e.version <= applied_to]
-                if not events:
+            upto = min(meta.version, max(e.version for events in records_events for e in events))
+            after = row["version"] if row else 0
+            if upto <= after:
+                continue
+            for event in self._applied_events(partition, aid, meta, after + 1, upto):
+                if event.type not in handles:
                     continue
                 try:
-                    result = fold_events(model, row, events, control)
+                    result = fold_events(model, row, [event], control)
                 except InvalidRecord as exc:
                     self.metrics.build_skipped[model.name] += 1
                     log.warning("building %s: skipped a record of %s: %s", model.name, aid, exc.message)
@@ -778,6 +784,27 @@ class Engine:
                     update_index(batch, model.name, partition, key, model, first["value"] if first else None,
                                  row["value"])
         return (yield from batch.finish_steps(every * 2))
+
+    def _applied_events(self, partition: int, aid: str, meta: agg.Meta, first: int, last: int) -> list[Event]:
+        """The events of ``aid`` the live fold applied from version ``first`` to ``last``, as the index stored them."""
+        out: list[Event] = []
+        after = first - 1
+
+        def take(stored: Iterable[dict[str, Any]]) -> None:
+            nonlocal after
+            for e in stored:
+                if after < e["version"] <= last:
+                    out.append(Event(**e))
+                    after = e["version"]
+
+        prefix = agg.event_prefix(aid)
+        for seg_key, raw in self.store.scan(INDEX, partition, prefix, start=agg.event_key(aid, first)):
+            take(orjson.loads(raw))
+            if after >= last or int(seg_key[len(prefix):]) >= last:  # a segment's key ends in its last version
+                break
+        else:
+            take(meta.tail)
+        return self.schemas.upcast_all(out)
 
     # --- releases ----------------------------------------------------------------
 

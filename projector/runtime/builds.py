@@ -64,6 +64,8 @@ STEP_RECORDS = 2000
 REPORT_INTERVAL = 5.0
 #: How long after the switch the old version's changelog topics are deleted (seconds).
 CLEANUP_DELAY = 10.0
+#: How often a partition whose history is gone looks at the topic's start again (seconds).
+PROBLEM_RECHECK = 30.0
 
 
 @dataclasses.dataclass
@@ -78,6 +80,7 @@ class PartitionBuild:
     remaining: Optional[int] = None
     reported: float = 0.0
     reported_state: Any = None
+    problem_at: float = 0.0  # when the topic's start was last found past the offset needed (0: not so)
 
 
 class Build:
@@ -194,17 +197,23 @@ class Builds:
             pb = build.partitions[partition]
             tp = TopicPartition(p.settings.events_topic, partition)
             if not pb.seeked:
+                if pb.problem_at and time.monotonic() - pb.problem_at < PROBLEM_RECHECK:
+                    continue
                 start = (await consumer.beginning_offsets([tp]))[tp]
                 wanted = pb.next_offset if pb.next_offset is not None else 0
                 if start > wanted:
+                    known = pb.problem_at
+                    pb.problem_at = time.monotonic()
                     build.problem = (
                         f"the events topic no longer holds the history this build needs: partition {partition} "
                         f"starts at offset {start}, the build needs offset {wanted} onwards (retention deleted "
                         f"events). Version {build.version} of {build.model.name} cannot be built from the topic; "
                         f"set the topic's retention.ms and retention.bytes to -1 for an event store, and keep "
                         f"VERSION at the live version ({build.state.live}) meanwhile")
-                    log.error("building %s: %s", build.shadow.name, build.problem)
+                    if not known:  # once, not every round
+                        log.error("building %s: %s", build.shadow.name, build.problem)
                     continue
+                pb.problem_at = 0.0
                 consumer.seek(tp, wanted)
                 pb.next_offset = wanted
                 pb.seeked = True

@@ -369,7 +369,13 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         for tp, recs in records.items():
             if not recs or (active_partitions is not None and tp not in active_partitions and tp not in buffered):
                 continue
-            app.monitor.track_tp_end_offset(tp, self.highwater(tp))
+            try:
+                highwater = self.highwater(tp)
+            except AssertionError:
+                # Unassigned since the fetch (a table dropped at a read-model switch changes the
+                # subscription): its records are not this consumer's to deliver.
+                continue
+            app.monitor.track_tp_end_offset(tp, highwater)
             handler = handlers.get(tp.topic)
             if handler is None:
                 others.append((tp, recs))

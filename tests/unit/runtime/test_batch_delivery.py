@@ -207,3 +207,19 @@ def test_a_handler_that_raises_leaves_nothing_tracked_or_acked(h):
         run(h, h.take({E0: [rec(E0, 0)]}))
     assert h.acked(E0) == []
     assert h.tracked() == set()
+
+
+def test_records_of_a_partition_unassigned_since_the_fetch_are_dropped_not_a_crash(h):
+    """A table dropped at a read-model switch changes the subscription while a fetch holds its changelog's records."""
+    def highwater(tp: TP) -> int:
+        assert tp != C0, "Partition is not assigned"  # aiokafka's own check
+        return 1_000
+
+    h.consumer.highwater = highwater
+
+    async def go() -> None:
+        await h.take({C0: [rec(C0, 0)], E0: [rec(E0, 0), rec(E0, 1)]})
+
+    run(h, go())
+    assert h.handled == [[(EVENTS, 0, 0), (EVENTS, 0, 1)]]
+    assert h.delivered == [] and h.acked(E0) == [0, 1]
