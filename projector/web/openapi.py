@@ -284,18 +284,23 @@ def _tables() -> dict[str, Any]:
     }
 
 
+def _page_of_rows() -> dict[str, Any]:
+    """The 200 of a listing (by key, or by an index value): a page of rows and the cursor to the next."""
+    return _json(
+        _object(["rows", "next_cursor"],
+                {"rows": {"type": "array", "items": _ref("ListedRow")},
+                 "next_cursor": _nullable({"type": "string"})}),
+        "One page; `next_cursor` is null at the end.",
+    )
+
+
 def _rows(table_param: dict[str, Any]) -> dict[str, Any]:
     return {
         "get": _operation(
             "listRows",
             "Rows of a read model in key order, over all partitions and workers",
             {
-                "200": _json(
-                    _object(["rows", "next_cursor"],
-                            {"rows": {"type": "array", "items": _ref("ListedRow")},
-                             "next_cursor": _nullable({"type": "string"})}),
-                    "One page; `next_cursor` is null at the end.",
-                ),
+                "200": _page_of_rows(),
                 "400": _error("`limit` is 0 or less or not a number, or the cursor is not one this API gave.",
                               ["invalid"]),
                 "404": _error("Unknown table.", ["unknown_table"]),
@@ -391,12 +396,7 @@ def _index_rows(table_param: dict[str, Any], indexes: Mapping[str, list[str]]) -
             "listIndexRows",
             "Rows whose secondary index has a value, in key order, over all partitions and workers",
             {
-                "200": _json(
-                    _object(["rows", "next_cursor"],
-                            {"rows": {"type": "array", "items": _ref("ListedRow")},
-                             "next_cursor": _nullable({"type": "string"})}),
-                    "One page; `next_cursor` is null at the end.",
-                ),
+                "200": _page_of_rows(),
                 "400": _error("`limit` is 0 or less or not a number, or the cursor is not one this API gave "
                               "for this table, index and value.", ["invalid"]),
                 "404": _error("Unknown table or index.", ["unknown_table", "unknown_index"]),

@@ -286,12 +286,9 @@ class TableViews:
                 break
         return out
 
-    async def internal_scan(self, request: web.Request) -> web.Response:
-        """Rows of the listed partitions, which this worker must own (used by :meth:`list_rows`)."""
+    def _own_partitions(self, request: web.Request, table: str) -> "list[int] | web.Response":
+        """The ``partitions`` an internal scan asks for, all this worker's (restored); else the answer to give."""
         p = self.projector
-        table = request.match_info["table"]
-        if p.model(table) is None:
-            return json_error(404, "unknown_table", table=table)
         building = self._building(table)
         if building is not None:
             return building
@@ -304,6 +301,17 @@ class TableViews:
         not_owned = [x for x in partitions if not p.owns(x) or not p.recovered]
         if not_owned:
             return json_error(409, "not_owner", partitions=not_owned)
+        return partitions
+
+    async def internal_scan(self, request: web.Request) -> web.Response:
+        """Rows of the listed partitions, which this worker must own (used by :meth:`list_rows`)."""
+        p = self.projector
+        table = request.match_info["table"]
+        if p.model(table) is None:
+            return json_error(404, "unknown_table", table=table)
+        partitions = self._own_partitions(request, table)
+        if isinstance(partitions, web.Response):
+            return partitions
         limit = int_param(request, "limit", 100, 1, MAX_LIMIT + 1, cap=True)
         prefix = request.query.get("prefix", "")
         after = request.query.get("after")
@@ -387,18 +395,12 @@ class TableViews:
             return json_error(404, "unknown_table", table=table)
         if index not in model.indexes:
             return json_error(404, "unknown_index", table=table, index=index)
-        try:
-            partitions = [int(x) for x in request.query.get("partitions", "").split(",") if x]
-        except ValueError:
-            raise web.HTTPBadRequest(reason="partitions must be a comma-separated list of integers") from None
-        if not partitions or any(not 0 <= x < p.partitions for x in partitions):
-            raise web.HTTPBadRequest(reason=f"partitions must be between 0 and {p.partitions - 1}")
         value = request.query.get("value", "")
         if not indexable(value):
             raise web.HTTPBadRequest(reason="value must be a non-empty index value")
-        not_owned = [x for x in partitions if not p.owns(x) or not p.recovered]
-        if not_owned:
-            return json_error(409, "not_owner", partitions=not_owned)
+        partitions = self._own_partitions(request, table)
+        if isinstance(partitions, web.Response):
+            return partitions
         limit = int_param(request, "limit", 100, 1, MAX_LIMIT + 1, cap=True)
         after = request.query.get("after")
         return json_response({"rows": self._scan_index_local(table, index, value, partitions, after, limit)})
