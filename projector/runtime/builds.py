@@ -396,6 +396,10 @@ class Builds:
         """The old version's local state now, its changelog topic and the build's control entries a little later."""
         p = self.p
         olds = [] if old is None else [old] + ([index_table(old)] if build.model.indexes else [])
+        # Not while Faust restores tables after a rebalance: dropping a table changes the consumer's
+        # subscription, which takes its assignment away under the restore (Faust's recovery then crashes).
+        while olds and not p.recovered:
+            await asyncio.sleep(0.5)
         for table in olds:
             if table in p.tables:
                 removed = await p.forget_table(table)
