@@ -119,9 +119,9 @@ class Peers:
                 pass  # its rows are being restored (a rebalance gave it the partition): wait for them
             elif p.owns(partition):
                 response = await local(partition)
-                if forwarded or not _moved(response) or time.monotonic() >= deadline:
+                if forwarded or not _moved(response) or p.stopping or time.monotonic() >= deadline:
                     return response
-                continue  # it moved while it waited: ask the new owner
+                # It moved while it waited: ask the new owner (below, once the group says who it is).
             owner = p.owner_url(table, partition)
             if owner and owner.rstrip("/") != p.settings.url and not forwarded:
                 response = await self.forward(request, owner, extra_timeout, gone_ok=time.monotonic() < deadline)

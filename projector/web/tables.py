@@ -146,8 +146,9 @@ class TableViews:
                 if not p.owns(partition) or p.stopping:
                     # A rebalance moved the row away while it waited: whoever asked (this
                     # worker's on_owner, or the worker that forwarded it here) asks the new owner.
-                    return moved(f"partition {partition} of {table} moved to another worker while this request "
-                                 "waited; retry")
+                    why = "this worker is stopping" if p.stopping else "the partition moved to another worker"
+                    return moved(f"{why} while this request waited for {table}/{key}; retry (the partition's new "
+                                 "owner answers)")
                 if not p.parking.enter():
                     return overloaded(f"{p.parking.cap} requests are already waiting on this worker; retry")
                 waiter = p.rows.park(table, partition, key_bytes)
