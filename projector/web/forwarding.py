@@ -123,7 +123,11 @@ class Peers:
                     return response
                 # It moved while it waited: ask the new owner (below, once the group says who it is).
             owner = p.owner_url(table, partition)
-            if owner and owner.rstrip("/") != p.settings.url and not forwarded:
+            if owner and owner.rstrip("/") != p.settings.url and forwarded:
+                # Sent here as the owner, but the partition is another worker's now: the worker
+                # that forwarded it asks that one.
+                return moved(f"partition {partition} of {table} is no longer this worker's; retry")
+            if owner and owner.rstrip("/") != p.settings.url:
                 response = await self.forward(request, owner, extra_timeout, gone_ok=time.monotonic() < deadline)
                 if response is not None and (not _moved(response) or time.monotonic() >= deadline):
                     return response
