@@ -83,6 +83,7 @@ class Clients:
         self.failures: list[tuple] = []
         self.counts = {"reads": 0, "polls": 0, "deposits": 0, "retries": 0}
         self.stop = threading.Event()
+        self.writer_stop = threading.Event()
         self.lock = threading.Lock()
         self.threads = [threading.Thread(target=f, daemon=True) for f in (self.read, self.poll, self.poll, self.write)]
 
@@ -130,7 +131,7 @@ class Clients:
                 self.counts["polls"] += 1
 
     def write(self) -> None:
-        while not self.stop.is_set():
+        while not self.writer_stop.is_set():
             aid = random.choice(list(self.hot))
             with self.lock:
                 last = self.hot[aid]
@@ -147,9 +148,12 @@ class Clients:
             t.start()
 
     def finish(self) -> None:
+        """Stop the readers and pollers, then the writer: a poll in flight waits for a deposit to come."""
         self.stop.set()
-        for t in self.threads:
+        for t in self.threads[:-1]:
             t.join(60)
+        self.writer_stop.set()
+        self.threads[-1].join(60)
 
 
 def test_a_fold_upgrade_rolls_out_without_a_failed_request(worker_factory, names, kafka_bootstrap, tmp_path: Path):
