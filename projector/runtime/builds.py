@@ -28,9 +28,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import shutil
 import time
-from pathlib import Path
 from typing import Any, Optional
 
 import orjson
@@ -48,7 +46,7 @@ from projector.core.lifecycle import (
     live_key,
     live_version,
 )
-from projector.runtime.faust_patches import active_partitions, open_partition_dbs
+from projector.runtime.faust_patches import active_partitions
 from projector.runtime.kafka import client_options
 from projector.runtime.slicing import TimeSlice
 
@@ -421,18 +419,6 @@ class Builds:
                     log.debug("stopping the builder's consumer: %r", exc)
                 build.consumer = None
 
-
-def remove_table_files(path: Path) -> int:
-    """Delete a table's RocksDB folders under the data dir; returns how many were removed."""
-    removed = 0
-    if path.exists():
-        for child in sorted(path.parent.glob(path.name + "*")):
-            shutil.rmtree(child, ignore_errors=True)
-            removed += 1
-    return removed
-
-
-__all__ = ["Builds", "open_partition_dbs", "remove_table_files"]
 
 
 async def plan_worker_tables(settings: Any, catalog: Any) -> dict[str, TableState]:
