@@ -42,6 +42,11 @@
 #   KAFKA_PORT      first client port (default 9092 single, 19092 cluster,
 #                   9093 secure); node i listens on KAFKA_PORT+i-1, its
 #                   controller on +100 (secure: see above)
+#   KAFKA_HOST      address the client listeners bind and advertise, in single
+#                   and cluster modes (default 127.0.0.1; e.g. the address of a
+#                   host or network namespace, so workers elsewhere can connect);
+#                   the controller listeners stay on 127.0.0.1. Secure mode keeps
+#                   127.0.0.1 (its broker certificate names only that address)
 #   KAFKA_HEAP      JVM heap flags (default "-Xms512m -Xmx768m")
 #   KAFKA_START_TIMEOUT  seconds to wait for a node to start (default 120)
 #   KAFKA_STOP_TIMEOUT   seconds between SIGTERM and SIGKILL (default 30)
@@ -74,6 +79,10 @@ case "$MODE" in
 esac
 RUN_DIR=${KAFKA_RUN_DIR:-$HERE/.run/$MODE}
 PORT=${KAFKA_PORT:-$DEFAULT_PORT}
+HOST=${KAFKA_HOST:-127.0.0.1}
+if [ "$MODE" = secure ] && [ "$HOST" != 127.0.0.1 ]; then
+  die "KAFKA_HOST works in single and cluster modes only (secure mode's certificate names 127.0.0.1)"
+fi
 HEAP=${KAFKA_HEAP:--Xms512m -Xmx768m}
 START_TIMEOUT=${KAFKA_START_TIMEOUT:-120}
 STOP_TIMEOUT=${KAFKA_STOP_TIMEOUT:-30}
@@ -114,7 +123,7 @@ bootstrap() {  # [listener] (secure mode only)
     return 0
   fi
   [ $# -eq 0 ] || die "bootstrap takes a listener name only in secure mode"
-  for i in $(seq 1 "$NODES"); do out="${out:+$out,}127.0.0.1:$(client_port "$i")"; done
+  for i in $(seq 1 "$NODES"); do out="${out:+$out,}$HOST:$(client_port "$i")"; done
   echo "$out"
 }
 
@@ -158,8 +167,9 @@ is_running() {  # node -> 0 when its recorded PID is a live Kafka JVM
     && grep -q "kafka.Kafka" "/proc/$pid/cmdline" 2>/dev/null
 }
 
-port_busy() {
-  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+port_busy() {  # port: something answers on 127.0.0.1 or KAFKA_HOST
+  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null \
+    || { [ "$HOST" != 127.0.0.1 ] && (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
 }
 
 voters() {
@@ -174,8 +184,8 @@ listener_config() {  # node -> the listener lines of server.properties
   local n=$1 sasl_ssl ssl sasl_plain
   if [ "$MODE" != secure ]; then
     cat <<EOF
-listeners=PLAINTEXT://127.0.0.1:$(client_port "$n"),CONTROLLER://127.0.0.1:$(controller_port "$n")
-advertised.listeners=PLAINTEXT://127.0.0.1:$(client_port "$n")
+listeners=PLAINTEXT://$HOST:$(client_port "$n"),CONTROLLER://127.0.0.1:$(controller_port "$n")
+advertised.listeners=PLAINTEXT://$HOST:$(client_port "$n")
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
@@ -399,7 +409,7 @@ launch_node() {  # node: start without waiting
   if is_running "$n"; then return 0; fi
   for p in $(node_ports "$n"); do
     if port_busy "$p"; then
-      die "port $p on 127.0.0.1 is already in use by another process; stop it or set KAFKA_PORT (node $n of $MODE mode)"
+      die "port $p on 127.0.0.1$([ "$HOST" = 127.0.0.1 ] || echo " or $HOST") is already in use by another process; stop it or set KAFKA_PORT (node $n of $MODE mode)"
     fi
   done
   if [ "$MODE" = secure ]; then make_tls; make_secrets; fi
@@ -456,7 +466,7 @@ start_node() {
   launch_node "$n"
   wait_started "$n"
   if [ "$MODE" = secure ]; then secure_started; return 0; fi
-  say "node $n up on 127.0.0.1:$(client_port "$n")"
+  say "node $n up on $HOST:$(client_port "$n")"
 }
 
 secure_started() {  # after a start in secure mode: the worker's default ACLs, once
@@ -599,7 +609,7 @@ status() {
   local i rc=1
   for i in $(seq 1 "$NODES"); do
     if is_running "$i"; then
-      say "node $i running, pid $(cat "$(pid_file "$i")"), 127.0.0.1:$(client_port "$i")$(
+      say "node $i running, pid $(cat "$(pid_file "$i")"), $HOST:$(client_port "$i")$(
         [ "$MODE" != secure ] || echo " (SASL_SSL), :$((PORT + 1)) (SSL), :$((PORT + 2)) (SASL_PLAINTEXT)")"
       rc=0
     else
