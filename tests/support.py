@@ -79,16 +79,20 @@ class Worker:
     _log: Any = field(default=None, repr=False)
     #: The PID already sent SIGTERM (a second one would hurry Faust's clean stop).
     _terminated: Optional[int] = field(default=None, repr=False)
+    #: Where the test reaches it (its PROJECTOR_WEB_HOST when not on loopback).
+    host: str = "127.0.0.1"
+    #: Run it under a command, e.g. ``["ip", "netns", "exec", NS]`` (which execs: the PID stays the worker's).
+    prefix: list[str] = field(default_factory=list)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def start(self) -> "Worker":
         assert self.proc is None or self.proc.poll() is not None, f"{self.name} already running"
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "projector", "worker"],
+            [*self.prefix, sys.executable, "-m", "projector", "worker"],
             env=self.env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -164,11 +168,13 @@ def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> N
     asyncio.run(_produce(bootstrap, topic, records))
 
 
-def run_kafka_sh(*args: str, env: Optional[dict[str, str]] = None, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_kafka_sh(*args: str, env: Optional[dict[str, str]] = None, check: bool = True, timeout: float = 300,
+                 prefix: Optional[list[str]] = None) -> subprocess.CompletedProcess:
+    """deploy/kafka/kafka.sh ARGS, under ``prefix`` (e.g. ``["ip", "netns", "exec", NS]``) when given."""
     full_env = dict(os.environ)
     full_env.update(env or {})
     proc = subprocess.run(
-        ["bash", str(KAFKA_SH), *args], env=full_env, capture_output=True, text=True, timeout=timeout
+        [*(prefix or []), "bash", str(KAFKA_SH), *args], env=full_env, capture_output=True, text=True, timeout=timeout
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"kafka.sh {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
