@@ -143,3 +143,14 @@ def test_cluster_survives_kill_9_of_one_broker_and_stop_cleans_up(tmp_path):
     assert pids(run_dir) == [], "stop must remove every PID file"
     still = [p for i in range(3) for p in (base + i, base + 100 + i) if listening(p)]
     assert still == [], f"something still listens on {still} after stop"
+
+
+def test_kafka_host_is_what_single_and_cluster_modes_advertise(tmp_path):
+    env = {"KAFKA_RUN_DIR": str(tmp_path / "run"), "KAFKA_HOST": "10.77.0.2", "KAFKA_PORT": "9092"}
+    assert run_kafka_sh("bootstrap", env=env).stdout.strip() == "10.77.0.2:9092"
+    assert run_kafka_sh("--mode", "cluster", "bootstrap", env=env).stdout.strip() == \
+        "10.77.0.2:9092,10.77.0.2:9093,10.77.0.2:9094"
+    assert run_kafka_sh("bootstrap", env={"KAFKA_PORT": "9092"}).stdout.strip() == "127.0.0.1:9092"
+    # Secure mode's certificate names 127.0.0.1 only: another address is refused, not half-served.
+    proc = run_kafka_sh("--mode", "secure", "bootstrap", env=env, check=False)
+    assert proc.returncode != 0 and "KAFKA_HOST works in single and cluster modes only" in proc.stderr, proc.stderr
