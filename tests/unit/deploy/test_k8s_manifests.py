@@ -424,3 +424,42 @@ def test_prometheus_rule_equals_the_prometheus_alert_file(objects):
     (group,) = yaml.safe_load(alerts.read_text())["groups"]
     assert group["name"] == "projector"
     assert group["rules"] == prometheus_rules(objects)
+
+
+# --- the README's overlay -----------------------------------------------------------------
+
+
+def readme_yaml_blocks() -> list[str]:
+    readme = (BASE.parents[1] / "README.md").read_text()
+    section = readme.split("\n## Kubernetes\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```yaml\n(.*?)```", section, re.S)
+
+
+@pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed: overlays need kustomize itself")
+def test_the_readme_overlay_sets_namespace_image_and_settings(tmp_path):
+    overlay, deletions = readme_yaml_blocks()
+    assert "  - ../deploy/k8s\n" in overlay
+    # Next to deploy/, as in a checkout (kustomize takes no absolute path to a base).
+    shutil.copytree(BASE, tmp_path / "deploy" / "k8s")
+    (tmp_path / "my-overlay").mkdir()
+    (tmp_path / "my-overlay" / "kustomization.yaml").write_text(overlay)
+    out = subprocess.run([KUBECTL, "kustomize", str(tmp_path / "my-overlay")], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    objects = [doc for doc in yaml.safe_load_all(out.stdout) if doc]
+    assert {o["metadata"].get("namespace") for o in objects} == {"projector"}
+    assert container(objects)["image"] == "registry.example.com/projector:1.0"
+    config = one(objects, "ConfigMap")
+    assert container(objects)["envFrom"][0]["configMapRef"]["name"] == config["metadata"]["name"]
+    assert config["data"]["PROJECTOR_APP_ID"] == "bank"
+    assert config["data"]["PROJECTOR_BROKER"].startswith("kafka://kafka-0.kafka:9092,")
+    for obj in objects:
+        if (obj["apiVersion"], obj["kind"]) not in CRDS:
+            kubernetes_validate.validate(obj, K8S_VERSIONS[-1], strict=True)
+    # Without the Prometheus Operator: the README's patches leave its two kinds out.
+    (tmp_path / "my-overlay" / "kustomization.yaml").write_text(overlay + deletions)
+    out = subprocess.run([KUBECTL, "kustomize", str(tmp_path / "my-overlay")], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    kinds = sorted(doc["kind"] for doc in yaml.safe_load_all(out.stdout) if doc)
+    assert kinds == ["ConfigMap", "PodDisruptionBudget", "Service", "Service", "StatefulSet"]
