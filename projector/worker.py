@@ -28,6 +28,15 @@ from projector.web.routes import install_routes
 
 log = logging.getLogger(__name__)
 
+#: The longest a clean stop (SIGTERM) of a worker should take, in seconds; a supervisor must
+#: wait longer before it kills the worker (deploy/k8s: the StatefulSet's
+#: terminationGracePeriodSeconds). Not a timer the worker runs, but its bounded steps at
+#: their limits: the batch being folded finishes within half the session timeout (10 s),
+#: requests in flight get up to the web server's 60 s shutdown timeout (waiting reads are
+#: answered 503 at once, a forward gives up after FORWARD_TIMEOUT), and the last commit and
+#: the producer's flush the rest. A clean stop usually takes a few seconds.
+STOP_DEADLINE = 90.0
+
 
 def build_worker(settings: Settings, catalog: Optional[Catalog] = None, partitions: Optional[int] = None,
                  states: Optional[dict[str, TableState]] = None) -> Projector:

@@ -491,6 +491,7 @@ class Workers:
         env = dict(os.environ, **worker_vars(self.settings.broker, self.app_id, self.topic, self.partitions,
                                              self.data_dir(name), port), **self.env)
         env.pop("PROJECTOR_API_TOKEN", None)
+        env.pop("PROJECTOR_API_TOKEN_FILE", None)
         with open(self.log_path(name), "ab") as log_file:
             self.procs[name] = subprocess.Popen([sys.executable, "-m", "projector", "worker"], env=env,
                                                 stdout=log_file, stderr=subprocess.STDOUT)

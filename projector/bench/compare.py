@@ -370,6 +370,8 @@ class Bench:
         env = dict(os.environ)
         env.pop("PROJECTOR_API_TOKEN", None)
         env.pop("PROJECTOR_ADMIN_TOKEN", None)
+        env.pop("PROJECTOR_API_TOKEN_FILE", None)
+        env.pop("PROJECTOR_ADMIN_TOKEN_FILE", None)
         broker = ",".join(f"kafka://{hp}" for hp in self.bootstrap)
         url = f"http://127.0.0.1:{port}"
         if name == "projector":

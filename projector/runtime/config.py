@@ -98,6 +98,31 @@ def _readable_file(env: Mapping[str, str], name: str) -> Optional[str]:
     return path
 
 
+def _secret(env: Mapping[str, str], name: str) -> Optional[str]:
+    """The secret in ``name``, or read from the file that ``name``_FILE names (a mounted Secret); None when unset.
+
+    Setting both is an error; so is a ``_FILE`` that cannot be read or holds nothing. One line
+    end is dropped from the file: one written by ``echo`` has it, a Kubernetes Secret's has not.
+    """
+    file_name = f"{name}_FILE"
+    value = env.get(name) or None
+    path = _readable_file(env, file_name)
+    if path is None:
+        return value
+    if value is not None:
+        raise ConfigError(f"set {name} or {file_name}, not both")
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = f.read().removesuffix("\n").removesuffix("\r")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{file_name}={path}: cannot read it (not UTF-8 text)") from None
+    except OSError as exc:
+        raise ConfigError(f"{file_name}={path}: cannot read it ({exc.strerror or exc})") from None
+    if not value:
+        raise ConfigError(f"{file_name}={path} is empty")
+    return value
+
+
 @functools.lru_cache(maxsize=None)
 def tls_context(cafile: Optional[str], certfile: Optional[str], keyfile: Optional[str]) -> ssl.SSLContext:
     """The TLS context of every Kafka connection; ConfigError when a file is not what it should be.
@@ -156,16 +181,8 @@ class BrokerSecurity:
             raise ConfigError(
                 f"PROJECTOR_BROKER_SASL_MECHANISM must be one of {', '.join(SASL_MECHANISMS)}, got {mechanism!r}")
         username = env.get("PROJECTOR_BROKER_SASL_USERNAME") or None
-        password = env.get("PROJECTOR_BROKER_SASL_PASSWORD") or None
-        password_file = _readable_file(env, "PROJECTOR_BROKER_SASL_PASSWORD_FILE")
-        if password is not None and password_file is not None:
-            raise ConfigError("set PROJECTOR_BROKER_SASL_PASSWORD or PROJECTOR_BROKER_SASL_PASSWORD_FILE, not both")
-        if password_file is not None:
-            with open(password_file, encoding="utf-8") as f:
-                # A file written by `echo` ends in a newline; a Kubernetes Secret's does not.
-                password = f.read().removesuffix("\n").removesuffix("\r")
-            if not password:
-                raise ConfigError(f"PROJECTOR_BROKER_SASL_PASSWORD_FILE={password_file} is empty")
+        password = _secret(env, "PROJECTOR_BROKER_SASL_PASSWORD")
+        password_file = (env.get("PROJECTOR_BROKER_SASL_PASSWORD_FILE") or "").strip() or None
         sasl_given = [name for name, value in (
             ("PROJECTOR_BROKER_SASL_USERNAME", username),
             ("PROJECTOR_BROKER_SASL_PASSWORD_FILE" if password_file else "PROJECTOR_BROKER_SASL_PASSWORD", password),
@@ -265,9 +282,9 @@ class Settings:
             web_port=_int(env, "PROJECTOR_WEB_PORT", cls.web_port),
             web_bind=(env.get("PROJECTOR_WEB_BIND") or "").strip() or None,
             security=BrokerSecurity.from_env(env),
-            api_token=env.get("PROJECTOR_API_TOKEN") or None,
-            admin_token=env.get("PROJECTOR_ADMIN_TOKEN") or None,
-            peer_token=env.get("PROJECTOR_PEER_TOKEN") or None,
+            api_token=_secret(env, "PROJECTOR_API_TOKEN"),
+            admin_token=_secret(env, "PROJECTOR_ADMIN_TOKEN"),
+            peer_token=_secret(env, "PROJECTOR_PEER_TOKEN"),
             max_parked=_int(env, "PROJECTOR_MAX_PARKED", 1000, minimum=1),
             max_forwarded_waits=_int(env, "PROJECTOR_MAX_FORWARDED_WAITS", 64, minimum=1),
             replication_factor=_int(env, "PROJECTOR_REPLICATION_FACTOR", 1),

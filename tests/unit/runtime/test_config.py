@@ -435,3 +435,77 @@ def test_web_bind_sets_the_listening_address_only():
                                   "PROJECTOR_WEB_BIND": "0.0.0.0"})
     assert settings.bind_address == "0.0.0.0"
     assert settings.url == "http://worker-1.example:7000"
+
+
+# --- tokens from files (PROJECTOR_*_TOKEN_FILE) ------------------------------------------
+
+TOKEN_VARS = {"PROJECTOR_API_TOKEN": "api_token", "PROJECTOR_ADMIN_TOKEN": "admin_token",
+              "PROJECTOR_PEER_TOKEN": "peer_token"}
+TOKEN = "tok-3f9a!unlikely"
+
+
+@pytest.mark.parametrize("name", TOKEN_VARS)
+@pytest.mark.parametrize("content,token", [
+    (TOKEN.encode(), TOKEN),
+    (TOKEN.encode() + b"\n", TOKEN),
+    (TOKEN.encode() + b"\r\n", TOKEN),
+    (TOKEN.encode() + b"\n\n", TOKEN + "\n"),  # one line end is stripped, not every trailing one
+])
+def test_token_file_is_read_without_its_line_end(tmp_path, name, content, token):
+    (tmp_path / "token").write_bytes(content)
+    settings = Settings.from_env({name: "", f"{name}_FILE": str(tmp_path / "token")})
+    assert getattr(settings, TOKEN_VARS[name]) == token
+    others = {attr for var, attr in TOKEN_VARS.items() if var != name}
+    assert all(getattr(settings, attr) is None for attr in others)
+
+
+def test_all_three_token_files_together(tmp_path):
+    env = {}
+    for name in TOKEN_VARS:
+        (tmp_path / name).write_text(f"{name}-secret\n")
+        env[f"{name}_FILE"] = str(tmp_path / name)
+    settings = Settings.from_env(env)
+    assert (settings.api_token, settings.admin_token, settings.peer_token) == (
+        "PROJECTOR_API_TOKEN-secret", "PROJECTOR_ADMIN_TOKEN-secret", "PROJECTOR_PEER_TOKEN-secret")
+    assert settings.peer_secret == "PROJECTOR_PEER_TOKEN-secret"
+
+
+def test_api_token_from_a_file_derives_the_same_peer_secret_as_the_value(tmp_path):
+    (tmp_path / "token").write_text(TOKEN + "\n")
+    from_file = Settings.from_env({"PROJECTOR_API_TOKEN_FILE": str(tmp_path / "token")})
+    assert from_file.peer_secret == Settings.from_env({"PROJECTOR_API_TOKEN": TOKEN}).peer_secret
+
+
+@pytest.mark.parametrize("name", TOKEN_VARS)
+def test_token_and_token_file_together_are_refused(tmp_path, name):
+    (tmp_path / "token").write_text(TOKEN)
+    msg = config_error({name: "other", f"{name}_FILE": str(tmp_path / "token")})
+    assert f"{name} " in msg and f"{name}_FILE" in msg and "not both" in msg
+    assert TOKEN not in msg and "other" not in msg
+
+
+@pytest.mark.parametrize("name", TOKEN_VARS)
+@pytest.mark.parametrize("content", [b"", b"\n", b"\r\n"])
+def test_empty_token_file_is_refused(tmp_path, name, content):
+    (tmp_path / "token").write_bytes(content)
+    msg = config_error({f"{name}_FILE": str(tmp_path / "token")})
+    assert f"{name}_FILE={tmp_path / 'token'}" in msg and "empty" in msg
+
+
+@pytest.mark.parametrize("name", TOKEN_VARS)
+@pytest.mark.parametrize("kind", ["missing", "directory", "not utf-8"])
+def test_unreadable_token_file_is_refused_naming_the_variable_and_path(tmp_path, name, kind):
+    path = tmp_path / "token"
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "not utf-8":
+        path.write_bytes(b"\xff\xfe secret")
+    msg = config_error({f"{name}_FILE": str(path)})
+    assert f"{name}_FILE={path}: cannot read it" in msg
+
+
+def test_password_file_that_is_not_utf8_is_refused_naming_it(tmp_path):
+    (tmp_path / "pw").write_bytes(b"\xff\xfe")
+    msg = config_error({**SASL, "PROJECTOR_BROKER_SASL_PASSWORD": "",
+                        "PROJECTOR_BROKER_SASL_PASSWORD_FILE": str(tmp_path / "pw")})
+    assert f"PROJECTOR_BROKER_SASL_PASSWORD_FILE={tmp_path / 'pw'}: cannot read it" in msg
