@@ -21,6 +21,8 @@ from projector.demo.data import generate_histories
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.slow,
+    # A first build makes a Debian base with debootstrap and installs from PyPI: minutes, not seconds.
+    pytest.mark.timeout(1800),
     pytest.mark.skipif(os.environ.get("PROJECTOR_CONTAINER_TESTS") != "1",
                        reason="container tests run with PROJECTOR_CONTAINER_TESTS=1 (podman, a registry or debootstrap)"),
 ]
