@@ -112,7 +112,7 @@ class ProjectorCollector(Collector):
         self.requests = requests if requests is not None else RequestTimes()
 
     def describe(self) -> list[Metric]:
-        # No names to reserve in the worker's own registry; without this the registry would not call collect().
+        # Nothing to reserve: the registry need not call collect() when the collector is registered.
         return []
 
     def collect(self) -> Iterator[Metric]:

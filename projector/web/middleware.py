@@ -127,7 +127,7 @@ def request_timer(times: RequestTimes) -> Any:
 
 
 def middlewares(projector: "Projector") -> list:
-    """The middlewares, outermost first: the request timer around JSON errors around the token check around every view."""
+    """The middlewares, outermost first: the request timer, JSON errors, the token check, then the view."""
     return [request_timer(worker_metrics(projector).requests), json_errors(), auth(projector.settings)]
 
 
