@@ -30,7 +30,7 @@ NUL and \\1 in aggregate ids are escaped, so one id's prefix never covers anothe
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import orjson
 
@@ -71,6 +71,24 @@ def parked_prefix(aggregate_id: str) -> bytes:
 def parked_key(aggregate_id: str, first_version: int, last_version: int) -> bytes:
     # Keyed by first and last version, so overlapping re-sends are all kept.
     return parked_prefix(aggregate_id) + b"%010d-%010d" % (first_version, last_version)
+
+
+def parked_aggregates(scan: Callable[[bytes, Optional[bytes]], Iterator[tuple[bytes, bytes]]]) -> int:
+    """How many aggregates of one index partition have parked records now.
+
+    ``scan(prefix, start)`` reads the partition's keys with ``prefix`` from
+    ``start`` (:meth:`projector.core.engine.Store.scan`). One key is read per
+    parked aggregate: the next scan starts past that aggregate's records
+    (an escaped id holds no NUL, and ``\\1`` sorts after the separator).
+    """
+    count, start = 0, None
+    while True:
+        key = next((k for k, _ in scan(PARKED, start)), None)
+        if key is None:
+            return count
+        count += 1
+        end = key.find(SEP, len(PARKED))
+        start = key[:end if end >= 0 else len(key)] + b"\x01"
 
 
 #: The most events, and bytes, one segment holds (a single larger event gets a

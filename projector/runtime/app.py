@@ -31,6 +31,7 @@ from projector.core.catalog import Catalog, load_catalog
 from projector.core.commands import Answer, decide_steps, prune_answers, unavailable_error
 from projector.core.control import ControlState, encode_value
 from projector.core.engine import INDEX, Engine, run_steps, tables_of
+from projector.core.index import parked_aggregates
 from projector.core.indexes import index_table
 from projector.core.lifecycle import TableState
 from projector.core.metrics import LAG_PROBE_INTERVAL, Metrics
@@ -581,6 +582,17 @@ class Projector:
     def owns(self, partition: int) -> bool:
         """True when this worker actively processes ``partition`` of the events topic."""
         return TP(self.settings.events_topic, partition) in active_partitions(self.app)
+
+    def parked_aggregates(self) -> int:
+        """Aggregates with parked records in the events partitions this worker processes (/metrics)."""
+        total = 0
+        for tp in active_partitions(self.app):
+            if tp.topic == self.settings.events_topic:
+                def scan(prefix: bytes, start: Optional[bytes], partition: int = tp.partition) -> Any:
+                    return self.store.scan(INDEX, partition, prefix, start)
+
+                total += parked_aggregates(scan)
+        return total
 
     def group_urls(self) -> set[str]:
         """Web URLs of the workers of this group (this one included), as Faust's partition assignor knows them."""

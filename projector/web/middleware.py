@@ -1,4 +1,4 @@
-"""What every request goes through before its view: the bearer-token check, and JSON errors.
+"""What every request goes through before its view: the bearer-token check, JSON errors, and its timing.
 
 :func:`web_application_options` gives the aiohttp application its middlewares
 and its body size limit; the worker (projector.runtime.app) passes them to
@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from aiohttp import web
 
 from projector.web.auth import bearer, is_peer, peer_secret, query_token
+from projector.web.metrics import RequestTimes, request_kind, worker_metrics
 from projector.web.responses import json_error
 
 if TYPE_CHECKING:
@@ -110,9 +112,23 @@ def auth(settings: Any) -> Any:
     return auth
 
 
+def request_timer(times: RequestTimes) -> Any:
+    """Middleware: how long each request took to answer, by kind (``projector_request_seconds`` in /metrics)."""
+
+    @web.middleware
+    async def request_timer(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        try:
+            return await handler(request)
+        finally:
+            times.observe(request_kind(request), time.perf_counter() - started)
+
+    return request_timer
+
+
 def middlewares(projector: "Projector") -> list:
-    """The middlewares, outermost first: JSON errors around the token check around every view."""
-    return [json_errors(), auth(projector.settings)]
+    """The middlewares, outermost first: the request timer, JSON errors, the token check, then the view."""
+    return [request_timer(worker_metrics(projector).requests), json_errors(), auth(projector.settings)]
 
 
 def web_application_options(projector: "Projector") -> dict[str, Any]:

@@ -816,8 +816,14 @@ def _metrics() -> dict[str, Any]:
         "get": _operation(
             "metrics",
             "Prometheus metrics of this worker",
-            {"200": {"description": "Prometheus text format.", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+            {"200": {"description": "Prometheus text format 0.0.4; OpenMetrics 1.0.0 when `Accept` asks for "
+                                    "`application/openmetrics-text`.",
+                     "content": {"text/plain": {"schema": {"type": "string"}},
+                                 "application/openmetrics-text": {"schema": {"type": "string"}}}}},
             tags=["operations"],
+            description="This worker's counters, read when scraped, with prometheus-client's process and Python GC "
+                        "metrics. Counters keep their `_total` in Prometheus text; OpenMetrics names their families "
+                        "without it. `projector_ready` is 1 when `/readyz` answers 200.",
         )
     }
 

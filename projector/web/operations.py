@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from projector.web.metrics import prometheus_text
+from projector.web.metrics import worker_metrics
 from projector.web.responses import json_error, json_response
 
 if TYPE_CHECKING:
@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 class OperationsViews:
     def __init__(self, projector: "Projector") -> None:
         self.projector = projector
+        self.worker_metrics = worker_metrics(projector)
 
     async def healthz(self, request: web.Request) -> web.Response:
         return json_response({"status": "ok"})
@@ -33,5 +34,6 @@ class OperationsViews:
         return json_error(503, "not_ready", detail=detail, control=progress, broker=broker)
 
     async def metrics(self, request: web.Request) -> web.Response:
-        """Prometheus text (:mod:`projector.web.metrics`)."""
-        return web.Response(text=prometheus_text(self.projector), content_type="text/plain")
+        """Prometheus text 0.0.4, or OpenMetrics 1.0.0 when ``Accept`` asks for it (:mod:`projector.web.metrics`)."""
+        body, content_type = self.worker_metrics.exposition(request.headers.get("Accept"))
+        return web.Response(body=body, headers={"Content-Type": content_type})

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import signal
 import threading
 import time
@@ -51,8 +52,9 @@ def _accounts() -> dict[int, list[str]]:
 
 def _events_partitions(url: str, topic: str) -> set[int]:
     """The events partitions this worker is assigned (its consumer lag gauges)."""
-    prefix = f'projector_consumer_lag{{topic="{topic}",partition="'
-    return {int(k[len(prefix):].split('"')[0]) for k in prometheus(url) if k.startswith(prefix)}
+    # Labels in any order (prometheus-client writes them sorted: partition before topic).
+    return {int(re.search(r'partition="(\d+)"', k).group(1)) for k in prometheus(url)
+            if k.startswith("projector_consumer_lag{") and f'topic="{topic}"' in k}
 
 
 class Clients:

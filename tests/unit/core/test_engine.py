@@ -26,6 +26,7 @@ from enginekit import (
 )
 
 from projector.core.engine import HEADER_ERROR, HEADER_REASON, HEADER_SOURCE, INDEX, members_table
+from projector.core.index import parked_aggregates
 from projector.core.partitioning import partition_for
 
 
@@ -312,6 +313,31 @@ def test_release_reapplies_parked_records_once_the_missing_event_arrived(d):
     assert d.store.state() == before
     d.run([d.record(deposited("acc-1", 6, 5))])
     assert d.row("accounts", "acc-1")["value"]["deposits"] == 5
+
+
+def parked_now(d: Driver) -> int:
+    """Aggregates with parked records, over every partition (what /metrics shows as projector_parked_aggregates)."""
+    return sum(parked_aggregates(lambda prefix, start, p=p: d.store.scan(INDEX, p, prefix, start))
+               for p in range(PARTITIONS))
+
+
+def test_parked_aggregates_counts_each_parked_aggregate_once_until_it_is_released(d):
+    assert parked_now(d) == 0
+    park_at_two(d)  # acc-1: two parked records
+    # Ids that share a prefix with acc-1, an escaped NUL and \1 among them: each is an aggregate of its own.
+    for aid in ("acc-10", "acc-1\x00x", "acc-1\x01", "acc-2"):
+        open_with(d, aid, 10)
+        d.run([d.record(deposited(aid, 4, 1))])
+        d.run([d.record(deposited(aid, 5, 1))])
+    assert parked_now(d) == 5
+    assert d.engine.metrics.parked_aggregates == 5
+    d.run([], [d.release("acc-2")])  # its version 3 never came: parked again
+    assert parked_now(d) == 5
+    d.run([d.record(deposited("acc-1", 3, 1))])  # parked too, then released with the rest
+    d.run([], [d.release("acc-1")])
+    assert parked_now(d) == 4
+    d.run([], [d.release("acc-10", skip_to=5)])
+    assert parked_now(d) == 3
 
 
 def test_release_in_the_batch_that_brings_the_missing_event(d):

@@ -242,7 +242,8 @@ def test_contract_responses(doc: dict[str, Any]) -> None:
     assert "413" in paths["/control/{key}"]["put"]["responses"]
     assert "504" in paths["/control"]["get"]["responses"]
     assert "202" in paths["/aggregates/{id}/release"]["post"]["responses"]
-    assert set(resolve(doc, paths["/metrics"]["get"]["responses"]["200"])["content"]) == {"text/plain"}
+    assert set(resolve(doc, paths["/metrics"]["get"]["responses"]["200"])["content"]) == {
+        "text/plain", "application/openmetrics-text"}
     assert set(resolve(doc, paths["/"]["get"]["responses"]["200"])["content"]) == {"text/html"}
     assert body_schema(doc, "/status", "200")["type"] == "object"
 
