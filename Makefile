@@ -23,9 +23,11 @@ demo: install kafka-jars
 	$(BIN)/projector demo
 
 ## The whole test suite against a real Kafka broker it starts (and stops) itself; chromium (deploy/browser.sh) for the status page test.
+## TEST_JOBS pytest processes share the tests, each with its own broker (TEST_JOBS=1: one process).
+TEST_JOBS ?= 2
 test: install kafka-jars
 	bash deploy/browser.sh
-	$(BIN)/pytest
+	$(BIN)/pytest $(if $(filter-out 1,$(TEST_JOBS)),-n $(TEST_JOBS) --dist worksteal)
 
 ## projector side by side with naive Faust, Quix Streams and the raw clients: 1M events, 10k accounts, 8 partitions;
 ## then projector folding accounts only (the peers' work) beside Quix and raw aiokafka.
