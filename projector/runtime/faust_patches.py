@@ -69,7 +69,7 @@ from typing import Any, Awaitable, Callable, Optional, Sequence, cast
 import faust
 from aiokafka import errors as aiokafka_errors
 from aiokafka.protocol.api import Request, RequestStruct, Response
-from aiokafka.protocol.group import HeartbeatRequest, HeartbeatRequest_v1
+from aiokafka.protocol.group import HeartbeatRequest, HeartbeatRequest_v1, JoinGroupRequest
 from aiokafka.protocol.types import Array, Int16, Int32, Schema, String
 from faust.assignor.client_assignment import ClientMetadata
 from faust.exceptions import ConsumerNotStarted
@@ -795,6 +795,9 @@ class StaticMember:
 
     async def send(self, request: Any) -> Any:
         coordinator = self.coordinator
+        if self.fenced and isinstance(request, JoinGroupRequest):
+            # Joining again would fence the other worker in turn: this one is stopping.
+            raise aiokafka_errors.KafkaError(f"instance id {self.instance_id} is fenced: not joining again")
         if isinstance(request, HeartbeatRequest):
             # Built just before this call, from the same three attributes.
             request = StaticHeartbeatRequest(coordinator.group_id, coordinator.generation, coordinator.member_id,
