@@ -181,6 +181,10 @@ class Projector:
             # A worker killed with kill -9 holds its partitions until its session
             # times out; Faust's 60 s default is a long outage.
             broker_session_timeout=20.0,
+            # Static group membership (PROJECTOR_INSTANCE_ID): a worker restarted within the session timeout
+            # takes its partitions back without a rebalance; a clean stop still leaves the group at once
+            # (faust_patches.StaticMember). Only this consumer is in the group: every other one is group-less.
+            consumer_group_instance_id=settings.instance_id,
             # Commit at least every second (Faust: 2.8 s): a restart replays less,
             # and progress (consumer-group lag) shows sooner.
             broker_commit_interval=1.0,
@@ -308,6 +312,9 @@ class Projector:
         #: New read-model versions being built from history beside the live ones.
         self.builds = Builds(self, self.states)
         self.app.on_partitions_revoked.connect(self._on_revoked)
+        #: Assignments this worker received since it started: one per rebalance of the group it took part in.
+        self.assignments = 0
+        self.app.on_partitions_assigned.connect(self._on_assigned)
         self.app.batch_handlers = {
             self.events_topic.get_topic_name(): self._on_events,
             self.release_topic.get_topic_name(): self._on_events,
@@ -451,6 +458,14 @@ class Projector:
         waiting = self.command_queue.drain()
         if waiting:
             self.commands.deliver(self._not_ready(waiting))
+
+    async def _on_assigned(self, app: Any, assigned: Any, **kwargs: Any) -> None:
+        self.assignments += 1
+
+    def group_membership(self) -> dict[str, Any]:
+        """This worker in its consumer group (/status): instance id, generation, assignments since it started."""
+        return {"instance_id": self.settings.instance_id, "generation": self.app.consumer_generation_id,
+                "assignments": self.assignments}
 
     async def probe_loop_lag(self) -> None:
         """Measure how late the event loop wakes a sleeping task (projector_event_loop_lag_seconds)."""

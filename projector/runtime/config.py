@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import hmac
 import os
+import re
+import socket
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -224,6 +227,44 @@ class BrokerSecurity:
         return ", ".join(parts)
 
 
+#: What Kafka takes as a group instance id (its own check: ASCII letters, digits, ``.``, ``_``, ``-``; at most 249).
+_INSTANCE_ID = re.compile(r"[A-Za-z0-9._-]{1,249}")
+#: PROJECTOR_INSTANCE_ID values that turn static group membership off.
+INSTANCE_ID_OFF = ("none", "off")
+
+
+def default_instance_id(web_port: int, hostname: Optional[str] = None) -> str:
+    """The host name and the web port: ``worker-0-6066``.
+
+    The host name alone would do for one worker per host (a StatefulSet pod's
+    host name is its pod name, kept across restarts); the port keeps several
+    workers on one host (tests, the demo, the bench) from taking each other's
+    identity, while a worker restarted on its own port keeps its own. Characters
+    Kafka does not take in an instance id become ``_``.
+    """
+    host = hostname if hostname is not None else socket.gethostname()
+    suffix = f"-{web_port}"
+    host = re.sub(r"[^A-Za-z0-9._-]", "_", host)[: 249 - len(suffix)] or "projector"
+    return host + suffix
+
+
+def instance_id_from_env(env: Mapping[str, str], web_port: int) -> Optional[str]:
+    """PROJECTOR_INSTANCE_ID: the worker's static group membership id; None (``none`` or ``off``) turns it off.
+
+    Unset or empty: :func:`default_instance_id`.
+    """
+    raw = (env.get("PROJECTOR_INSTANCE_ID") or "").strip()
+    if not raw:
+        return default_instance_id(web_port)
+    if raw.lower() in INSTANCE_ID_OFF:
+        return None
+    if not _INSTANCE_ID.fullmatch(raw) or raw in (".", ".."):
+        raise ConfigError(
+            f"PROJECTOR_INSTANCE_ID must be 1 to 249 ASCII letters, digits, '.', '_' or '-' (Kafka's rule for a "
+            f"group instance id), got {raw!r}; 'none' turns static group membership off")
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     broker: str = "kafka://127.0.0.1:9092"
@@ -265,6 +306,9 @@ class Settings:
     cutover: str = "auto"
     #: Why the events topic may lose events (its retention settings), found at start; None when it keeps them.
     retention_warning: Optional[str] = None
+    #: The worker's group instance id (PROJECTOR_INSTANCE_ID): static group membership, so a worker restarted
+    #: within the session timeout takes its partitions back without a rebalance. None: dynamic membership.
+    instance_id: Optional[str] = None
 
     @classmethod
     def from_env(cls, env: Optional[Mapping[str, str]] = None) -> "Settings":
@@ -298,6 +342,7 @@ class Settings:
             raise ConfigError(f"PROJECTOR_CUTOVER must be auto or manual, got {env.get('PROJECTOR_CUTOVER')!r}")
         if settings.web_port > 65535:
             raise ConfigError(f"PROJECTOR_WEB_PORT must be a TCP port, got {settings.web_port}")
+        settings = dataclasses.replace(settings, instance_id=instance_id_from_env(env, settings.web_port))
         if settings.events_topic == settings.control_topic:
             raise ConfigError("PROJECTOR_EVENTS_TOPIC and PROJECTOR_CONTROL_TOPIC must differ")
         return settings

@@ -21,3 +21,7 @@ class BrokerError(RuntimeError):
 
 class TopicError(RuntimeError):
     """A topic could not be created or has an unusable shape."""
+
+
+class InstanceFenced(RuntimeError):
+    """Another worker joined the consumer group with this worker's PROJECTOR_INSTANCE_ID: Kafka fenced this one."""

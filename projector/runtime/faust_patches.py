@@ -24,7 +24,12 @@ The patches:
 5. :class:`GlobalTableOnTopic` (``_changelog_topic_name``). Without it a
    global table cannot read an existing topic (the control topic): Faust's
    assignor looks the table's partitions up by that name and the group hangs.
-6. Accessors for Faust state projector reads: :func:`read_offset`,
+6. :class:`StaticMember` (aiokafka's group coordinator, with a group
+   instance id). Without it a static member never leaves the group on a
+   clean stop (its partitions wait out the session timeout), and one fenced
+   by a second worker with the same instance id rejoins and fences that one
+   in turn, every few seconds, instead of stopping.
+7. Accessors for Faust state projector reads: :func:`read_offset`,
    :func:`active_partitions`, :func:`raw_producer`, :func:`partition_db`,
    :func:`forget_key`, :func:`open_partition_dbs`.
 
@@ -62,6 +67,11 @@ from time import monotonic
 from typing import Any, Awaitable, Callable, Optional, Sequence, cast
 
 import faust
+from aiokafka import errors as aiokafka_errors
+from aiokafka.protocol.api import Request, RequestStruct, Response
+from aiokafka.protocol.group import HeartbeatRequest, HeartbeatRequest_v1, JoinGroupRequest
+from aiokafka.protocol.types import Array, Int16, Int32, Schema, String
+from faust.assignor.client_assignment import ClientMetadata
 from faust.exceptions import ConsumerNotStarted
 from faust.tables.globaltable import GlobalTable
 from faust.transport.consumer import CONSUMER_FETCHING
@@ -69,6 +79,8 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types.tuples import ack_lock
 from mode import Service
 from mode.utils.futures import notify
+
+from projector.runtime.errors import InstanceFenced
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +125,13 @@ FAUST_PRIVATE_NAMES: tuple[tuple[str, str, str], ...] = (
     ("faust.tables.manager.TableManager", "_channels", "a table dropped at run time (an old read-model version)"),
     ("faust.transport.conductor.Conductor", "_topics", "a table's changelog dropped at run time"),
     ("faust.transport.conductor.Conductor", "_update_indices", "resubscribing without a table's changelog"),
+    ("faust.transport.drivers.aiokafka.AIOKafkaConsumerThread", "_consumer", "the aiokafka consumer, once started"),
+    ("aiokafka.AIOKafkaConsumer", "_coordinator", "its group coordinator: static membership"),
+    ("aiokafka.consumer.group_coordinator.GroupCoordinator", "_send_req",
+     "wrapped: heartbeats with the instance id, FENCED_INSTANCE_ID seen"),
+    ("faust.assignor.partition_assignor.PartitionAssignor", "_decompress", "the URL an assignment was made for"),
+    ("aiokafka.consumer.group_coordinator.GroupCoordinator", "_maybe_leave_group",
+     "replaced: a static member leaves on a clean stop (LeaveGroup v3)"),
 )
 
 
@@ -135,6 +154,19 @@ class CommittedReadsThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer = super()._create_worker_consumer(transport)
         consumer._isolation_level = "read_committed"  # read by the fetcher aiokafka makes at start()
         return consumer
+
+    async def on_start(self) -> None:
+        await super().on_start()  # makes and starts the aiokafka consumer: its group coordinator exists now
+        instance_id = self.app.conf.consumer_group_instance_id
+        if instance_id and self._consumer is not None:
+            member = StaticMember(self._consumer._coordinator, instance_id, self.crash_fenced)
+            member.install()
+            member.watch_assignments(self.app.assignor, str(self.app.conf.canonical_url))
+
+    def crash_fenced(self, error: Exception) -> None:
+        """Called in the consumer's thread: crash the app (in its own loop) with ``error``."""
+        app = self.app
+        asyncio.run_coroutine_threadsafe(app.crash(error), app.loop)
 
 
 class BatchingConsumer(faust_aiokafka.Consumer):
@@ -653,7 +685,185 @@ class GlobalTableOnTopic(GlobalTable):
         return self._topic_on
 
 
-# --- 6. Faust state projector reads -----------------------------------------------------------
+# --- 6. static group membership -------------------------------------------------------------
+
+#: Kafka's FENCED_INSTANCE_ID: another member joined with this member's group instance id (aiokafka has no name for it).
+FENCED_INSTANCE_ID = 82
+
+
+class _HeartbeatResponse_v3(Response):
+    API_KEY = 12
+    API_VERSION = 3
+    SCHEMA = Schema(("throttle_time_ms", Int32), ("error_code", Int16))
+
+
+class _HeartbeatRequest_v3(RequestStruct):
+    API_KEY = 12
+    API_VERSION = 3
+    RESPONSE_TYPE = _HeartbeatResponse_v3
+    SCHEMA = Schema(("group", String("utf-8")), ("generation_id", Int32), ("member_id", String("utf-8")),
+                    ("group_instance_id", String("utf-8")))
+
+
+class StaticHeartbeatRequest(Request[HeartbeatRequest_v1 | _HeartbeatRequest_v3]):
+    """A heartbeat that names the group instance id (v3), so a fenced member hears FENCED_INSTANCE_ID.
+
+    aiokafka's heartbeat (v0/v1) has no instance id: the broker answers a
+    fenced static member UNKNOWN_MEMBER_ID, and it joins again as the same
+    instance, fencing the member that replaced it.
+    """
+
+    API_KEY = 12
+
+    def __init__(self, group: str, generation_id: int, member_id: str, group_instance_id: str) -> None:
+        self.fields = (group, generation_id, member_id, group_instance_id)
+
+    def build(self, request_struct_class: Any) -> Any:
+        if request_struct_class.API_VERSION < 3:
+            return request_struct_class(*self.fields[:3])
+        return request_struct_class(*self.fields)
+
+
+class _LeaveGroupResponse_v3(Response):
+    API_KEY = 13
+    API_VERSION = 3
+    SCHEMA = Schema(
+        ("throttle_time_ms", Int32),
+        ("error_code", Int16),
+        ("members", Array(("member_id", String("utf-8")), ("group_instance_id", String("utf-8")),
+                          ("error_code", Int16))),
+    )
+
+
+class _LeaveGroupRequest_v3(RequestStruct):
+    API_KEY = 13
+    API_VERSION = 3
+    RESPONSE_TYPE = _LeaveGroupResponse_v3
+    SCHEMA = Schema(("group_id", String("utf-8")),
+                    ("members", Array(("member_id", String("utf-8")), ("group_instance_id", String("utf-8")))))
+
+
+class StaticLeaveGroupRequest(Request[_LeaveGroupRequest_v3]):
+    """LeaveGroup v3 (KIP-345): a static member leaves by its member id and instance id (aiokafka sends v0/v1 only)."""
+
+    API_KEY = 13
+
+    def __init__(self, group: str, member_id: str, group_instance_id: str) -> None:
+        self.fields = (group, [(member_id, group_instance_id)])
+
+    def build(self, request_struct_class: Any) -> Any:
+        return request_struct_class(*self.fields)
+
+
+class StaticMember:
+    """aiokafka's group coordinator as a static member (``group_instance_id``) that leaves when it stops.
+
+    With a group instance id, a member that stops without leaving keeps its
+    place in the group until its session times out: restarted within it, it
+    takes its partitions back without a rebalance (KIP-345). aiokafka never
+    leaves a static member's group, so a clean stop (SIGTERM) would leave its
+    partitions unserved for the session timeout. Here a clean stop leaves
+    with LeaveGroup v3, naming the member and its instance id: the group
+    rebalances at once, as for a dynamic member. A crash or ``kill -9`` does
+    not leave, and a restart within the session timeout is fast.
+
+    Heartbeats name the instance id too (v3): a member replaced by another
+    process with the same instance id hears FENCED_INSTANCE_ID and calls
+    ``on_fenced`` (in the consumer's thread) instead of joining again, which
+    would fence the other one in turn.
+    """
+
+    def __init__(self, coordinator: Any, instance_id: str, on_fenced: Callable[[Exception], None]) -> None:
+        self.coordinator = coordinator
+        self.instance_id = instance_id
+        self.on_fenced = on_fenced
+        self.closing = False
+        self.fenced = False
+        self.send_to_coordinator = coordinator._send_req
+
+    def install(self) -> None:
+        coordinator = self.coordinator
+        close = coordinator.close
+
+        async def closing() -> None:
+            self.closing = True
+            await close()
+
+        coordinator._send_req = self.send
+        coordinator._maybe_leave_group = self.maybe_leave_group
+        coordinator.close = closing
+
+    async def send(self, request: Any) -> Any:
+        coordinator = self.coordinator
+        if self.fenced and isinstance(request, JoinGroupRequest):
+            # Joining again would fence the other worker in turn: this one is stopping.
+            raise aiokafka_errors.KafkaError(f"instance id {self.instance_id} is fenced: not joining again")
+        if isinstance(request, HeartbeatRequest):
+            # Built just before this call, from the same three attributes.
+            request = StaticHeartbeatRequest(coordinator.group_id, coordinator.generation, coordinator.member_id,
+                                             self.instance_id)
+        response = await self.send_to_coordinator(request)
+        if getattr(response, "error_code", None) == FENCED_INSTANCE_ID and not self.fenced:
+            self.fenced = True
+            error = InstanceFenced(
+                f"another worker joined the consumer group {coordinator.group_id!r} with this worker's "
+                f"PROJECTOR_INSTANCE_ID={self.instance_id!r}, and Kafka fenced this one (FENCED_INSTANCE_ID). Two "
+                "workers never share an instance id: give each its own PROJECTOR_INSTANCE_ID (the default, the "
+                "host name and the web port, differs between workers), or stop the other worker. Stopping.")
+            log.critical("%s", error)
+            self.on_fenced(error)
+        return response
+
+    def watch_assignments(self, assignor: Any, url: str) -> None:
+        """Rebalance when the group hands this member an assignment made for another URL, instead of failing.
+
+        A static member that joins again in a stable group gets the assignment
+        its instance id had, made for the URL the worker advertised then. Faust
+        asserts it is its own: with another URL (the instance id moved to
+        another host or port, or a second worker took it over) the consumer's
+        coordination would end there, and the worker hang. Here the worker
+        takes it, and joins again at once with its own metadata, which differs
+        from the stored one: the group rebalances and every worker learns the
+        new URL.
+        """
+        on_assignment = assignor.on_assignment
+        coordinator = self.coordinator
+
+        def checked(assignment: Any) -> None:
+            made_for = ClientMetadata.loads(assignor._decompress(assignment.user_data)).url
+            if made_for == url:
+                return on_assignment(assignment)
+            log.warning("the group's assignment for instance id %s was made for %s, but this worker is %s: "
+                        "joining again, so the group rebalances with this worker's URL", self.instance_id,
+                        made_for, url)
+            try:
+                on_assignment(assignment)
+            except AssertionError:  # Faust's check of the URL, its last step
+                pass
+            coordinator.request_rejoin()
+
+        assignor.on_assignment = checked
+
+    async def maybe_leave_group(self) -> None:
+        """Leave on a clean stop (LeaveGroup v3); otherwise, as aiokafka, keep the place and just forget it."""
+        coordinator = self.coordinator
+        if self.closing and not self.fenced and coordinator.generation > 0:
+            request = StaticLeaveGroupRequest(coordinator.group_id, coordinator.member_id, self.instance_id)
+            try:
+                response = await self.send_to_coordinator(request)
+            except (aiokafka_errors.KafkaError, NotImplementedError) as exc:
+                log.error("LeaveGroup request failed: %r", exc)
+            else:
+                codes = [response.error_code, *(m[2] for m in response.members)]
+                if any(codes):
+                    log.error("LeaveGroup request failed: %s",
+                              ", ".join(aiokafka_errors.for_code(c).__name__ for c in codes if c))
+                else:
+                    log.info("LeaveGroup request succeeded (static member %s)", self.instance_id)
+        coordinator.reset_generation()
+
+
+# --- 7. Faust state projector reads -----------------------------------------------------------
 
 
 def read_offset(consumer: Any, tp: Any) -> Optional[int]:

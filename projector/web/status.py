@@ -17,6 +17,9 @@ middleware of :mod:`projector.web.middleware`, like every route but
          "deadletters": {"version_gap": 1},    # dead letters sent, by reason
          "control": {"offset": 3, "entries": {...}},  # the control table as GET /control
          "broker": {"reachable": true, "since": "2026-01-01T00:00:00Z"},  # as /readyz: Kafka reachable now, since when
+         "group": {"instance_id": "host-6066", "generation": 7, "assignments": 2},  # in the consumer group:
+                                               # PROJECTOR_INSTANCE_ID (null: none), the group's generation,
+                                               # assignments received since the worker started (rebalances)
          "builds": {"<table>": {"version": 2, "remaining": 1200, "eta_seconds": 3.5, ...}},  # new versions
                                                # being built from history (GET /tables' "building")
          "warnings": ["the events topic ... deletes events (retention.ms=...)"],  # e.g. its retention
@@ -137,6 +140,7 @@ def worker_status(projector: "Projector") -> dict[str, Any]:
         "deadletters": dict(m.deadletters),
         "control": p.control.snapshot(),
         "broker": p.broker.snapshot(),
+        "group": p.group_membership(),
         # New read-model versions being built from history, by read model (CONTRACT §6).
         "builds": {name: p.builds.summary(name) for name in p.builds.builds if p.builds.building(name)},
         # Why events may be lost (the events topic's retention), if so.

@@ -509,3 +509,45 @@ def test_password_file_that_is_not_utf8_is_refused_naming_it(tmp_path):
     msg = config_error({**SASL, "PROJECTOR_BROKER_SASL_PASSWORD": "",
                         "PROJECTOR_BROKER_SASL_PASSWORD_FILE": str(tmp_path / "pw")})
     assert f"PROJECTOR_BROKER_SASL_PASSWORD_FILE={tmp_path / 'pw'}: cannot read it" in msg
+
+
+# --- PROJECTOR_INSTANCE_ID -----------------------------------------------------------------
+
+
+def test_instance_id_defaults_to_the_host_name_and_the_web_port(monkeypatch):
+    import socket
+
+    monkeypatch.setattr(socket, "gethostname", lambda: "projector-2")
+    assert Settings.from_env({"PROJECTOR_WEB_PORT": "6066"}).instance_id == "projector-2-6066"
+    # Two workers on one host, on two ports, are two members; empty counts as unset.
+    assert Settings.from_env({"PROJECTOR_WEB_PORT": "6067", "PROJECTOR_INSTANCE_ID": " "}).instance_id \
+        == "projector-2-6067"
+
+
+def test_a_host_name_kafka_would_refuse_is_made_acceptable_and_short_enough():
+    from projector.runtime.config import default_instance_id
+
+    assert default_instance_id(6066, "my host@lab") == "my_host_lab-6066"
+    long = default_instance_id(6066, "h" * 300)
+    assert len(long) == 249 and long.endswith("-6066")
+    assert default_instance_id(6066, "") == "projector-6066"
+
+
+def test_instance_id_may_be_set():
+    assert Settings.from_env({"PROJECTOR_INSTANCE_ID": "worker-0.projector_a"}).instance_id == "worker-0.projector_a"
+    assert Settings.from_env({"PROJECTOR_INSTANCE_ID": "x" * 249}).instance_id == "x" * 249
+
+
+@pytest.mark.parametrize("raw", ["none", "None", "OFF", " none "])
+def test_instance_id_none_turns_static_membership_off(raw):
+    assert Settings.from_env({"PROJECTOR_INSTANCE_ID": raw}).instance_id is None
+
+
+@pytest.mark.parametrize("raw", ["x" * 250, "a b", "wörker", "w/1", ".", "..", "tab\there"])
+def test_an_instance_id_kafka_would_refuse_is_refused_naming_the_variable(raw):
+    with pytest.raises(ConfigError, match="PROJECTOR_INSTANCE_ID must be 1 to 249"):
+        Settings.from_env({"PROJECTOR_INSTANCE_ID": raw})
+
+
+def test_settings_made_in_code_have_no_instance_id():
+    assert Settings().instance_id is None
