@@ -1,11 +1,13 @@
 # projector: the two commands are `make demo` and `make test`.
+# One default Python (python3) in .venv; another one in its own venv:
+#   make test PYTHON=python3.13 VENV=.venv-3.13, or make unit-py / test-py PY=3.13 (finds it on PATH or under pyenv).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 KAFKA := deploy/kafka/kafka.sh
 
-.PHONY: demo test bench unit install kafka-jars kafka-start kafka-stop cluster-start cluster-stop clean
+.PHONY: demo test bench unit unit-py test-py install kafka-jars kafka-start kafka-stop cluster-start cluster-stop clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +40,11 @@ bench: install kafka-jars
 unit: install
 	$(BIN)/pytest tests/unit
 
+## The unit tests or the whole suite on another Python, in its own venv .venv-X.Y: make unit-py PY=3.12, make test-py PY=3.13
+unit-py test-py:
+	@test -n "$(PY)" || { echo "usage: make $@ PY=3.13 (a Python version: deploy/pythons.sh finds it)" >&2; exit 2; }
+	python="$$(bash deploy/pythons.sh $(PY))" && $(MAKE) $(patsubst %-py,%,$@) PYTHON="$$python" VENV=.venv-$(PY)
+
 kafka-start: kafka-jars
 	bash $(KAFKA) start
 kafka-stop:
@@ -48,4 +55,4 @@ cluster-stop:
 	bash $(KAFKA) --mode cluster stop
 
 clean:
-	rm -rf $(VENV) data *.egg-info
+	rm -rf $(VENV) .venv-3.* data *.egg-info

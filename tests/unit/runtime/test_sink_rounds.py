@@ -41,9 +41,17 @@ class FakeProducer:
         return FakeBatch()
 
     def _ack(self, topic: str):
-        future = asyncio.get_running_loop().create_future()
-        future.add_done_callback(lambda _: self.acked.add(topic))
-        future.set_result(SimpleNamespace(offset=0))
+        # The broker's answer comes on a later turn of the loop, as a real one does:
+        # a future already done when sent would let asyncio.gather finish without
+        # a turn of the loop (Python 3.12+), before anything ran on acknowledgement.
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+
+        def acknowledge() -> None:
+            self.acked.add(topic)
+            future.set_result(SimpleNamespace(offset=0))
+
+        loop.call_soon(acknowledge)
         return future
 
     async def send_batch(self, batch, topic, partition):
