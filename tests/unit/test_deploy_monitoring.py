@@ -8,6 +8,7 @@ the Prometheus config too when it is installed (it is not installed for the test
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -50,6 +51,11 @@ def test_the_alert_rules_are_the_agreed_ones_and_each_is_complete() -> None:
         annotations = rule["annotations"]
         assert set(annotations) >= {"summary", "description"}, rule["alert"]
         assert all(len(annotations[k].strip()) > 20 for k in ("summary", "description")), rule["alert"]
+        assert set(rule) == {"alert", "expr", "for", "labels", "annotations"}, rule["alert"]
+        # Prometheus' template syntax: balanced {{ }} around $labels / $value.
+        for text in annotations.values():
+            assert text.count("{{") == text.count("}}"), rule["alert"]
+            assert set(re.findall(r"\{\{\s*(\$\w+)", text)) <= {"$labels", "$value"}, rule["alert"]
 
 
 def test_the_dashboard_is_grafana_json_and_every_panel_queries_prometheus() -> None:

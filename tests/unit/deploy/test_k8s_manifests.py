@@ -36,18 +36,6 @@ KUBECTL = shutil.which("kubectl")
 K8S_VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
 CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
 
-#: The alert rules every copy must hold (the same in deploy/prometheus/alerts.yaml).
-ALERTS = {
-    "ProjectorLagGrowing": (
-        "sum by (instance) (projector_consumer_lag) > 1000 and "
-        "deriv(sum by (instance) (projector_consumer_lag)[10m:1m]) > 0", "10m", "warning"),
-    "ProjectorWorkerNotReady": ("projector_ready == 0", "5m", "critical"),
-    "ProjectorDeadLettersRising": (
-        "sum by (instance, reason) (increase(projector_deadletter_total[10m])) > 0", "5m", "warning"),
-    "ProjectorRecoveryStalled": (
-        "projector_recovery_in_progress == 1 and on (instance) rate(projector_recovery_restored_total[10m]) == 0",
-        "10m", "critical"),
-}
 
 
 # --- rendering ----------------------------------------------------------------------------
@@ -400,24 +388,8 @@ def prometheus_rules(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return group["rules"]
 
 
-def test_prometheus_rule_holds_exactly_the_projector_alerts(objects):
-    rules = prometheus_rules(objects)
-    assert [r["alert"] for r in rules] == list(ALERTS)
-    for rule in rules:
-        expr, duration, severity = ALERTS[rule["alert"]]
-        assert set(rule) == {"alert", "expr", "for", "labels", "annotations"}
-        assert " ".join(rule["expr"].split()) == expr
-        assert rule["for"] == duration
-        assert rule["labels"] == {"severity": severity}
-        assert set(rule["annotations"]) == {"summary", "description"}
-        assert all(len(text) > 20 for text in rule["annotations"].values())
-        # Prometheus' template syntax: balanced {{ }} around $labels / $value.
-        for text in rule["annotations"].values():
-            assert text.count("{{") == text.count("}}")
-            assert set(re.findall(r"\{\{\s*(\$\w+)", text)) <= {"$labels", "$value"}
-
-
 def test_prometheus_rule_equals_the_prometheus_alert_file(objects):
+    """The PrometheusRule holds deploy/prometheus/alerts.yaml's rules, which test_deploy_monitoring checks."""
     alerts = BASE.parent / "prometheus" / "alerts.yaml"
     (group,) = yaml.safe_load(alerts.read_text())["groups"]
     assert group["name"] == "projector"
