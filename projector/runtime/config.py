@@ -248,6 +248,21 @@ def default_instance_id(web_port: int, hostname: Optional[str] = None) -> str:
     return host + suffix
 
 
+def leave_on_stop_from_env(env: Mapping[str, str]) -> bool:
+    """PROJECTOR_LEAVE_ON_STOP: whether a clean stop (SIGTERM) leaves the consumer group at once (default true).
+
+    ``false`` keeps a static member's place, as Kafka Streams does: a worker
+    stopped and started again within the session timeout (a rolling update)
+    takes its partitions back without a rebalance, while they wait for it.
+    """
+    raw = (env.get("PROJECTOR_LEAVE_ON_STOP") or "").strip().lower()
+    if raw in ("", "true", "1", "yes"):
+        return True
+    if raw in ("false", "0", "no"):
+        return False
+    raise ConfigError(f"PROJECTOR_LEAVE_ON_STOP must be true or false, got {env.get('PROJECTOR_LEAVE_ON_STOP')!r}")
+
+
 def instance_id_from_env(env: Mapping[str, str], web_port: int) -> Optional[str]:
     """PROJECTOR_INSTANCE_ID: the worker's static group membership id; None (``none`` or ``off``) turns it off.
 
@@ -309,6 +324,8 @@ class Settings:
     #: The worker's group instance id (PROJECTOR_INSTANCE_ID): static group membership, so a worker restarted
     #: within the session timeout takes its partitions back without a rebalance. None: dynamic membership.
     instance_id: Optional[str] = None
+    #: Whether a clean stop leaves the group at once (PROJECTOR_LEAVE_ON_STOP); false keeps a static member's place.
+    leave_on_stop: bool = True
 
     @classmethod
     def from_env(cls, env: Optional[Mapping[str, str]] = None) -> "Settings":
@@ -342,7 +359,8 @@ class Settings:
             raise ConfigError(f"PROJECTOR_CUTOVER must be auto or manual, got {env.get('PROJECTOR_CUTOVER')!r}")
         if settings.web_port > 65535:
             raise ConfigError(f"PROJECTOR_WEB_PORT must be a TCP port, got {settings.web_port}")
-        settings = dataclasses.replace(settings, instance_id=instance_id_from_env(env, settings.web_port))
+        settings = dataclasses.replace(settings, instance_id=instance_id_from_env(env, settings.web_port),
+                                       leave_on_stop=leave_on_stop_from_env(env))
         if settings.events_topic == settings.control_topic:
             raise ConfigError("PROJECTOR_EVENTS_TOPIC and PROJECTOR_CONTROL_TOPIC must differ")
         return settings

@@ -159,7 +159,9 @@ class CommittedReadsThread(faust_aiokafka.AIOKafkaConsumerThread):
         await super().on_start()  # makes and starts the aiokafka consumer: its group coordinator exists now
         instance_id = self.app.conf.consumer_group_instance_id
         if instance_id and self._consumer is not None:
-            member = StaticMember(self._consumer._coordinator, instance_id, self.crash_fenced)
+            projector = getattr(self.app, "projector", None)
+            leave = projector.settings.leave_on_stop if projector is not None else True
+            member = StaticMember(self._consumer._coordinator, instance_id, self.crash_fenced, leave_on_stop=leave)
             member.install()
             member.watch_assignments(self.app.assignor, str(self.app.conf.canonical_url))
 
@@ -765,7 +767,9 @@ class StaticMember:
     partitions unserved for the session timeout. Here a clean stop leaves
     with LeaveGroup v3, naming the member and its instance id: the group
     rebalances at once, as for a dynamic member. A crash or ``kill -9`` does
-    not leave, and a restart within the session timeout is fast.
+    not leave, and a restart within the session timeout is fast. With
+    ``leave_on_stop`` false (PROJECTOR_LEAVE_ON_STOP=false) a clean stop keeps
+    the place too, as Kafka Streams does: a rolling update moves no partition.
 
     Heartbeats name the instance id too (v3): a member replaced by another
     process with the same instance id hears FENCED_INSTANCE_ID and calls
@@ -773,9 +777,11 @@ class StaticMember:
     would fence the other one in turn.
     """
 
-    def __init__(self, coordinator: Any, instance_id: str, on_fenced: Callable[[Exception], None]) -> None:
+    def __init__(self, coordinator: Any, instance_id: str, on_fenced: Callable[[Exception], None],
+                 leave_on_stop: bool = True) -> None:
         self.coordinator = coordinator
         self.instance_id = instance_id
+        self.leave_on_stop = leave_on_stop
         self.on_fenced = on_fenced
         self.closing = False
         self.fenced = False
@@ -845,9 +851,9 @@ class StaticMember:
         assignor.on_assignment = checked
 
     async def maybe_leave_group(self) -> None:
-        """Leave on a clean stop (LeaveGroup v3); otherwise, as aiokafka, keep the place and just forget it."""
+        """Leave on a clean stop (LeaveGroup v3) unless told not to; otherwise, as aiokafka, keep the place."""
         coordinator = self.coordinator
-        if self.closing and not self.fenced and coordinator.generation > 0:
+        if self.closing and self.leave_on_stop and not self.fenced and coordinator.generation > 0:
             request = StaticLeaveGroupRequest(coordinator.group_id, coordinator.member_id, self.instance_id)
             try:
                 response = await self.send_to_coordinator(request)

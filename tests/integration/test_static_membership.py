@@ -1,6 +1,7 @@
 """Static group membership (PROJECTOR_INSTANCE_ID): fast restarts, and two workers with one instance id.
 
-A worker killed with ``kill -9`` and restarted on its data dir within the
+A worker killed with ``kill -9`` (or stopped with SIGTERM and
+PROJECTOR_LEAVE_ON_STOP=false) and restarted on its data dir within the
 session timeout takes its partitions back without a rebalance: the other
 worker's generation and assignments do not change, and it serves its own
 keys all along. A second worker started with an instance id already in use
@@ -35,11 +36,14 @@ def _versions(worker, keys) -> dict:
     return out
 
 
+@pytest.mark.parametrize("stop", ["kill -9", "SIGTERM with PROJECTOR_LEAVE_ON_STOP=false"])
 def test_a_worker_restarted_after_kill_9_takes_its_partitions_back_without_a_rebalance(
-        worker_factory, names, kafka_bootstrap):
+        worker_factory, names, kafka_bootstrap, stop):
     histories = list(generate_histories(120, 2400, seed=21))
     last = {k: r["version"] for k, r in fold_accounts(histories).items()}
-    w1, w2 = worker_factory("s1", partitions=PARTITIONS), worker_factory("s2", partitions=PARTITIONS)
+    staying = {"PROJECTOR_LEAVE_ON_STOP": "false"} if stop.startswith("SIGTERM") else {}
+    w1 = worker_factory("s1", partitions=PARTITIONS, extra_env=staying)
+    w2 = worker_factory("s2", partitions=PARTITIONS)
     for w in (w1, w2):
         w.wait_ready()
     produce(kafka_bootstrap, names["events"], [(e["aggregate_id"].encode(), orjson.dumps(e)) for e in histories])
@@ -57,7 +61,11 @@ def test_a_worker_restarted_after_kill_9_takes_its_partitions_back_without_a_reb
     keys2 = {k: v for k, v in last.items() if partition_for(k.encode(), PARTITIONS) in before2["partitions"]}
     assert keys1 and keys2
 
-    w1.kill9()
+    if staying:
+        w1.stop()  # a clean stop that keeps its place in the group
+        assert w1.proc.returncode == 0, w1.log_tail()
+    else:
+        w1.kill9()
     # The other worker serves its own keys while s1 is down, and then while it starts again.
     assert _versions(w2, keys2) == keys2
     w1.start()

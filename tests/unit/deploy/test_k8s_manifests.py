@@ -329,7 +329,8 @@ def test_a_pod_environment_is_a_valid_worker_configuration(objects, tmp_path):
     assert (settings.api_token, settings.admin_token, settings.peer_token) == (
         "api-token-value", "admin-token-value", "peer-token-value")
     assert settings.data_dir == Path("/var/lib/projector")
-    assert env["PROJECTOR_INSTANCE_ID"] == "projector-1"
+    assert env["PROJECTOR_INSTANCE_ID"] == "projector-1" == settings.instance_id
+    assert settings.leave_on_stop is False  # a rolling update moves no partition
 
 
 # --- Services, PodDisruptionBudget --------------------------------------------------------

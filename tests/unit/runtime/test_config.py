@@ -551,3 +551,18 @@ def test_an_instance_id_kafka_would_refuse_is_refused_naming_the_variable(raw):
 
 def test_settings_made_in_code_have_no_instance_id():
     assert Settings().instance_id is None
+
+
+# --- PROJECTOR_LEAVE_ON_STOP ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("raw,leave", [(None, True), ("", True), ("true", True), ("1", True), ("YES", True),
+                                       ("false", False), ("0", False), (" no ", False)])
+def test_leave_on_stop_defaults_to_true_and_may_be_turned_off(raw, leave):
+    env = {} if raw is None else {"PROJECTOR_LEAVE_ON_STOP": raw}
+    assert Settings.from_env(env).leave_on_stop is leave
+
+
+def test_a_leave_on_stop_that_is_not_a_boolean_is_refused_naming_the_variable():
+    with pytest.raises(ConfigError, match="PROJECTOR_LEAVE_ON_STOP must be true or false, got 'sometimes'"):
+        Settings.from_env({"PROJECTOR_LEAVE_ON_STOP": "sometimes"})

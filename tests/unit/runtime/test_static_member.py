@@ -115,6 +115,14 @@ def test_a_clean_stop_leaves_the_group_with_the_instance_id():
     assert coordinator.generation == -1 and coordinator.member_id == ""
 
 
+def test_a_clean_stop_told_to_stay_keeps_the_place_in_the_group():
+    coordinator = Coordinator([])
+    StaticMember(coordinator, "worker-0-6066", [].append, leave_on_stop=False).install()
+    run(coordinator.close())
+    assert coordinator.closed and coordinator.sent == []
+    assert coordinator.generation == -1
+
+
 def test_leaving_anywhere_else_keeps_the_place_in_the_group():
     """aiokafka leaves when the poll interval runs out; a static member keeps its place there, as Kafka's clients do."""
     _, coordinator, _ = member([])
