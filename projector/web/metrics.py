@@ -90,18 +90,19 @@ def _histogram(name: str, help_: str, counts: Sequence[int], total: float, bound
     return HistogramMetricFamily(name, help_, buckets=histogram_buckets(counts, bounds), sum_value=total)
 
 
-def _counter(name: str, help_: str, labels: Sequence[str], items: Iterable[tuple[Sequence[str], float]]) -> Metric:
-    family = CounterMetricFamily(name, help_, labels=labels)
+def _labelled(family: Any, items: Iterable[tuple[Sequence[str], float]]) -> Metric:
+    """``family`` with one sample per ``(label values, value)`` of ``items``."""
     for values, value in items:
         family.add_metric(values, value)
     return family
+
+
+def _counter(name: str, help_: str, labels: Sequence[str], items: Iterable[tuple[Sequence[str], float]]) -> Metric:
+    return _labelled(CounterMetricFamily(name, help_, labels=labels), items)
 
 
 def _gauges(name: str, help_: str, labels: Sequence[str], items: Iterable[tuple[Sequence[str], float]]) -> Metric:
-    family = GaugeMetricFamily(name, help_, labels=labels)
-    for values, value in items:
-        family.add_metric(values, value)
-    return family
+    return _labelled(GaugeMetricFamily(name, help_, labels=labels), items)
 
 
 class ProjectorCollector(Collector):
